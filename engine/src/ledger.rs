@@ -1,0 +1,175 @@
+//! The public face of the engine: [`Ledger`], a cheap-to-clone handle over all shards of a node.
+//!
+//! Every write returns only once the records it produced are durable in the write-ahead stream
+//! (rule I2). Business rejections come back as `Err(LedgerError::Rejected(_))`; overload and
+//! stream failure as the other `LedgerError` variants.
+
+use std::sync::Arc;
+
+use saldo_persistence::{SnapshotStore, Wal};
+
+use crate::types::*;
+
+/// Engine settings. Durability-relevant settings have no hidden default: the binary passes them.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Number of logical shards (a power of two, at most [`crate::limits::SHARDS_MAX`]).
+    pub num_shards: u32,
+    /// Owner epoch written into every stream record; readers ignore records of older epochs
+    /// once a newer one was seen.
+    pub node_epoch: u64,
+    /// Rows of movement history kept in memory per account (older rows are in the stream).
+    pub movements_window: usize,
+    /// An account actor idle this long is passivated (its state kept compactly by its shard).
+    pub passivate_after_ms: u64,
+    /// Transfers and entries being coordinated at once; beyond this, calls fail `Overloaded`.
+    pub in_flight_max: usize,
+    /// How long a shard's group commit waits for more events before flushing, in microseconds
+    /// (0: flush as soon as the previous flush is done).
+    pub group_commit_linger_us: u64,
+    /// A shard is snapshotted after this many events …
+    pub snapshot_every_events: u64,
+    /// … or this often, whichever comes first (0: only on demand).
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept per shard; stream segments older than the oldest kept one are pruned.
+    pub snapshots_keep: usize,
+}
+
+/// A handle to the ledger of this node. Cloning is cheap.
+#[derive(Clone)]
+pub struct Ledger {
+    pub(crate) inner: Arc<crate::node::Node>,
+}
+
+/// Counters and gauges for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerStats {
+    /// Account actors currently alive (activated, not yet passivated).
+    pub live_actors: u64,
+    /// Accounts known to this node.
+    pub num_accounts: u64,
+    /// Transfers and entries being coordinated now.
+    pub in_flight: u64,
+    /// Stream batches (group commits) written since start.
+    pub wal_batches_total: u64,
+    /// Events written since start.
+    pub wal_events_total: u64,
+    /// Cumulative histogram of stream append latency: `(upper bound in µs, count)`.
+    pub wal_append_latency_us: Vec<(u64, u64)>,
+    /// Cumulative histogram of batch sizes: `(upper bound in events, count)`.
+    pub wal_batch_events: Vec<(u64, u64)>,
+    /// Sum of append latencies, µs (for the Prometheus `_sum`).
+    pub wal_append_latency_us_sum: u64,
+    /// Sum of batch sizes (for the Prometheus `_sum`).
+    pub wal_batch_events_sum: u64,
+    /// Seconds since the oldest of the shards' newest snapshots was taken (None: no snapshot).
+    pub snapshot_age_s_opt: Option<u64>,
+    /// Snapshots written since start.
+    pub snapshots_total: u64,
+}
+
+impl Ledger {
+    /// Opens the ledger: restores every shard from its newest valid snapshot plus the stream
+    /// after it, resolves open holds, and starts the group-commit and snapshot tasks.
+    pub async fn open(
+        config: EngineConfig,
+        wal: Arc<dyn Wal>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Result<Ledger, crate::EngineError> {
+        crate::node::Node::open(config, wal, snapshots).await
+    }
+
+    /// Returns the number of shards.
+    pub fn num_shards(&self) -> u32 {
+        self.inner.num_shards()
+    }
+
+    /// Returns the shard an account belongs to (see [`crate::shard::shard_of`]).
+    pub fn shard_of(&self, account_id: &AccountId) -> u32 {
+        crate::shard::shard_of(account_id.as_str(), self.num_shards())
+    }
+
+    /// Opens an account. Returns the account and `true` when it was created now, `false` when an
+    /// identical account already existed; `AccountExists` when it exists with other parameters.
+    pub async fn open_account(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
+        self.inner.open_account(cmd).await
+    }
+
+    /// Returns an account as of durable state.
+    pub async fn account(&self, account_id: &AccountId) -> Result<AccountView, LedgerError> {
+        self.inner.account(account_id).await
+    }
+
+    /// Runs a transfer (two-phase between the account actors) and returns once its outcome is
+    /// durable. A repeated ID with the same content returns the original outcome (`replayed`);
+    /// with other content, `IdConflict` and nothing changes.
+    pub async fn transfer(&self, cmd: Transfer) -> Result<Posted, LedgerError> {
+        self.inner.transfer(cmd).await
+    }
+
+    /// Runs many transfers concurrently; one result per transfer, in order. With `atomic`,
+    /// either all commit or none does (the others report `BatchAborted`).
+    pub async fn transfer_batch(
+        &self,
+        cmds: Vec<Transfer>,
+        atomic: bool,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        self.inner.transfer_batch(cmds, atomic).await
+    }
+
+    /// Posts a credit or debit entry on one account; idempotent by entry ID like transfers.
+    pub async fn post_entry(&self, cmd: Entry) -> Result<Posted, LedgerError> {
+        self.inner.post_entry(cmd).await
+    }
+
+    /// Returns a transfer or entry by ID.
+    pub async fn movement(&self, id: &MovementId) -> Result<MovementView, LedgerError> {
+        self.inner.movement(id).await
+    }
+
+    /// Returns an account's movements, newest first, starting below `cursor_opt` (exclusive).
+    pub async fn movements(
+        &self,
+        account_id: &AccountId,
+        limit: usize,
+        cursor_opt: Option<u64>,
+    ) -> Result<MovementsPage, LedgerError> {
+        self.inner.movements(account_id, limit, cursor_opt).await
+    }
+
+    /// Returns the daily consolidated report for every day in `from..=to` (UTC).
+    pub async fn daily(
+        &self,
+        account_id: &AccountId,
+        from: Day,
+        to: Day,
+    ) -> Result<DailyReport, LedgerError> {
+        self.inner.daily(account_id, from, to).await
+    }
+
+    /// Returns whether every shard is restored and its stream writable.
+    pub fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    /// Returns counters and gauges for metrics.
+    pub fn stats(&self) -> LedgerStats {
+        self.inner.stats()
+    }
+
+    /// Snapshots every shard now (consistent cuts at the current durable position).
+    pub async fn snapshot_now(&self) -> Result<(), crate::EngineError> {
+        self.inner.snapshot_now().await
+    }
+
+    /// Returns a checksum over every account's state (for snapshot + replay ≡ live checks).
+    pub async fn state_checksum(&self) -> Result<[u8; 32], crate::EngineError> {
+        self.inner.state_checksum().await
+    }
+
+    /// Stops accepting work, waits for in-flight calls, flushes every shard's stream and stops
+    /// the background tasks.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}

@@ -1,0 +1,38 @@
+//! # saldo-persistence
+//!
+//! The write-ahead stream and the snapshot stores of saldo. This crate works in bytes and
+//! [`Lsn`]s and knows nothing about accounts.
+//!
+//! ## Layout
+//! - [`record`]: the public stream record format (version, shard, epoch, LSN range, CRC32C,
+//!   hash chain) — documented in `docs/wal-format.md`.
+//! - [`wal`]: the [`Wal`] trait and its backends (`wal::local_file`: segmented files with fsync;
+//!   `wal::memory`: for simulation and tests).
+//! - [`snapshot`]: the [`SnapshotStore`] trait and its backends (`snapshot::local_dir`,
+//!   `snapshot::memory`).
+//! - [`limits`]: every bound of this crate, with the AWS limits that shape them.
+//! - `testsuite` (feature `testsuite`): conformance suites every backend must pass.
+//!
+//! ## Invariants
+//! - An `append` that returned `Ok` is durable (fsync for the file backend).
+//! - Readers verify every record's checksum, the continuity of LSNs and the hash chain; they
+//!   refuse gaps and never skip a corrupt record silently.
+//! - A snapshot is visible only once its data is durable and its manifest written after it.
+//!
+//! ## Failure model
+//! A torn tail (the last record half-written by a crash) is detected and truncated on open;
+//! corruption anywhere else is an error naming the file and offset.
+
+#![warn(missing_docs)]
+
+pub mod limits;
+pub mod record;
+pub mod snapshot;
+pub mod wal;
+
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+pub use record::{Lsn, Record, RecordHash};
+pub use snapshot::{SnapshotError, SnapshotMeta, SnapshotStore};
+pub use wal::{Wal, WalError};

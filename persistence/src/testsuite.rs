@@ -1,0 +1,138 @@
+//! Conformance suites that every backend must pass (the file and memory backends here; the
+//! Kinesis and DynamoDB backends against their emulators). Each function panics with a message
+//! naming the broken promise.
+
+use crate::{
+    record::{self, EncodedRecord, RecordHash},
+    snapshot::{meta_for, SnapshotStore},
+    wal::Wal,
+};
+
+/// Appends `n` records of `events_per_record` LSNs each to `shard`, continuing the chain.
+pub async fn append_records(
+    wal: &dyn Wal,
+    shard: u32,
+    n: usize,
+    events_per_record: u64,
+) -> Vec<EncodedRecord> {
+    let tail_opt = wal.tail(shard).await.expect("tail");
+    let (mut next, mut prev): (u64, RecordHash) =
+        tail_opt.map_or((1, [0; 32]), |t| (t.last_lsn + 1, t.hash));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let payload = format!("shard {shard} record {i} from {next}").into_bytes();
+        let rec = record::encode(
+            shard,
+            1,
+            next,
+            next + events_per_record - 1,
+            &prev,
+            &payload,
+        );
+        wal.append(shard, rec.clone()).await.expect("append");
+        next = rec.last_lsn + 1;
+        prev = rec.hash;
+        out.push(rec);
+    }
+    out
+}
+
+/// Checks the promises of [`Wal`]: order, tail, reads from any position, refusal of appends
+/// that do not continue the stream, independence of shards, pruning keeps the tail readable.
+pub async fn wal_conformance(wal: &dyn Wal) {
+    assert_eq!(
+        wal.tail(7).await.expect("tail"),
+        None,
+        "a new shard is empty"
+    );
+    assert!(wal.read(7, 0, 10).await.expect("read").is_empty());
+    let written = append_records(wal, 7, 20, 3).await;
+    append_records(wal, 8, 5, 1).await;
+    let tail = wal.tail(7).await.expect("tail").expect("non-empty");
+    assert_eq!(
+        (tail.last_lsn, tail.hash),
+        (60, written[19].hash),
+        "tail is the last record"
+    );
+
+    let all = wal.read(7, 0, 1_000).await.expect("read all");
+    assert_eq!(all.len(), 20, "every record is read back");
+    for (got, want) in all.iter().zip(&written) {
+        assert_eq!(
+            (got.first_lsn, got.last_lsn, got.hash),
+            (want.first_lsn, want.last_lsn, want.hash)
+        );
+    }
+    // A position inside a record returns that record (the reader skips the covered events).
+    let from_mid = wal.read(7, 31, 2).await.expect("read mid");
+    assert_eq!(
+        from_mid.iter().map(|r| r.first_lsn).collect::<Vec<_>>(),
+        vec![31, 34]
+    );
+    assert!(wal.read(7, 60, 10).await.expect("read at tail").is_empty());
+
+    // Out-of-order appends are refused and change nothing.
+    let gap = record::encode(7, 1, 62, 62, &tail.hash, b"gap");
+    assert!(wal.append(7, gap).await.is_err(), "an lsn gap is refused");
+    let wrong_chain = record::encode(7, 1, 61, 61, &[1; 32], b"chain");
+    assert!(
+        wal.append(7, wrong_chain).await.is_err(),
+        "a broken hash chain is refused"
+    );
+    assert_eq!(wal.tail(7).await.expect("tail"), Some(tail));
+
+    // Shards are independent.
+    assert_eq!(wal.read(8, 0, 100).await.expect("read 8").len(), 5);
+
+    // Pruning never loses what is above the pruned position.
+    wal.prune(7, 30).await.expect("prune");
+    let after = wal.read(7, 30, 1_000).await.expect("read after prune");
+    assert_eq!(after.first().map(|r| r.first_lsn), Some(31));
+    assert_eq!(after.last().map(|r| r.last_lsn), Some(60));
+    append_records(wal, 7, 1, 1).await;
+    assert_eq!(
+        wal.tail(7).await.expect("tail").map(|t| t.last_lsn),
+        Some(61)
+    );
+}
+
+/// Checks the promises of [`SnapshotStore`]: newest first, verified reads, retention.
+pub async fn snapshot_conformance(store: &dyn SnapshotStore) {
+    assert!(store.list(3).await.expect("list").is_empty());
+    for lsn in [10u64, 30, 20] {
+        let data = vec![lsn as u8; 1000 + lsn as usize];
+        store
+            .put(meta_for(3, lsn, [lsn as u8; 32], lsn * 1000, &data), data)
+            .await
+            .expect("put");
+    }
+    let metas = store.list(3).await.expect("list");
+    assert_eq!(
+        metas.iter().map(|m| m.lsn).collect::<Vec<_>>(),
+        vec![30, 20, 10],
+        "newest first"
+    );
+    let data = store.get(&metas[0]).await.expect("get");
+    assert_eq!(data, vec![30u8; 1030]);
+    let mut lying = metas[0].clone();
+    lying.crc32c ^= 1;
+    assert!(
+        store.get(&lying).await.is_err(),
+        "a checksum mismatch is an error"
+    );
+    store.retain(3, 2).await.expect("retain");
+    assert_eq!(
+        store
+            .list(3)
+            .await
+            .expect("list")
+            .iter()
+            .map(|m| m.lsn)
+            .collect::<Vec<_>>(),
+        vec![30, 20]
+    );
+    assert!(
+        store.list(4).await.expect("list").is_empty(),
+        "shards are independent"
+    );
+}

@@ -1,0 +1,113 @@
+//! The conformance suites against the local backends, and the file backend's crash behaviour.
+
+use std::fs;
+
+use saldo_persistence::{
+    record,
+    snapshot::{local_dir::LocalDirSnapshotStore, memory::MemorySnapshotStore},
+    testsuite,
+    wal::{local_file::LocalFileWal, memory::MemoryWal, Wal, WalError},
+};
+
+#[tokio::test]
+async fn local_file_wal_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    testsuite::wal_conformance(&wal).await;
+    // Reopening reads the same stream back.
+    drop(wal);
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    assert_eq!(wal.tail(7).await.unwrap().map(|t| t.last_lsn), Some(61));
+}
+
+#[tokio::test]
+async fn memory_wal_passes_the_conformance_suite() {
+    testsuite::wal_conformance(&MemoryWal::new()).await;
+}
+
+#[tokio::test]
+async fn snapshot_stores_pass_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    testsuite::snapshot_conformance(&LocalDirSnapshotStore::open(dir.path()).unwrap()).await;
+    testsuite::snapshot_conformance(&MemorySnapshotStore::new()).await;
+}
+
+fn segment_path(dir: &std::path::Path, shard: u32) -> std::path::PathBuf {
+    let shard_dir = dir.join(format!("shard-{shard:05}"));
+    let mut segs: Vec<_> = fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_on_open_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    let written = testsuite::append_records(&wal, 0, 5, 2).await;
+    drop(wal);
+    let path = segment_path(dir.path(), 0);
+    let len = fs::metadata(&path).unwrap().len();
+    // Tear the last record: keep only part of it.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 7).unwrap();
+    drop(f);
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    let tail = wal.tail(0).await.unwrap().unwrap();
+    assert_eq!(
+        (tail.last_lsn, tail.hash),
+        (8, written[3].hash),
+        "the torn record is gone"
+    );
+    testsuite::append_records(&wal, 0, 1, 1).await;
+    assert_eq!(wal.read(0, 0, 100).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn corruption_in_the_middle_is_an_error_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    let written = testsuite::append_records(&wal, 0, 5, 2).await;
+    drop(wal);
+    let path = segment_path(dir.path(), 0);
+    let mut bytes = fs::read(&path).unwrap();
+    let second = written[0].bytes.len();
+    bytes[second + record::HEADER_BYTES + 2] ^= 0xff; // a payload byte of record 2
+    fs::write(&path, &bytes).unwrap();
+    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    match wal.tail(0).await {
+        Err(WalError::Corrupted { location, .. }) => {
+            assert!(
+                location.contains(".seg") && location.contains(&format!("offset {second}")),
+                "{location}"
+            );
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_record_over_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalFileWal::open(dir.path(), false).unwrap();
+    let mut rec = record::encode(0, 1, 1, 1, &[0; 32], b"x");
+    rec.bytes
+        .resize(saldo_persistence::limits::WAL_RECORD_BYTES_MAX + 1, 0);
+    assert!(matches!(
+        wal.append(0, rec).await,
+        Err(WalError::RecordTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_memory_record_altered_after_the_fact_is_detected_by_readers() {
+    let wal = MemoryWal::new();
+    testsuite::append_records(&wal, 0, 3, 1).await;
+    wal.tamper(0, 1, |bytes| *bytes.last_mut().unwrap() ^= 1);
+    assert!(matches!(
+        wal.read(0, 0, 10).await,
+        Err(WalError::Corrupted { .. })
+    ));
+}
