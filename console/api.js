@@ -153,17 +153,15 @@ export function openAccount(fields) {
   return request('POST', '/v1/accounts', { body: fields });
 }
 
-/** Posts a credit or debit entry; `fields.id` is the idempotency ID. */
+/** Posts a credit or debit entry; `fields.id` is the idempotency ID (the API's own key, so no
+ * `Idempotency-Key` header is needed). */
 export function postEntry(accountId, fields) {
-  return request('POST', `/v1/accounts/${enc(accountId)}/entries`, {
-    body: fields,
-    idempotencyKey: fields.id,
-  });
+  return request('POST', `/v1/accounts/${enc(accountId)}/entries`, { body: fields });
 }
 
 /** Makes a transfer; `fields.id` is the idempotency ID. */
 export function postTransfer(fields) {
-  return request('POST', '/v1/transfers', { body: fields, idempotencyKey: fields.id });
+  return request('POST', '/v1/transfers', { body: fields });
 }
 
 /** Returns one page of movements, newest first, after `cursor` (null for the first page). */

@@ -5,9 +5,11 @@
 import { svg } from './dom.js';
 import { formatAmount, toNumberForScale } from './money.js';
 
-const WIDTH = 720;
-const HEIGHT = 300;
-const MARGIN = { top: 16, right: 12, bottom: 36, left: 64 };
+/** Drawing width when the caller does not say; the SVG scales to its box either way. */
+const WIDTH_DEFAULT = 720;
+/** Narrowest drawing: below this, labels would collide. */
+const WIDTH_MIN = 300;
+const MARGIN = { top: 16, right: 12, bottom: 36, left: 56 };
 /** Horizontal gridlines (and value labels) drawn on the value axis. */
 const TICK_COUNT = 5;
 
@@ -33,8 +35,11 @@ function axisLabel(value) {
   return String(value);
 }
 
-/** Returns the chart of `days` (the API's report rows) in `currency` as an SVG element. */
-export function dailyChart(days, currency) {
+/** Returns the chart of `days` (the API's report rows) in `currency` as an SVG element, drawn
+ * for `widthPx` CSS pixels so that its text stays readable on a phone. */
+export function dailyChart(days, currency, widthPx = WIDTH_DEFAULT) {
+  const WIDTH = Math.max(WIDTH_MIN, Math.round(widthPx) || WIDTH_DEFAULT);
+  const HEIGHT = WIDTH < 500 ? 240 : 300;
   const closing = days.map((d) => toNumberForScale(d.closing_balance));
   const credits = days.map((d) => toNumberForScale(d.credits));
   const debits = days.map((d) => toNumberForScale(d.debits));
@@ -55,7 +60,11 @@ export function dailyChart(days, currency) {
     svg('text', { x: MARGIN.left - 6, y: y(v) + 4, 'text-anchor': 'end', class: 'axis-label' },
       axisLabel(v))));
 
-  const labelEvery = Math.ceil(days.length / 8);
+  const labelEvery = Math.ceil(days.length / Math.max(3, Math.floor(plotW / 80)));
+  const last = days.length - 1;
+  // The last day gets a label too, unless it would run into the previous one.
+  const labelled = (i) => i % labelEvery === 0 ||
+    (i === last && (labelEvery === 1 || last % labelEvery >= labelEvery * 0.6));
   const bars = days.map((d, i) => svg('g', { class: 'day', 'data-date': d.date },
     svg('title', null, `${d.date}: credits ${formatAmount(d.credits)}, debits ` +
       `${formatAmount(d.debits)}, closing ${formatAmount(d.closing_balance)} ${currency}`),
@@ -63,7 +72,7 @@ export function dailyChart(days, currency) {
       y: y(Math.abs(credits[i])), height: Math.max(0, y(0) - y(Math.abs(credits[i]))) }),
     svg('rect', { class: 'bar-debit', x: x(i), width: barW,
       y: y(0), height: Math.max(0, y(-Math.abs(debits[i])) - y(0)) }),
-    i % labelEvery === 0 || i === days.length - 1
+    labelled(i)
       ? svg('text', { x: x(i), y: HEIGHT - MARGIN.bottom + 16, 'text-anchor': 'middle',
         class: 'axis-label' }, d.date.slice(5))
       : null));
@@ -74,16 +83,16 @@ export function dailyChart(days, currency) {
     ? closing.map((v, i) => svg('circle', { class: 'dot-closing', cx: x(i), cy: y(v), r: 3 }))
     : [];
 
-  const first = days[0];
-  const last = days[days.length - 1];
+  const firstDay = days[0];
+  const lastDay = days[last];
   const titleId = 'chart-title';
   const descId = 'chart-desc';
   return svg('svg', { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'chart', role: 'img',
     'aria-labelledby': `${titleId} ${descId}`, 'data-days': days.length },
   svg('title', { id: titleId }, `Daily closing balance, credits and debits (${currency})`),
   svg('desc', { id: descId }, days.length === 0 ? 'No days in this range.'
-    : `From ${first.date} to ${last.date}: closing balance went from ` +
-      `${formatAmount(first.closing_balance)} to ${formatAmount(last.closing_balance)} ` +
+    : `From ${firstDay.date} to ${lastDay.date}: closing balance went from ` +
+      `${formatAmount(firstDay.closing_balance)} to ${formatAmount(lastDay.closing_balance)} ` +
       `${currency}. The table below lists every figure.`),
   grid, bars, line, dots);
 }

@@ -15,7 +15,7 @@ export async function render(main, ctx, accountId) {
   const title = h('h1', { tabindex: '-1' }, 'Account ', h('span', { class: 'mono' }, accountId));
   const summary = h('section', { class: 'card summary', 'aria-labelledby': 'summary-title',
     'aria-busy': 'true' }, h('h2', { id: 'summary-title' }, 'Balances'), h('p', null, 'Loading…'));
-  main.replaceChildren(title, ctx.takeFlash(), summary);
+  replace(main, title, ctx.takeFlash(), summary);
 
   let account;
   try {
@@ -106,12 +106,13 @@ function entryForm(account, refresh) {
     if (text) body.description = text;
     const { status: httpStatus, data } = await postEntry(account.id, body);
     await refresh().catch(() => {});
-    const after = data && (data.balance ?? data.balance_after ?? data.entry?.balance_after);
+    const after = data?.balance_after;
     const what = `${kind === 'credit' ? 'Credit' : 'Debit'} of ${formatAmount(body.amount)} ` +
       `${account.currency}`;
-    const balance = after !== undefined ? `; balance now ${formatAmount(after)}` : '';
+    const balance = after != null ? `; balance now ${formatAmount(after)}` : '';
     amount.input.value = '';
     description.input.value = '';
+    if (data?.status === 'pending') return `${what} accepted; it is being completed.`;
     return httpStatus === 201 ? `${what} posted${balance}.`
       : `${what} was already posted with this request ID; nothing was posted twice.`;
   });
@@ -147,7 +148,7 @@ function transferForm(account, refresh) {
     };
     const text = description.input.value.trim();
     if (text) body.description = text;
-    const { status: httpStatus } = await postTransfer(body).catch((error) => {
+    const { status: httpStatus, data } = await postTransfer(body).catch((error) => {
       // The destination is the only account the user typed here.
       if (error.code === 'account_not_found' && !error.field) error.field = 'to';
       throw error;
@@ -156,30 +157,27 @@ function transferForm(account, refresh) {
     const what = `Transfer of ${formatAmount(body.amount)} ${account.currency} to ${body.to}`;
     amount.input.value = '';
     description.input.value = '';
+    if (data?.status === 'pending') return `${what} accepted; it is being completed.`;
     return httpStatus === 201 ? `${what} committed.`
       : `${what} was already made with this request ID; nothing was moved twice.`;
   });
   return form;
 }
 
-/** Returns a movement in one shape, whatever the API's field names: direction is 'credit'
- * (money in) or 'debit' (money out) from this account's point of view. */
-function normalizeMovement(m, accountId) {
-  const isTransfer = m.kind === 'transfer' || (m.kind !== 'entry' && (m.from || m.to));
-  let direction = m.direction || (m.type === 'credit' || m.type === 'debit' ? m.type : null);
-  if (!direction && isTransfer) direction = m.to === accountId ? 'credit' : 'debit';
-  if (!direction) direction = isNegative(m.amount) ? 'debit' : 'credit';
-  let counterparty = '';
-  if (isTransfer) counterparty = direction === 'credit' ? (m.from ?? '') : (m.to ?? '');
+/** Returns a movement of the API (`kind` transfer|entry, `direction` in|out, `counterparty`,
+ * `amount`, `balance_after`) with direction named as the entry forms name it: 'credit' (money
+ * in) or 'debit' (money out). */
+function normalizeMovement(m) {
+  const direction = m.direction === 'out' || m.direction === 'debit' ? 'debit' : 'credit';
   return {
-    id: m.id ?? m.transfer_id ?? m.entry_id ?? '',
-    kind: isTransfer ? 'transfer' : 'entry',
+    id: m.id ?? '',
+    kind: m.kind === 'transfer' ? 'transfer' : 'entry',
     direction,
     amount: m.amount,
-    balance: m.balance_after ?? m.running_balance ?? m.balance,
-    counterparty,
+    balance: m.balance_after,
+    counterparty: m.counterparty ?? '',
     description: m.description ?? '',
-    at: m.created_at ?? m.at ?? m.timestamp,
+    at: m.created_at,
   };
 }
 
@@ -205,15 +203,16 @@ function movementsSection(accountId) {
     try {
       const { data } = await getMovements(accountId,
         { limit: MOVEMENTS_PAGE_LIMIT, cursor: first ? null : cursor });
-      const list = data.movements ?? data.items ?? data.data ?? [];
-      cursor = data.next_cursor ?? data.cursor ?? data.next ?? null;
+      const list = data.movements ?? [];
+      cursor = data.next_cursor ?? null;
       if (first) body.replaceChildren();
-      for (const raw of list) body.append(row(normalizeMovement(raw, accountId)));
+      for (const raw of list) body.append(row(normalizeMovement(raw)));
       if (first && list.length === 0) {
         body.append(h('tr', null, h('td', { colspan: 4 }, 'No movements yet.')));
       }
       more.hidden = !cursor;
-      status.textContent = '';
+      status.textContent = !cursor && data.older_movements_in_stream
+        ? 'Older movements are kept in the ledger\'s stream and are not listed here.' : '';
     } catch (error) {
       status.textContent = plainWords(error);
     } finally {
@@ -231,8 +230,8 @@ function row(m) {
   return h('tr', { 'data-movement-id': m.id, 'data-direction': m.direction,
     'data-amount': m.amount, 'data-balance': m.balance ?? '' },
   h('td', { 'data-label': 'When (UTC)' }, formatTimestamp(m.at)),
-  h('td', { 'data-label': 'Movement' }, h('span', null, label),
-    m.description ? h('span', { class: 'hint block' }, m.description) : null),
+  h('td', { 'data-label': 'Movement' }, h('span', { class: 'movement-text' }, label,
+    m.description ? h('span', { class: 'hint block' }, m.description) : null)),
   h('td', { 'data-label': 'Amount', class: `num ${m.direction}` },
     formatSigned(m.amount, m.direction)),
   h('td', { 'data-label': 'Balance after', class: 'num' }, formatAmount(m.balance ?? '')));

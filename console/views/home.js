@@ -1,13 +1,13 @@
 // Home: find an account by ID, or open a new one.
 
 import { getAccount, openAccount } from '../api.js';
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { controller, field, statusLine } from '../forms.js';
 import { tidyAmountInput } from '../money.js';
 
 /** Renders the home page into `main`. */
 export function render(main, ctx) {
-  main.replaceChildren(
+  replace(main,
     h('h1', { tabindex: '-1' }, 'Accounts'),
     h('div', { class: 'grid' }, findCard(ctx), openCard(ctx)),
   );

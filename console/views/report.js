@@ -32,7 +32,7 @@ export function render(main, ctx, accountId, query) {
   status);
   const output = h('div', { class: 'report-output', 'aria-live': 'polite' });
   const accountHref = `#/accounts/${encodeURIComponent(accountId)}`;
-  main.replaceChildren(
+  replace(main,
     h('h1', { tabindex: '-1' }, 'Daily report ', h('span', { class: 'mono' }, accountId)),
     h('nav', { class: 'page-actions', 'aria-label': 'Report' },
       h('a', { href: accountHref }, '← Back to the account')),
@@ -52,6 +52,8 @@ export function render(main, ctx, accountId, query) {
 }
 
 function show(output, report, range) {
+  // The chart is drawn for the width it will get (the card's padding taken off).
+  const chartWidthPx = Math.max(0, output.clientWidth - 34);
   const days = report.days || [];
   const currency = report.currency || '';
   const cols = [
@@ -68,6 +70,8 @@ function show(output, report, range) {
         : h('td', { 'data-key': key, 'data-value': String(day[key] ?? ''),
           class: `num${isNegative(day[key]) ? ' negative' : ''}` },
         key === 'movements' ? String(day[key] ?? '') : formatAmount(day[key])))))));
+  const chartBox = h('div', { class: 'chart-box' }, dailyChart(days, currency, chartWidthPx));
+  redrawOnResize(chartBox, days, currency);
   const download = h('button', { type: 'button', 'data-action': 'csv' }, 'Download CSV');
   download.addEventListener('click', () => downloadCsv(report, range, cols));
   replace(output,
@@ -77,12 +81,33 @@ function show(output, report, range) {
         h('span', { class: 'key key-closing' }, 'Closing balance'),
         h('span', { class: 'key key-credit' }, 'Credits'),
         h('span', { class: 'key key-debit' }, 'Debits')),
-      dailyChart(days, currency)),
+      chartBox),
     h('section', { class: 'card', 'aria-labelledby': 'table-heading' },
       h('h2', { id: 'table-heading' }, 'Day by day'),
       h('div', { class: 'table-scroll', tabindex: '0', role: 'region',
         'aria-labelledby': 'table-heading' }, table),
       h('div', { class: 'actions' }, download)));
+}
+
+/** Redraws the chart when the window's width changes (a phone turned sideways), until the
+ * chart leaves the page. */
+function redrawOnResize(chartBox, days, currency) {
+  let timer = null;
+  let drawnWidthPx = chartBox.clientWidth;
+  const onResize = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (!chartBox.isConnected) {
+        window.removeEventListener('resize', onResize);
+        return;
+      }
+      const widthPx = chartBox.clientWidth;
+      if (Math.abs(widthPx - drawnWidthPx) < 8) return;
+      drawnWidthPx = widthPx;
+      replace(chartBox, dailyChart(days, currency, widthPx));
+    }, 100);
+  };
+  window.addEventListener('resize', onResize);
 }
 
 /** Returns one CSV cell, quoted when needed (RFC 4180). */

@@ -3,7 +3,7 @@
 
 import { setToken } from '../api.js';
 import { beginOAuthSignIn, tokenIsAccepted } from '../auth.js';
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { controller, field, plainWords, statusLine } from '../forms.js';
 
 /** Renders the sign-in page into `main`; `ctx.config.oauth` enables single sign-on and
@@ -21,7 +21,7 @@ export function render(main, ctx) {
   const button = h('button', { type: 'submit' }, 'Sign in with token');
   const status = statusLine();
   const form = h('form', { class: 'card', 'aria-labelledby': 'signin-token-title',
-    novalidate: true },
+    novalidate: true, 'data-form': 'signin' },
   h('h2', { id: 'signin-token-title' }, 'Use a bearer token'),
   token.row, h('div', { class: 'actions' }, button), status);
   const ctl = controller(form, { token }, { status, button });
@@ -51,7 +51,7 @@ export function render(main, ctx) {
   });
 
   const sso = ctx.config.oauth ? ssoCard(ctx) : null;
-  main.replaceChildren(
+  replace(main,
     h('h1', { tabindex: '-1' }, 'Sign in'),
     ctx.notice ? h('p', { class: 'notice', role: 'alert' }, ctx.notice) : null,
     h('p', null, 'This ledger requires a signed-in user (--auth jwt).'),
