@@ -31,6 +31,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -599,7 +600,14 @@ def test_pkce_vector(browser):
     log("PKCE S256 challenge (RFC 7636 vector): ok")
 
 
+def stop_on_sigterm(signum, frame):
+    """Turns SIGTERM (the runner's timeout) into SystemExit, so that `finally` stops the
+    processes this script started."""
+    raise SystemExit(f"console e2e: stopped by signal {signum}")
+
+
 def main():
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saldo-bin", default=os.environ.get("SALDO_BIN", "target/debug/saldo"))
     parser.add_argument("--screenshots", default="target/console-screenshots")
