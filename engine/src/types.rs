@@ -131,7 +131,20 @@ impl Day {
             return None;
         }
         let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-        let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let dim = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
         if d > dim[(m - 1) as usize] {
             return None;
         }
@@ -218,7 +231,7 @@ pub enum Rejection {
     /// The ID was used before with other content; lists the fields that differ.
     IdConflict {
         /// Names of the request fields whose values differ from the original.
-        fields: Vec<&'static str>,
+        fields: Vec<String>,
     },
     /// A transfer in an atomic batch was not applied because another one was rejected.
     BatchAborted,
@@ -246,7 +259,11 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::IdConflict { fields } => {
-                write!(f, "id_conflict: fields differ from the original: {}", fields.join(", "))
+                write!(
+                    f,
+                    "id_conflict: fields differ from the original: {}",
+                    fields.join(", ")
+                )
             }
             other => f.write_str(other.code()),
         }

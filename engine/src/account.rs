@@ -1,0 +1,545 @@
+//! The pure account state machine: `decide` turns a command into an event (or a rejection),
+//! `apply` folds an event into the state. No I/O, no clock, no randomness: time comes in the
+//! event. The live actors, recovery, the snapshotter, the simulator and the benches all call
+//! these same two functions, so replay is deterministic by construction.
+//!
+//! Money moves only through `checked_*` arithmetic; the invariants (available never below
+//! `-overdraft_limit`, holds sum to `held`, the daily closing equals the balance) are asserted
+//! after every change and stay on in release: a crash beats a wrong balance.
+
+#![deny(clippy::float_arithmetic, clippy::arithmetic_side_effects)]
+
+use std::{collections::VecDeque, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::Event,
+    types::{
+        AccountId, AccountView, Currency, DailyRow, Day, Direction, Entry, EntryKind, MovementId,
+        MovementRow, MovementsPage, OpenAccount, Rejection, Timestamp, Transfer,
+    },
+};
+
+/// A command addressed to one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountCommand {
+    /// Phase 1: reserve the transfer's amount on its debit account.
+    Hold(Transfer),
+    /// Phase 2: credit the transfer's amount to its credit account.
+    Credit(Transfer),
+    /// Phase 3: turn the hold into a debit.
+    Commit(MovementId),
+    /// Phase 3, failure path: drop the hold.
+    Release(MovementId, Rejection),
+    /// An external credit or debit.
+    Entry(Entry),
+}
+
+/// One row of history kept in memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    seq: u64,
+    movement_id: MovementId,
+    counterparty_opt: Option<AccountId>,
+    description_opt: Option<Arc<str>>,
+    amount_minor: i64,
+    balance_after_minor: i64,
+    at: Timestamp,
+    direction: Direction,
+    is_transfer: bool,
+}
+
+/// One day with movements: what the daily report is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayTotals {
+    day: Day,
+    num_movements: u32,
+    credits_minor: i64,
+    debits_minor: i64,
+    closing_minor: i64,
+}
+
+/// The state of one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    id: AccountId,
+    currency: Currency,
+    overdraft_limit_minor: i64,
+    metadata_opt: Option<Box<str>>,
+    created_at: Timestamp,
+    /// Time of the latest event; events are applied in non-decreasing time.
+    updated_at: Timestamp,
+    /// Posted balance, held funds included.
+    balance_minor: i64,
+    /// Sum of `holds`.
+    held_minor: i64,
+    /// Open holds (transfers in flight from this account), oldest first.
+    holds: Vec<Transfer>,
+    num_movements: u64,
+    /// The newest `movements_window` rows, oldest first.
+    history: VecDeque<HistoryRow>,
+    /// One entry per day with movements, oldest first.
+    days: Vec<DayTotals>,
+}
+
+impl AccountState {
+    /// Returns the state of a just-opened account.
+    pub fn open(cmd: &OpenAccount, at: Timestamp) -> AccountState {
+        assert!(cmd.overdraft_limit_minor >= 0, "validated by the caller");
+        AccountState {
+            id: cmd.account_id.clone(),
+            currency: cmd.currency,
+            overdraft_limit_minor: cmd.overdraft_limit_minor,
+            metadata_opt: cmd.metadata_opt.as_deref().map(Box::from),
+            created_at: at,
+            updated_at: at,
+            balance_minor: 0,
+            held_minor: 0,
+            holds: Vec::new(),
+            num_movements: 0,
+            history: VecDeque::new(),
+            days: Vec::new(),
+        }
+    }
+
+    /// Returns the account ID.
+    pub fn id(&self) -> &AccountId {
+        &self.id
+    }
+    /// Returns the currency.
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+    /// Returns the posted balance (held funds included).
+    pub fn balance_minor(&self) -> i64 {
+        self.balance_minor
+    }
+    /// Returns the sum of open holds.
+    pub fn held_minor(&self) -> i64 {
+        self.held_minor
+    }
+    /// Returns the open holds (transfers in flight from this account).
+    pub fn holds(&self) -> &[Transfer] {
+        &self.holds
+    }
+    /// Returns the time of the latest event.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// Returns whether `cmd` would open exactly this account.
+    pub fn same_opening(&self, cmd: &OpenAccount) -> bool {
+        self.currency == cmd.currency
+            && self.overdraft_limit_minor == cmd.overdraft_limit_minor
+            && self.metadata_opt.as_deref() == cmd.metadata_opt.as_deref()
+    }
+
+    /// Returns what `cmd` records: the event to append and apply, or the rejection. A rejected
+    /// hold or entry is still recorded by the caller (as `TransferRejected` / `EntryRejected`) so
+    /// that retries see the same outcome.
+    pub fn decide(&self, cmd: &AccountCommand, at: Timestamp) -> Result<Event, Rejection> {
+        match cmd {
+            AccountCommand::Hold(t) => {
+                assert_eq!(t.debit_account_id, self.id, "routing bug");
+                self.check_amount(t.amount_minor, t.currency)?;
+                self.check_can_spend(t.amount_minor)?;
+                Ok(Event::HoldPlaced {
+                    transfer: t.clone(),
+                    at,
+                })
+            }
+            AccountCommand::Credit(t) => {
+                assert_eq!(t.credit_account_id, self.id, "routing bug");
+                self.check_amount(t.amount_minor, t.currency)?;
+                self.balance_minor
+                    .checked_add(t.amount_minor)
+                    .ok_or(Rejection::InvalidAmount)?;
+                Ok(Event::CreditApplied {
+                    transfer: t.clone(),
+                    at,
+                })
+            }
+            AccountCommand::Commit(id) => {
+                self.hold(id).ok_or(Rejection::MovementNotFound)?;
+                Ok(Event::HoldCommitted {
+                    transfer_id: id.clone(),
+                    debit_account_id: self.id.clone(),
+                    at,
+                })
+            }
+            AccountCommand::Release(id, reason) => {
+                self.hold(id).ok_or(Rejection::MovementNotFound)?;
+                Ok(Event::HoldReleased {
+                    transfer_id: id.clone(),
+                    debit_account_id: self.id.clone(),
+                    reason: reason.clone(),
+                    at,
+                })
+            }
+            AccountCommand::Entry(e) => {
+                assert_eq!(e.account_id, self.id, "routing bug");
+                self.check_amount(e.amount_minor, self.currency)?;
+                let balance_after_minor = match e.kind {
+                    EntryKind::Credit => self
+                        .balance_minor
+                        .checked_add(e.amount_minor)
+                        .ok_or(Rejection::InvalidAmount)?,
+                    EntryKind::Debit => {
+                        self.check_can_spend(e.amount_minor)?;
+                        self.balance_minor
+                            .checked_sub(e.amount_minor)
+                            .ok_or(Rejection::InvalidAmount)?
+                    }
+                };
+                Ok(Event::EntryApplied {
+                    entry: e.clone(),
+                    balance_after_minor,
+                    at,
+                })
+            }
+        }
+    }
+
+    fn check_amount(&self, amount_minor: i64, currency: Currency) -> Result<(), Rejection> {
+        if currency != self.currency {
+            return Err(Rejection::CurrencyMismatch);
+        }
+        if amount_minor <= 0 {
+            return Err(Rejection::InvalidAmount);
+        }
+        Ok(())
+    }
+
+    /// Checks that `amount_minor` more can leave: available − amount ≥ −overdraft limit.
+    fn check_can_spend(&self, amount_minor: i64) -> Result<(), Rejection> {
+        let available_after = self
+            .balance_minor
+            .checked_sub(self.held_minor)
+            .and_then(|a| a.checked_sub(amount_minor))
+            .ok_or(Rejection::InsufficientFunds)?;
+        let floor = self
+            .overdraft_limit_minor
+            .checked_neg()
+            .expect("overdraft limit is >= 0");
+        if available_after < floor {
+            return Err(Rejection::InsufficientFunds);
+        }
+        Ok(())
+    }
+
+    fn hold(&self, id: &MovementId) -> Option<&Transfer> {
+        self.holds.iter().find(|t| &t.transfer_id == id)
+    }
+
+    /// Folds an event about this account into the state. `movements_window` bounds the history
+    /// kept in memory. Events that do not change the account (rejections) are no-ops.
+    pub fn apply(&mut self, event: &Event, movements_window: usize) {
+        let at = event.at();
+        assert!(at >= self.updated_at, "time goes forward on an account");
+        match event {
+            Event::AccountOpened { .. } => panic!("an account is opened once"),
+            Event::EntryRejected { .. } | Event::TransferRejected { .. } => return,
+            Event::HoldPlaced { transfer, .. } => {
+                assert_eq!(transfer.debit_account_id, self.id);
+                assert!(
+                    self.hold(&transfer.transfer_id).is_none(),
+                    "one hold per transfer"
+                );
+                self.held_minor = self
+                    .held_minor
+                    .checked_add(transfer.amount_minor)
+                    .expect("checked by decide");
+                self.holds.push(transfer.clone());
+            }
+            Event::CreditApplied { transfer, .. } => {
+                assert_eq!(transfer.credit_account_id, self.id);
+                self.post(
+                    at,
+                    transfer.amount_minor,
+                    Direction::In,
+                    movements_window,
+                    || {
+                        (
+                            transfer.transfer_id.clone(),
+                            Some(transfer.debit_account_id.clone()),
+                            transfer.description_opt.as_deref().map(Arc::from),
+                            true,
+                        )
+                    },
+                );
+            }
+            Event::HoldCommitted { transfer_id, .. } => {
+                let i = self
+                    .holds
+                    .iter()
+                    .position(|t| &t.transfer_id == transfer_id)
+                    .expect("commit of an open hold");
+                let t = self.holds.remove(i);
+                self.held_minor = self
+                    .held_minor
+                    .checked_sub(t.amount_minor)
+                    .expect("held covers the hold");
+                self.post(at, t.amount_minor, Direction::Out, movements_window, || {
+                    (
+                        t.transfer_id.clone(),
+                        Some(t.credit_account_id.clone()),
+                        t.description_opt.as_deref().map(Arc::from),
+                        true,
+                    )
+                });
+            }
+            Event::HoldReleased { transfer_id, .. } => {
+                let i = self
+                    .holds
+                    .iter()
+                    .position(|t| &t.transfer_id == transfer_id)
+                    .expect("release of an open hold");
+                let t = self.holds.remove(i);
+                self.held_minor = self
+                    .held_minor
+                    .checked_sub(t.amount_minor)
+                    .expect("held covers the hold");
+            }
+            Event::EntryApplied {
+                entry,
+                balance_after_minor,
+                ..
+            } => {
+                assert_eq!(entry.account_id, self.id);
+                let direction = match entry.kind {
+                    EntryKind::Credit => Direction::In,
+                    EntryKind::Debit => Direction::Out,
+                };
+                self.post(at, entry.amount_minor, direction, movements_window, || {
+                    (
+                        entry.entry_id.clone(),
+                        None,
+                        entry.description_opt.as_deref().map(Arc::from),
+                        false,
+                    )
+                });
+                // Assert in pairs: the balance decide computed is the balance apply reached.
+                assert_eq!(
+                    self.balance_minor, *balance_after_minor,
+                    "entry replay diverged"
+                );
+            }
+        }
+        self.updated_at = at;
+        self.check_invariants();
+    }
+
+    /// Changes the posted balance by one movement and records it in the history and the day.
+    fn post(
+        &mut self,
+        at: Timestamp,
+        amount_minor: i64,
+        direction: Direction,
+        movements_window: usize,
+        row: impl FnOnce() -> (MovementId, Option<AccountId>, Option<Arc<str>>, bool),
+    ) {
+        self.balance_minor = match direction {
+            Direction::In => self.balance_minor.checked_add(amount_minor),
+            Direction::Out => self.balance_minor.checked_sub(amount_minor),
+        }
+        .expect("checked by decide");
+        self.num_movements = self.num_movements.checked_add(1).expect("u64 movements");
+        let day = at.day();
+        match self.days.last_mut() {
+            Some(last) if last.day == day => {}
+            Some(last) => assert!(last.day < day, "days in order"),
+            None => {}
+        }
+        if self.days.last().is_none_or(|last| last.day != day) {
+            self.days.push(DayTotals {
+                day,
+                num_movements: 0,
+                credits_minor: 0,
+                debits_minor: 0,
+                closing_minor: 0,
+            });
+        }
+        let today = self.days.last_mut().expect("pushed above");
+        today.num_movements = today.num_movements.saturating_add(1);
+        match direction {
+            Direction::In => {
+                today.credits_minor = today
+                    .credits_minor
+                    .checked_add(amount_minor)
+                    .expect("bounded by the balance type")
+            }
+            Direction::Out => {
+                today.debits_minor = today
+                    .debits_minor
+                    .checked_add(amount_minor)
+                    .expect("bounded by the balance type")
+            }
+        }
+        today.closing_minor = self.balance_minor;
+        if movements_window > 0 {
+            let (movement_id, counterparty_opt, description_opt, is_transfer) = row();
+            if self.history.len() >= movements_window {
+                self.history.pop_front();
+            }
+            self.history.push_back(HistoryRow {
+                seq: self.num_movements,
+                movement_id,
+                counterparty_opt,
+                description_opt,
+                amount_minor,
+                balance_after_minor: self.balance_minor,
+                at,
+                direction,
+                is_transfer,
+            });
+        }
+    }
+
+    fn check_invariants(&self) {
+        let held: i64 = self
+            .holds
+            .iter()
+            .map(|t| t.amount_minor)
+            .fold(0i64, |a, b| a.checked_add(b).expect("held fits"));
+        assert_eq!(held, self.held_minor, "holds sum to held");
+        let available = self
+            .balance_minor
+            .checked_sub(self.held_minor)
+            .expect("fits");
+        assert!(
+            available >= self.overdraft_limit_minor.checked_neg().expect("fits"),
+            "account {} below its allowance",
+            self.id
+        );
+        if let Some(last) = self.days.last() {
+            assert_eq!(
+                last.closing_minor, self.balance_minor,
+                "daily closing equals the balance"
+            );
+        }
+    }
+
+    /// Returns the reader's view of the account.
+    pub fn view(&self) -> AccountView {
+        AccountView {
+            account_id: self.id.clone(),
+            currency: self.currency,
+            balance_minor: self.balance_minor,
+            held_minor: self.held_minor,
+            available_minor: self
+                .balance_minor
+                .checked_sub(self.held_minor)
+                .expect("fits"),
+            overdraft_limit_minor: self.overdraft_limit_minor,
+            metadata_opt: self.metadata_opt.as_deref().map(String::from),
+            created_at: self.created_at,
+            num_movements: self.num_movements,
+        }
+    }
+
+    /// Returns up to `limit` rows older than `cursor_opt` (exclusive), newest first.
+    pub fn movements(&self, limit: usize, cursor_opt: Option<u64>) -> MovementsPage {
+        let below = cursor_opt.unwrap_or(u64::MAX);
+        let rows: Vec<MovementRow> = self
+            .history
+            .iter()
+            .rev()
+            .filter(|r| r.seq < below)
+            .take(limit)
+            .map(|r| MovementRow {
+                seq: r.seq,
+                movement_id: r.movement_id.clone(),
+                is_transfer: r.is_transfer,
+                direction: r.direction,
+                counterparty_opt: r.counterparty_opt.clone(),
+                amount_minor: r.amount_minor,
+                balance_after_minor: r.balance_after_minor,
+                at: r.at,
+                description_opt: r.description_opt.as_deref().map(String::from),
+            })
+            .collect();
+        let oldest_in_memory = self
+            .history
+            .front()
+            .map_or(self.num_movements.saturating_add(1), |r| r.seq);
+        let next_cursor_opt = match rows.last() {
+            Some(last) if rows.len() == limit && last.seq > oldest_in_memory => Some(last.seq),
+            _ => None,
+        };
+        MovementsPage {
+            // The page reached the bottom of the in-memory window and older rows exist.
+            older_rows_in_stream: next_cursor_opt.is_none() && oldest_in_memory > 1,
+            next_cursor_opt,
+            rows,
+        }
+    }
+
+    /// Returns the daily consolidated rows for every day of `from..=to`.
+    pub fn daily(&self, from: Day, to: Day) -> Vec<DailyRow> {
+        let mut i = self.days.partition_point(|d| d.day < from);
+        let mut opening = if i == 0 {
+            0
+        } else {
+            self.days[i.wrapping_sub(1)].closing_minor
+        };
+        let mut out = Vec::new();
+        let mut day = from;
+        while day <= to {
+            let row = match self.days.get(i) {
+                Some(t) if t.day == day => {
+                    i = i.wrapping_add(1);
+                    DailyRow {
+                        day,
+                        opening_minor: opening,
+                        credits_minor: t.credits_minor,
+                        debits_minor: t.debits_minor,
+                        num_movements: u64::from(t.num_movements),
+                        closing_minor: t.closing_minor,
+                    }
+                }
+                _ => DailyRow {
+                    day,
+                    opening_minor: opening,
+                    credits_minor: 0,
+                    debits_minor: 0,
+                    num_movements: 0,
+                    closing_minor: opening,
+                },
+            };
+            opening = row.closing_minor;
+            out.push(row);
+            day = Day(day.0.checked_add(1).expect("bounded range"));
+        }
+        out
+    }
+
+    /// Feeds a canonical digest of the account's money state into `hasher` (for the
+    /// snapshot + replay ≡ live checks).
+    pub fn digest_into(&self, hasher: &mut blake3::Hasher) {
+        hasher.update(self.id.as_str().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(self.currency.code().as_bytes());
+        for v in [
+            self.balance_minor,
+            self.held_minor,
+            self.overdraft_limit_minor,
+        ] {
+            hasher.update(&v.to_le_bytes());
+        }
+        hasher.update(&self.num_movements.to_le_bytes());
+        hasher.update(&self.created_at.0.to_le_bytes());
+        let mut holds: Vec<&str> = self.holds.iter().map(|t| t.transfer_id.as_str()).collect();
+        holds.sort_unstable();
+        for h in holds {
+            hasher.update(h.as_bytes());
+            hasher.update(&[0]);
+        }
+        for d in &self.days {
+            hasher.update(&d.day.0.to_le_bytes());
+            hasher.update(&d.credits_minor.to_le_bytes());
+            hasher.update(&d.debits_minor.to_le_bytes());
+            hasher.update(&d.closing_minor.to_le_bytes());
+        }
+    }
+}

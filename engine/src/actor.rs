@@ -1,0 +1,192 @@
+//! The async shell around the pure account: one kameo actor per *live* account.
+//!
+//! Accounts are virtual actors: a shard keeps every account's state compactly in a [`Slot`]
+//! while it is passive; the first message activates an actor that takes the state over; an
+//! actor idle for `passivate_after_ms` hands its state back and stops. A message that reaches
+//! an actor after it passivated is answered [`AccountReply::Moved`] (or fails to send because the
+//! actor stopped): the caller resolves the account again and resends, at most
+//! [`crate::limits::ACTIVATION_RETRIES_MAX`] times.
+//!
+//! Handlers never `ask` another actor (two accounts asking each other would deadlock): the
+//! transfer's phases are driven by the coordinator in [`crate::node`]. Business rejections are
+//! reply values; a handler never fails, because an `Err` reply to a `tell` stops a kameo actor.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kameo::{
+    actor::ActorRef,
+    error::Infallible,
+    message::{Context, Message},
+    Actor, Reply,
+};
+use saldo_persistence::Lsn;
+
+use crate::{
+    account::{AccountCommand, AccountState},
+    event::Event,
+    log::Ticket,
+    node::ShardCore,
+    types::{DailyRow, Day, LedgerError, MovementsPage, Rejection, Timestamp},
+};
+
+/// Where a shard keeps an account.
+pub(crate) enum Slot {
+    /// Not live: the state itself, and the LSN of its latest event.
+    Passive(Box<AccountState>, Lsn),
+    /// Live: the actor owns the state. The currency is kept here for routing checks.
+    Active(ActorRef<AccountActor>, crate::types::Currency),
+}
+
+/// A live account.
+pub(crate) struct AccountActor {
+    /// `None` once passivated: the state went back to the shard.
+    state_opt: Option<AccountState>,
+    /// LSN of the latest event applied (reads wait until it is durable).
+    last_lsn: Lsn,
+    shard: Arc<ShardCore>,
+    last_active: Instant,
+}
+
+impl Actor for AccountActor {
+    type Args = (AccountState, Lsn, Arc<ShardCore>);
+    type Error = Infallible;
+
+    async fn on_start(
+        (state, last_lsn, shard): Self::Args,
+        _: ActorRef<Self>,
+    ) -> Result<Self, Self::Error> {
+        Ok(AccountActor {
+            state_opt: Some(state),
+            last_lsn,
+            shard,
+            last_active: Instant::now(),
+        })
+    }
+}
+
+/// A message to an account actor.
+#[derive(Clone, Debug)]
+pub(crate) enum AccountMsg {
+    Exec(AccountCommand),
+    View,
+    Movements {
+        limit: usize,
+        cursor_opt: Option<u64>,
+    },
+    Daily {
+        from: Day,
+        to: Day,
+    },
+    State,
+    Passivate {
+        idle: Duration,
+    },
+}
+
+/// The reply of an account actor.
+#[derive(Reply)]
+pub(crate) enum AccountReply {
+    /// The actor passivated: resolve the account again and resend.
+    Moved,
+    /// A command ran: `Ok(event)` applied, or the rejection. The ticket (when something was
+    /// recorded) says when it is durable.
+    Executed {
+        result: Result<Event, Rejection>,
+        ticket_opt: Option<Ticket>,
+    },
+    /// The stream failed.
+    Failed(LedgerError),
+    View(crate::types::AccountView, Lsn),
+    Movements(MovementsPage, Lsn),
+    Daily(Vec<DailyRow>, crate::types::Currency, Lsn),
+    State(Box<AccountState>),
+    Passivated(#[allow(dead_code)] bool),
+}
+
+impl Message<AccountMsg> for AccountActor {
+    type Reply = AccountReply;
+
+    async fn handle(
+        &mut self,
+        msg: AccountMsg,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        let Some(state) = self.state_opt.as_mut() else {
+            return AccountReply::Moved;
+        };
+        if !matches!(msg, AccountMsg::Passivate { .. }) {
+            self.last_active = Instant::now();
+        }
+        match msg {
+            AccountMsg::Exec(cmd) => {
+                // Time never goes backwards on an account, whatever the wall clock does.
+                let now = Timestamp::now().max(state.updated_at());
+                let (event, result) = match state.decide(&cmd, now) {
+                    Ok(ev) => (Some(ev.clone()), Ok(ev)),
+                    Err(reason) => {
+                        let record_opt = match &cmd {
+                            AccountCommand::Hold(t) => Some(Event::TransferRejected {
+                                transfer: t.clone(),
+                                reason: reason.clone(),
+                                at: now,
+                            }),
+                            AccountCommand::Entry(e) => Some(Event::EntryRejected {
+                                entry: e.clone(),
+                                reason: reason.clone(),
+                                at: now,
+                            }),
+                            _ => None,
+                        };
+                        (record_opt, Err(reason))
+                    }
+                };
+                let Some(event) = event else {
+                    return AccountReply::Executed {
+                        result,
+                        ticket_opt: None,
+                    };
+                };
+                let ticket = match self.shard.log.append(&event).await {
+                    Ok(t) => t,
+                    Err(e) => return AccountReply::Failed(e),
+                };
+                if result.is_ok() {
+                    state.apply(&event, self.shard.movements_window);
+                }
+                self.last_lsn = ticket.lsn;
+                AccountReply::Executed {
+                    result,
+                    ticket_opt: Some(ticket),
+                }
+            }
+            AccountMsg::View => AccountReply::View(state.view(), self.last_lsn),
+            AccountMsg::Movements { limit, cursor_opt } => {
+                AccountReply::Movements(state.movements(limit, cursor_opt), self.last_lsn)
+            }
+            AccountMsg::Daily { from, to } => {
+                AccountReply::Daily(state.daily(from, to), state.currency(), self.last_lsn)
+            }
+            AccountMsg::State => AccountReply::State(Box::new(state.clone())),
+            AccountMsg::Passivate { idle } => {
+                if self.last_active.elapsed() < idle {
+                    return AccountReply::Passivated(false);
+                }
+                let state = self.state_opt.take().expect("checked above");
+                let mut slots = self.shard.slots.lock();
+                let slot = slots
+                    .get_mut(state.id())
+                    .expect("a live account has a slot");
+                *slot = Slot::Passive(Box::new(state), self.last_lsn);
+                drop(slots);
+                self.shard
+                    .live_actors
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.stop();
+                AccountReply::Passivated(true)
+            }
+        }
+    }
+}

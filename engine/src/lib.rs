@@ -1,0 +1,65 @@
+//! # saldo-engine
+//!
+//! The ledger engine: accounts as actors that own their balances, two-phase transfers between
+//! them, every change logged to a write-ahead stream before anyone is told it happened.
+//!
+//! ## Layout
+//! - [`types`]: identifiers, currencies, time, commands, views, [`Rejection`] (public API types).
+//! - [`account`]: the pure account state machine (`decide` / `apply`), no I/O, no clock.
+//! - [`event`]: the events recorded in the stream and their encoding.
+//! - [`state`]: the pure state of a shard as the fold of its stream (restore, snapshots, tools).
+//! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
+//! - `actor`: the kameo account actors (virtual: activated on demand, passivated when idle).
+//! - `log`: group commit of a shard's events into stream records.
+//! - `node`: shards, movement table, the transfer coordinator, recovery, background tasks.
+//! - [`recovery`]: newest valid snapshot + stream tail.
+//! - [`limits`]: every bound, with compile-time checks of how they relate.
+//! - [`ledger`]: [`Ledger`], the public handle.
+//!
+//! ## Invariants (the rules of the money)
+//! I1 conservation per currency; I2 acknowledged ⇒ durable; I3 each ID takes effect at most
+//! once; I4 no balance below its allowance, holds counted; I5 snapshot + replay ≡ live state.
+//! The account state machine asserts I4 after every event; the coordinator enforces I2 and the
+//! cross-shard rule (nothing crosses a shard on the strength of a non-durable record).
+//!
+//! ## Failure model
+//! A stream append that fails (fsync error, backend down) stops the shard from taking writes:
+//! every waiter gets `Unavailable`, nothing is acknowledged, and a restart recovers from what is
+//! durable. A crash at any point is recovered by restore + resolution of open holds.
+
+#![warn(missing_docs)]
+
+pub mod account;
+mod actor;
+pub mod currency;
+pub mod event;
+pub mod ledger;
+pub mod limits;
+mod log;
+mod node;
+pub mod recovery;
+pub mod shard;
+pub mod state;
+mod stats;
+pub mod types;
+
+pub use ledger::{EngineConfig, Ledger, LedgerStats};
+pub use node::fold_shard;
+pub use types::*;
+
+/// An infrastructure failure of the engine (start-up, restore, snapshots).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is invalid.
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    /// The stream failed.
+    #[error(transparent)]
+    Wal(#[from] saldo_persistence::WalError),
+    /// The snapshot store failed.
+    #[error(transparent)]
+    Snapshot(#[from] saldo_persistence::SnapshotError),
+    /// The stream or a snapshot cannot be folded into a state.
+    #[error("restore failed: {0}")]
+    Restore(String),
+}

@@ -1,0 +1,45 @@
+//! Every bound of the engine, with why it has the value it has.
+
+use saldo_persistence::limits::WAL_RECORD_BYTES_MAX;
+
+/// Most shards a node can be configured with.
+pub const SHARDS_MAX: u32 = 4_096;
+
+/// Most events one group commit puts in one stream record.
+pub const WAL_BATCH_EVENTS_MAX: usize = 8_192;
+
+/// Largest encoded event (an account opening with maximal metadata, a transfer with maximal
+/// IDs and description stay far below it).
+pub const EVENT_BYTES_MAX: usize = 16 * 1024;
+
+/// Most payload bytes of one group commit: a record must fit the stream's record limit
+/// (Kinesis: 1 MiB including the partition key), with room for one more maximal event.
+pub const WAL_BATCH_BYTES_MAX: usize = WAL_RECORD_BYTES_MAX - 1024 - EVENT_BYTES_MAX;
+
+/// Largest account metadata (opaque JSON text), bytes.
+pub const METADATA_BYTES_MAX: usize = 4 * 1024;
+
+/// Longest date range of one daily report, days.
+pub const DAILY_RANGE_DAYS_MAX: i32 = 366;
+
+/// Most rows of one page of movements.
+pub const MOVEMENTS_PAGE_MAX: usize = 1_000;
+
+/// Most open holds one account may have at once (bounds the account's memory).
+pub const HOLDS_PER_ACCOUNT_MAX: usize = 4_096;
+
+/// Most transfers of one batch call coordinated at once (the rest wait for a slot).
+pub const BATCH_CONCURRENCY_MAX: usize = 2_048;
+
+/// Mailbox size of an account actor: a full mailbox makes senders wait (backpressure).
+pub const ACCOUNT_MAILBOX: usize = 256;
+
+/// How often a call re-resolves an account whose actor passivated under it before giving up.
+pub const ACTIVATION_RETRIES_MAX: u32 = 16;
+
+/// Most records a snapshot or restore reads from the stream per call.
+pub const RESTORE_READ_RECORDS: usize = 1_024;
+
+const _: () = assert!(WAL_BATCH_BYTES_MAX + EVENT_BYTES_MAX + 1024 <= WAL_RECORD_BYTES_MAX);
+const _: () = assert!(SHARDS_MAX.is_power_of_two());
+const _: () = assert!(METADATA_BYTES_MAX + 1024 < EVENT_BYTES_MAX);

@@ -1,0 +1,289 @@
+//! Group commit: a shard's events wait in one buffer while the previous batch is written, and
+//! the whole buffer becomes one stream record, made durable by one `Wal::append`.
+//!
+//! Appenders get a [`Ticket`] (their LSN and the batch's completion signal) and may apply the
+//! event in memory at once; whoever must not act on a record a crash could undo (a reply to a
+//! client, a phase message to another shard, a read) waits on the ticket first. At most two
+//! batches exist per shard (one being written, one filling); a full filling batch makes
+//! appenders wait: backpressure instead of unbounded memory.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use saldo_persistence::{record, Lsn, RecordHash, Wal};
+use tokio::sync::Notify;
+
+use crate::{
+    event::{self, Event},
+    limits::{WAL_BATCH_BYTES_MAX, WAL_BATCH_EVENTS_MAX},
+    stats::Histogram,
+    types::LedgerError,
+};
+
+const PENDING: u8 = 0;
+const DURABLE: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Completion of one batch.
+pub(crate) struct BatchSignal {
+    state: AtomicU8,
+    notify: Notify,
+}
+
+impl BatchSignal {
+    fn new() -> Arc<BatchSignal> {
+        Arc::new(BatchSignal {
+            state: AtomicU8::new(PENDING),
+            notify: Notify::new(),
+        })
+    }
+
+    fn complete(&self, ok: bool) {
+        self.state
+            .store(if ok { DURABLE } else { FAILED }, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) -> Result<(), LedgerError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.state.load(Ordering::Acquire) {
+                DURABLE => return Ok(()),
+                FAILED => {
+                    return Err(LedgerError::Unavailable {
+                        reason: "write-ahead stream failed",
+                    })
+                }
+                _ => notified.await,
+            }
+        }
+    }
+}
+
+/// Proof of an append: wait on it before acting on the event outside the shard.
+#[derive(Clone)]
+pub(crate) struct Ticket {
+    pub(crate) lsn: Lsn,
+    signal: Arc<BatchSignal>,
+}
+
+impl Ticket {
+    /// Returns once the event is durable.
+    pub(crate) async fn durable(&self) -> Result<Lsn, LedgerError> {
+        self.signal.wait().await.map(|()| self.lsn)
+    }
+}
+
+struct Filling {
+    next_lsn: Lsn,
+    first_lsn: Lsn,
+    num_events: usize,
+    payload: Vec<u8>,
+    signal: Arc<BatchSignal>,
+    /// The batch being written: (last lsn, signal).
+    writing_opt: Option<(Lsn, Arc<BatchSignal>)>,
+    failed: bool,
+}
+
+/// One shard's group-commit log.
+pub(crate) struct ShardLog {
+    shard: u32,
+    epoch: u64,
+    filling: Mutex<Filling>,
+    durable_lsn: AtomicU64,
+    /// Wakes the writer when the first event of a batch arrives.
+    wake_writer: Notify,
+    /// Wakes appenders waiting for room.
+    room: Notify,
+    linger: Duration,
+    pub(crate) append_latency_us: Histogram,
+    pub(crate) batch_events: Histogram,
+}
+
+/// Outcome of a non-waiting append.
+pub(crate) enum TryAppend {
+    Appended(Ticket),
+    Full,
+}
+
+impl ShardLog {
+    pub(crate) fn new(shard: u32, epoch: u64, tail_lsn: Lsn, linger: Duration) -> ShardLog {
+        ShardLog {
+            shard,
+            epoch,
+            filling: Mutex::new(Filling {
+                next_lsn: tail_lsn + 1,
+                first_lsn: tail_lsn + 1,
+                num_events: 0,
+                payload: Vec::with_capacity(64 * 1024),
+                signal: BatchSignal::new(),
+                writing_opt: None,
+                failed: false,
+            }),
+            durable_lsn: AtomicU64::new(tail_lsn),
+            wake_writer: Notify::new(),
+            room: Notify::new(),
+            linger,
+            append_latency_us: Histogram::latency_us(),
+            batch_events: Histogram::counts(),
+        }
+    }
+
+    /// Returns the highest durable LSN.
+    pub(crate) fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Appends without waiting; `Full` when the filling batch has no room.
+    pub(crate) fn try_append(&self, ev: &Event) -> Result<TryAppend, LedgerError> {
+        let mut f = self.filling.lock();
+        if f.failed {
+            return Err(LedgerError::Unavailable {
+                reason: "write-ahead stream failed",
+            });
+        }
+        if f.num_events >= WAL_BATCH_EVENTS_MAX || f.payload.len() >= WAL_BATCH_BYTES_MAX {
+            return Ok(TryAppend::Full);
+        }
+        event::encode_into(ev, &mut f.payload);
+        let lsn = f.next_lsn;
+        f.next_lsn += 1;
+        f.num_events += 1;
+        let ticket = Ticket {
+            lsn,
+            signal: f.signal.clone(),
+        };
+        let first = f.num_events == 1;
+        drop(f);
+        if first {
+            self.wake_writer.notify_one();
+        }
+        Ok(TryAppend::Appended(ticket))
+    }
+
+    /// Returns a future that completes when the filling batch may have room again.
+    pub(crate) fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Appends, waiting for room when the filling batch is full.
+    pub(crate) async fn append(&self, ev: &Event) -> Result<Ticket, LedgerError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_append(ev)? {
+                TryAppend::Appended(t) => return Ok(t),
+                TryAppend::Full => room.await,
+            }
+        }
+    }
+
+    /// Returns once everything up to `lsn` is durable.
+    pub(crate) async fn wait_durable(&self, lsn: Lsn) -> Result<(), LedgerError> {
+        if self.durable_lsn() >= lsn {
+            return Ok(());
+        }
+        let signal = {
+            let f = self.filling.lock();
+            match &f.writing_opt {
+                Some((last, s)) if lsn <= *last => s.clone(),
+                _ if lsn >= f.first_lsn && lsn < f.next_lsn => f.signal.clone(),
+                _ => {
+                    // Written in between: durable now (or failed).
+                    drop(f);
+                    return if self.durable_lsn() >= lsn {
+                        Ok(())
+                    } else {
+                        Err(LedgerError::Unavailable {
+                            reason: "write-ahead stream failed",
+                        })
+                    };
+                }
+            }
+        };
+        signal.wait().await
+    }
+
+    /// The writer loop: one record per batch, one durable append each. Runs until `stop` is
+    /// cancelled and the buffer is empty.
+    pub(crate) async fn run_writer(
+        self: Arc<Self>,
+        wal: Arc<dyn Wal>,
+        mut prev_hash: RecordHash,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let wake = self.wake_writer.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let empty = { self.filling.lock().num_events == 0 };
+            if empty {
+                if stop.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = &mut wake => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
+            if !self.linger.is_zero() {
+                tokio::time::sleep(self.linger).await;
+            }
+            let (first_lsn, last_lsn, payload, signal) = {
+                let mut f = self.filling.lock();
+                let payload = std::mem::replace(&mut f.payload, Vec::with_capacity(64 * 1024));
+                let signal = std::mem::replace(&mut f.signal, BatchSignal::new());
+                let (first, last) = (f.first_lsn, f.next_lsn - 1);
+                f.first_lsn = f.next_lsn;
+                self.batch_events.record(f.num_events as u64);
+                f.num_events = 0;
+                f.writing_opt = Some((last, signal.clone()));
+                (first, last, payload, signal)
+            };
+            self.room.notify_waiters();
+            let rec = record::encode(
+                self.shard, self.epoch, first_lsn, last_lsn, &prev_hash, &payload,
+            );
+            let hash = rec.hash;
+            let started = Instant::now();
+            match wal.append(self.shard, rec).await {
+                Ok(()) => {
+                    self.append_latency_us
+                        .record(started.elapsed().as_micros() as u64);
+                    prev_hash = hash;
+                    self.durable_lsn.store(last_lsn, Ordering::Release);
+                    {
+                        self.filling.lock().writing_opt = None;
+                    }
+                    signal.complete(true);
+                }
+                Err(e) => {
+                    // After a failed append (fsync error) nothing later may be trusted: the
+                    // shard stops taking writes, every waiter learns it, an operator must act.
+                    tracing::error!(shard = self.shard, error = %e, "write-ahead stream append failed; shard stops taking writes");
+                    let pending = {
+                        let mut f = self.filling.lock();
+                        f.failed = true;
+                        f.writing_opt = None;
+                        std::mem::replace(&mut f.signal, BatchSignal::new())
+                    };
+                    signal.complete(false);
+                    pending.complete(false);
+                    self.room.notify_waiters();
+                    stop.cancelled().await;
+                    return;
+                }
+            }
+        }
+    }
+}

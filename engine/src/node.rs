@@ -1,0 +1,1154 @@
+//! A node: the shards it owns, their group-commit logs, the movement table, the transfer
+//! coordinator, recovery and the background tasks (passivation, snapshots).
+//!
+//! ## The transfer protocol
+//! 1. Validate the request; claim the transfer ID in the movement table (a second request
+//!    with the same ID waits for the first one's outcome, or conflicts).
+//! 2. Check that the credit account exists in the transfer's currency (accounts are never
+//!    deleted and their currency never changes, so the credit phase cannot be refused later).
+//! 3. **Hold** on the debit account. A refusal is recorded (`TransferRejected`) and answered.
+//! 4. **Credit** on the credit account — across shards only once the hold is durable.
+//! 5. **Commit** the hold — across shards only once the credit is durable.
+//! 6. Answer once the commit is durable (within one shard, the stream's order makes every
+//!    earlier phase durable too).
+//!
+//! Nothing crosses a shard boundary on the strength of a record a crash could undo. After a
+//! crash, recovery finds every open hold and finishes it (commit when the credit shard has the
+//! credit, else credit then commit) or releases it when the credit account cannot take it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use kameo::{actor::Spawn, error::SendError, mailbox};
+use parking_lot::Mutex;
+use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotStore, Wal};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    account::{AccountCommand, AccountState},
+    actor::{AccountActor, AccountMsg, AccountReply, Slot},
+    event::Event,
+    ledger::{EngineConfig, Ledger, LedgerStats},
+    limits::*,
+    log::{ShardLog, TryAppend},
+    recovery::{restore_shard, RestoreTarget},
+    shard::shard_of,
+    state::{MovementRecord, ShardState},
+    types::*,
+    EngineError,
+};
+
+/// One shard of a node.
+pub(crate) struct ShardCore {
+    pub(crate) id: u32,
+    pub(crate) slots: Mutex<HashMap<AccountId, Slot>>,
+    pub(crate) log: Arc<ShardLog>,
+    pub(crate) live_actors: AtomicU64,
+    pub(crate) movements_window: usize,
+    /// LSN and time (µs) of the newest snapshot.
+    last_snapshot: Mutex<(Lsn, Option<Instant>, u64)>,
+}
+
+/// A transfer or entry known to the node.
+struct MovementCell {
+    body: MovementBody,
+    created_at: Timestamp,
+    state: Mutex<CellState>,
+    done: Notify,
+}
+
+#[derive(Clone)]
+struct CellState {
+    status: MovementStatus,
+    rejection_opt: Option<Rejection>,
+    balance_after_minor_opt: Option<i64>,
+    /// The claim was dropped before anything was recorded (infrastructure failure).
+    abandoned: bool,
+}
+
+impl MovementCell {
+    fn view(&self) -> MovementView {
+        let s = self.state.lock().clone();
+        MovementView {
+            body: self.body.clone(),
+            status: s.status,
+            rejection_opt: s.rejection_opt,
+            created_at: self.created_at,
+            balance_after_minor_opt: s.balance_after_minor_opt,
+        }
+    }
+
+    fn finish(
+        &self,
+        status: MovementStatus,
+        rejection_opt: Option<Rejection>,
+        balance_after_minor_opt: Option<i64>,
+    ) {
+        let mut s = self.state.lock();
+        s.status = status;
+        s.rejection_opt = rejection_opt;
+        s.balance_after_minor_opt = balance_after_minor_opt;
+        drop(s);
+        self.done.notify_waiters();
+    }
+
+    /// Waits until the movement is committed or rejected for good.
+    async fn settled(&self) -> Result<MovementView, LedgerError> {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.state.lock();
+                if s.abandoned {
+                    return Err(LedgerError::Unavailable {
+                        reason: "the original request failed; retry",
+                    });
+                }
+                if s.status != MovementStatus::Pending {
+                    drop(s);
+                    return Ok(self.view());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+const MOVEMENT_STRIPES: usize = 64;
+
+/// Every transfer and entry ID the node knows: one namespace, striped to spread contention.
+struct MovementTable {
+    stripes: Vec<Mutex<HashMap<MovementId, Arc<MovementCell>>>>,
+}
+
+enum Claim {
+    New(Arc<MovementCell>),
+    Existing(Arc<MovementCell>),
+}
+
+impl MovementTable {
+    fn new() -> MovementTable {
+        MovementTable {
+            stripes: (0..MOVEMENT_STRIPES)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+    fn stripe(&self, id: &MovementId) -> &Mutex<HashMap<MovementId, Arc<MovementCell>>> {
+        &self.stripes
+            [(crate::shard::fnv1a_64(id.as_str().as_bytes()) % MOVEMENT_STRIPES as u64) as usize]
+    }
+    fn get(&self, id: &MovementId) -> Option<Arc<MovementCell>> {
+        self.stripe(id).lock().get(id).cloned()
+    }
+    fn claim(&self, id: &MovementId, body: &MovementBody, now: Timestamp) -> Claim {
+        let mut stripe = self.stripe(id).lock();
+        if let Some(cell) = stripe.get(id) {
+            return Claim::Existing(cell.clone());
+        }
+        let cell = Arc::new(MovementCell {
+            body: body.clone(),
+            created_at: now,
+            state: Mutex::new(CellState {
+                status: MovementStatus::Pending,
+                rejection_opt: None,
+                balance_after_minor_opt: None,
+                abandoned: false,
+            }),
+            done: Notify::new(),
+        });
+        stripe.insert(id.clone(), cell.clone());
+        Claim::New(cell)
+    }
+    fn insert_restored(&self, id: MovementId, rec: MovementRecord) {
+        let cell = Arc::new(MovementCell {
+            body: rec.body,
+            created_at: rec.created_at,
+            state: Mutex::new(CellState {
+                status: rec.status,
+                rejection_opt: rec.rejection_opt,
+                balance_after_minor_opt: rec.balance_after_minor_opt,
+                abandoned: false,
+            }),
+            done: Notify::new(),
+        });
+        self.stripe(&id).lock().insert(id, cell);
+    }
+    /// Drops a claim for which nothing was recorded, waking anyone waiting on it.
+    fn abandon(&self, id: &MovementId, cell: &MovementCell) {
+        cell.state.lock().abandoned = true;
+        cell.done.notify_waiters();
+        self.stripe(id).lock().remove(id);
+    }
+}
+
+/// The node.
+pub(crate) struct Node {
+    config: EngineConfig,
+    shards: Vec<Arc<ShardCore>>,
+    movements: MovementTable,
+    in_flight: Arc<Semaphore>,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    wal: Arc<dyn Wal>,
+    snapshots: Arc<dyn SnapshotStore>,
+    stop_background: CancellationToken,
+    stop_writers: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    snapshots_total: AtomicU64,
+}
+
+/// Returns the names of the fields where two transfers differ.
+fn transfer_diff(a: &Transfer, b: &Transfer) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.debit_account_id != b.debit_account_id {
+        out.push("from");
+    }
+    if a.credit_account_id != b.credit_account_id {
+        out.push("to");
+    }
+    if a.amount_minor != b.amount_minor {
+        out.push("amount");
+    }
+    if a.currency != b.currency {
+        out.push("currency");
+    }
+    if a.description_opt != b.description_opt {
+        out.push("description");
+    }
+    out
+}
+
+fn entry_diff(a: &Entry, b: &Entry) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.account_id != b.account_id {
+        out.push("account");
+    }
+    if a.kind != b.kind {
+        out.push("type");
+    }
+    if a.amount_minor != b.amount_minor {
+        out.push("amount");
+    }
+    if a.description_opt != b.description_opt {
+        out.push("description");
+    }
+    out
+}
+
+fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
+    match (original, new) {
+        (MovementBody::Transfer(a), MovementBody::Transfer(b)) => transfer_diff(a, b),
+        (MovementBody::Entry(a), MovementBody::Entry(b)) => entry_diff(a, b),
+        _ => vec!["kind"],
+    }
+}
+
+fn check_description(d: &Option<String>) -> Result<(), Rejection> {
+    match d {
+        Some(d) if d.len() > DESCRIPTION_BYTES_MAX => {
+            Err(Rejection::InvalidAmount).map_err(|_| Rejection::InvalidId)
+        }
+        _ => Ok(()),
+    }
+}
+
+impl ShardCore {
+    /// Returns a live actor for the account, activating it if needed; `None` if unknown.
+    fn activate(self: &Arc<Self>, id: &AccountId) -> Option<kameo::actor::ActorRef<AccountActor>> {
+        let mut slots = self.slots.lock();
+        if let Slot::Active(r, _) = slots.get(id)? {
+            return Some(r.clone());
+        }
+        let Some(Slot::Passive(state, lsn)) = slots.remove(id) else {
+            unreachable!("checked above")
+        };
+        let currency = state.currency();
+        let actor = AccountActor::spawn_with_mailbox(
+            (*state, lsn, self.clone()),
+            mailbox::bounded(ACCOUNT_MAILBOX),
+        );
+        slots.insert(id.clone(), Slot::Active(actor.clone(), currency));
+        self.live_actors.fetch_add(1, Ordering::Relaxed);
+        Some(actor)
+    }
+
+    /// Returns the account's currency without activating it.
+    fn currency_of(&self, id: &AccountId) -> Option<Currency> {
+        match self.slots.lock().get(id)? {
+            Slot::Passive(s, _) => Some(s.currency()),
+            Slot::Active(_, c) => Some(*c),
+        }
+    }
+}
+
+impl Node {
+    pub(crate) async fn open(
+        config: EngineConfig,
+        wal: Arc<dyn Wal>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Result<Ledger, EngineError> {
+        if !config.num_shards.is_power_of_two() || config.num_shards > SHARDS_MAX {
+            return Err(EngineError::Config(format!(
+                "shards must be a power of two between 1 and {SHARDS_MAX}, got {}",
+                config.num_shards
+            )));
+        }
+        if config.in_flight_max == 0 {
+            return Err(EngineError::Config(
+                "in_flight_max must be at least 1".into(),
+            ));
+        }
+        let started = Instant::now();
+        let mut states = Vec::new();
+        for shard in 0..config.num_shards {
+            let state = restore_shard(
+                &*wal,
+                &*snapshots,
+                shard,
+                config.movements_window,
+                RestoreTarget::Latest,
+            )
+            .await?;
+            let tail_lsn = wal.tail(shard).await?.map_or(0, |t| t.last_lsn);
+            if tail_lsn != state.lsn {
+                return Err(EngineError::Restore(format!(
+                    "shard {shard}: restored to lsn {}, stream tail is {tail_lsn}",
+                    state.lsn
+                )));
+            }
+            states.push(state);
+        }
+        let stop_writers = CancellationToken::new();
+        let node = Arc::new(Node {
+            shards: Vec::new(),
+            movements: MovementTable::new(),
+            in_flight: Arc::new(Semaphore::new(config.in_flight_max)),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            wal: wal.clone(),
+            snapshots,
+            stop_background: CancellationToken::new(),
+            stop_writers: stop_writers.clone(),
+            tasks: Mutex::new(Vec::new()),
+            snapshots_total: AtomicU64::new(0),
+            config,
+        });
+        let mut node = Arc::try_unwrap(node).ok().expect("no other reference yet");
+        let mut credited = HashSet::new();
+        let mut open_holds = Vec::new();
+        let mut writers = Vec::new();
+        let num_accounts: usize = states.iter().map(|s| s.accounts.len()).sum();
+        for state in states {
+            let log = Arc::new(ShardLog::new(
+                state.shard,
+                node.config.node_epoch,
+                state.lsn,
+                Duration::from_micros(node.config.group_commit_linger_us),
+            ));
+            writers.push((log.clone(), state.record_hash));
+            open_holds.extend(state.open_holds());
+            credited.extend(state.credited.iter().cloned());
+            for (id, rec) in state.movements {
+                node.movements.insert_restored(id, rec);
+            }
+            let slots = state
+                .accounts
+                .into_iter()
+                .map(|(id, a)| (id, Slot::Passive(Box::new(a), 0)))
+                .collect();
+            node.shards.push(Arc::new(ShardCore {
+                id: state.shard,
+                slots: Mutex::new(slots),
+                log,
+                live_actors: AtomicU64::new(0),
+                movements_window: node.config.movements_window,
+                last_snapshot: Mutex::new((state.lsn, None, 0)),
+            }));
+        }
+        let node = Arc::new(node);
+        {
+            let mut tasks = node.tasks.lock();
+            for (log, prev_hash) in writers {
+                tasks.push(tokio::spawn(log.run_writer(
+                    wal.clone(),
+                    prev_hash,
+                    stop_writers.clone(),
+                )));
+            }
+        }
+        let num_open = open_holds.len();
+        for transfer in open_holds {
+            node.resolve_open_hold(transfer, &credited).await?;
+        }
+        tracing::info!(
+            shards = node.config.num_shards,
+            accounts = num_accounts,
+            open_holds_resolved = num_open,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ledger restored"
+        );
+        node.ready.store(true, Ordering::Release);
+        let background = {
+            let n = node.clone();
+            tokio::spawn(async move { n.run_background().await })
+        };
+        node.tasks.lock().push(background);
+        Ok(Ledger { inner: node })
+    }
+
+    /// Finishes or releases a hold found open at start.
+    async fn resolve_open_hold(
+        &self,
+        t: Transfer,
+        credited: &HashSet<MovementId>,
+    ) -> Result<(), EngineError> {
+        let cell = self
+            .movements
+            .get(&t.transfer_id)
+            .expect("an open hold has a pending record");
+        let outcome = if credited.contains(&t.transfer_id) {
+            self.commit_phase(&t).await
+        } else {
+            self.credit_then_commit(&t, true).await
+        };
+        match outcome {
+            Ok(status) => {
+                self.finish_cell(&cell, status);
+                Ok(())
+            }
+            Err(e) => Err(EngineError::Restore(format!(
+                "resolving the open hold of transfer {}: {e}",
+                t.transfer_id
+            ))),
+        }
+    }
+
+    fn finish_cell(&self, cell: &MovementCell, status: Result<(), Rejection>) {
+        match status {
+            Ok(()) => cell.finish(MovementStatus::Committed, None, None),
+            Err(r) => cell.finish(MovementStatus::Rejected, Some(r), None),
+        }
+    }
+
+    pub(crate) fn num_shards(&self) -> u32 {
+        self.config.num_shards
+    }
+
+    fn shard(&self, id: &AccountId) -> &Arc<ShardCore> {
+        &self.shards[shard_of(id.as_str(), self.config.num_shards) as usize]
+    }
+
+    fn check_open(&self) -> Result<(), LedgerError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(LedgerError::Unavailable {
+                reason: "shutting down",
+            });
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(LedgerError::Unavailable {
+                reason: "restoring",
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a message to an account's actor, activating it and retrying across passivation.
+    async fn ask(&self, id: &AccountId, msg: AccountMsg) -> Result<AccountReply, LedgerError> {
+        let shard = self.shard(id);
+        for _ in 0..ACTIVATION_RETRIES_MAX {
+            let Some(actor) = shard.activate(id) else {
+                return Err(LedgerError::Rejected(Rejection::AccountNotFound));
+            };
+            match actor.ask(msg.clone()).await {
+                Ok(AccountReply::Moved) => continue,
+                Ok(AccountReply::Failed(e)) => return Err(e),
+                Ok(reply) => return Ok(reply),
+                Err(SendError::ActorNotRunning(_) | SendError::ActorStopped) => continue,
+                Err(_) => {
+                    return Err(LedgerError::Unavailable {
+                        reason: "account actor failed",
+                    })
+                }
+            }
+        }
+        Err(LedgerError::Overloaded {
+            reason: "account kept passivating",
+        })
+    }
+
+    /// Runs one phase on an account: returns the event or the rejection, and the ticket.
+    async fn exec(
+        &self,
+        id: &AccountId,
+        cmd: AccountCommand,
+    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
+        match self.ask(id, AccountMsg::Exec(cmd)).await? {
+            AccountReply::Executed { result, ticket_opt } => Ok((result, ticket_opt)),
+            _ => unreachable!("exec replies Executed"),
+        }
+    }
+
+    // ---------------------------------------------------------------- accounts
+
+    pub(crate) async fn open_account(
+        &self,
+        cmd: OpenAccount,
+    ) -> Result<(AccountView, bool), LedgerError> {
+        self.check_open()?;
+        if cmd.overdraft_limit_minor < 0 {
+            return Err(Rejection::InvalidAmount.into());
+        }
+        if cmd
+            .metadata_opt
+            .as_ref()
+            .is_some_and(|m| m.len() > METADATA_BYTES_MAX)
+        {
+            return Err(Rejection::InvalidId.into());
+        }
+        let shard = self.shard(&cmd.account_id);
+        loop {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut slots = shard.slots.lock();
+                if let Some(slot) = slots.get(&cmd.account_id) {
+                    let same = match slot {
+                        Slot::Passive(s, _) => s.same_opening(&cmd),
+                        Slot::Active(..) => {
+                            drop(slots);
+                            return self.open_existing(cmd).await;
+                        }
+                    };
+                    drop(slots);
+                    if !same {
+                        return Err(Rejection::AccountExists.into());
+                    }
+                    return Ok((self.account(&cmd.account_id).await?, false));
+                }
+                let at = Timestamp::now();
+                let event = Event::AccountOpened {
+                    cmd: cmd.clone(),
+                    at,
+                };
+                match shard.log.try_append(&event)? {
+                    TryAppend::Appended(ticket) => {
+                        let state = AccountState::open(&cmd, at);
+                        let view = state.view();
+                        slots.insert(
+                            cmd.account_id.clone(),
+                            Slot::Passive(Box::new(state), ticket.lsn),
+                        );
+                        drop(slots);
+                        ticket.durable().await?;
+                        return Ok((view, true));
+                    }
+                    TryAppend::Full => {}
+                }
+            }
+            room.await;
+        }
+    }
+
+    async fn open_existing(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
+        let state = self.account_state(&cmd.account_id).await?;
+        if !state.same_opening(&cmd) {
+            return Err(Rejection::AccountExists.into());
+        }
+        Ok((self.account(&cmd.account_id).await?, false))
+    }
+
+    async fn account_state(&self, id: &AccountId) -> Result<AccountState, LedgerError> {
+        {
+            let slots = self.shard(id).slots.lock();
+            match slots.get(id) {
+                None => return Err(Rejection::AccountNotFound.into()),
+                Some(Slot::Passive(s, _)) => return Ok((**s).clone()),
+                Some(Slot::Active(..)) => {}
+            }
+        }
+        match self.ask(id, AccountMsg::State).await? {
+            AccountReply::State(s) => Ok(*s),
+            _ => unreachable!("State replies State"),
+        }
+    }
+
+    /// Reads from the passive state if the account is passive, else asks its actor; then
+    /// waits until the latest event the answer reflects is durable.
+    async fn read<T>(
+        &self,
+        id: &AccountId,
+        passive: impl FnOnce(&AccountState) -> T,
+        msg: AccountMsg,
+        active: impl FnOnce(AccountReply) -> (T, Lsn),
+    ) -> Result<T, LedgerError> {
+        self.check_open()?;
+        let shard = self.shard(id);
+        let passive_result = {
+            let slots = shard.slots.lock();
+            match slots.get(id) {
+                None => return Err(Rejection::AccountNotFound.into()),
+                Some(Slot::Passive(s, lsn)) => Some((passive(s), *lsn)),
+                Some(Slot::Active(..)) => None,
+            }
+        };
+        let (value, lsn) = match passive_result {
+            Some(r) => r,
+            None => active(self.ask(id, msg).await?),
+        };
+        shard.log.wait_durable(lsn).await?;
+        Ok(value)
+    }
+
+    pub(crate) async fn account(&self, id: &AccountId) -> Result<AccountView, LedgerError> {
+        self.read(id, AccountState::view, AccountMsg::View, |r| match r {
+            AccountReply::View(v, lsn) => (v, lsn),
+            _ => unreachable!(),
+        })
+        .await
+    }
+
+    pub(crate) async fn movements(
+        &self,
+        id: &AccountId,
+        limit: usize,
+        cursor_opt: Option<u64>,
+    ) -> Result<MovementsPage, LedgerError> {
+        let limit = limit.clamp(1, MOVEMENTS_PAGE_MAX);
+        self.read(
+            id,
+            |s| s.movements(limit, cursor_opt),
+            AccountMsg::Movements { limit, cursor_opt },
+            |r| match r {
+                AccountReply::Movements(p, lsn) => (p, lsn),
+                _ => unreachable!(),
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn daily(
+        &self,
+        id: &AccountId,
+        from: Day,
+        to: Day,
+    ) -> Result<DailyReport, LedgerError> {
+        if to < from || to.0 - from.0 >= DAILY_RANGE_DAYS_MAX {
+            return Err(Rejection::InvalidId.into());
+        }
+        let (days, currency) = self
+            .read(
+                id,
+                |s| (s.daily(from, to), s.currency()),
+                AccountMsg::Daily { from, to },
+                |r| match r {
+                    AccountReply::Daily(d, c, lsn) => ((d, c), lsn),
+                    _ => unreachable!(),
+                },
+            )
+            .await?;
+        Ok(DailyReport {
+            account_id: id.clone(),
+            currency,
+            days,
+        })
+    }
+
+    pub(crate) async fn movement(&self, id: &MovementId) -> Result<MovementView, LedgerError> {
+        self.check_open()?;
+        self.movements
+            .get(id)
+            .map(|c| c.view())
+            .ok_or(Rejection::MovementNotFound.into())
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Claims an ID: `Ok(cell)` to go ahead, `Err(outcome)` when the ID was used before.
+    async fn claim(
+        &self,
+        id: &MovementId,
+        body: &MovementBody,
+    ) -> Result<Arc<MovementCell>, Result<Posted, LedgerError>> {
+        match self.movements.claim(id, body, Timestamp::now()) {
+            Claim::New(cell) => Ok(cell),
+            Claim::Existing(cell) => {
+                let fields = body_diff(&cell.body, body);
+                if !fields.is_empty() {
+                    return Err(Err(Rejection::IdConflict {
+                        fields: fields.into_iter().map(String::from).collect(),
+                    }
+                    .into()));
+                }
+                Err(cell.settled().await.map(|movement| Posted {
+                    movement,
+                    replayed: true,
+                }))
+            }
+        }
+    }
+
+    fn posted(cell: &MovementCell) -> Result<Posted, LedgerError> {
+        let movement = cell.view();
+        match (&movement.status, &movement.rejection_opt) {
+            (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
+            _ => Ok(Posted {
+                movement,
+                replayed: false,
+            }),
+        }
+    }
+
+    fn validate_transfer(t: &Transfer) -> Result<(), Rejection> {
+        if t.amount_minor <= 0 {
+            return Err(Rejection::InvalidAmount);
+        }
+        if t.debit_account_id == t.credit_account_id {
+            return Err(Rejection::SameAccount);
+        }
+        check_description(&t.description_opt)
+    }
+
+    pub(crate) async fn transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
+        self.check_open()?;
+        Self::validate_transfer(&t)?;
+        let _permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| LedgerError::Overloaded {
+                    reason: "too many transfers in flight",
+                })?;
+        self.run_transfer(t).await
+    }
+
+    async fn run_transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
+        let cell = match self
+            .claim(&t.transfer_id, &MovementBody::Transfer(t.clone()))
+            .await
+        {
+            Ok(cell) => cell,
+            Err(outcome) => return outcome,
+        };
+        match self.drive_transfer(&t).await {
+            Ok(status) => {
+                self.finish_cell(&cell, status);
+                Self::posted(&cell)
+            }
+            Err(e) => {
+                // Nothing durable was recorded for this ID (the stream failed or was full
+                // before the first record): free the ID for a retry.
+                if cell.state.lock().status == MovementStatus::Pending {
+                    self.movements.abandon(&t.transfer_id, &cell);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a refusal decided before any account acted (on the transfer's home shard).
+    async fn record_rejection(&self, home: &AccountId, event: Event) -> Result<(), LedgerError> {
+        let ticket = self.shard(home).log.append(&event).await?;
+        ticket.durable().await?;
+        Ok(())
+    }
+
+    /// Runs phases 2–6 of the protocol; returns the final status (Ok: committed).
+    async fn drive_transfer(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
+        let reject_early = |reason: Rejection| Event::TransferRejected {
+            transfer: t.clone(),
+            reason,
+            at: Timestamp::now(),
+        };
+        match self
+            .shard(&t.credit_account_id)
+            .currency_of(&t.credit_account_id)
+        {
+            None => {
+                self.record_rejection(
+                    &t.debit_account_id,
+                    reject_early(Rejection::AccountNotFound),
+                )
+                .await?;
+                return Ok(Err(Rejection::AccountNotFound));
+            }
+            Some(c) if c != t.currency => {
+                self.record_rejection(
+                    &t.debit_account_id,
+                    reject_early(Rejection::CurrencyMismatch),
+                )
+                .await?;
+                return Ok(Err(Rejection::CurrencyMismatch));
+            }
+            Some(_) => {}
+        }
+        let (hold, ticket_opt) = match self
+            .exec(&t.debit_account_id, AccountCommand::Hold(t.clone()))
+            .await
+        {
+            Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
+                self.record_rejection(
+                    &t.debit_account_id,
+                    reject_early(Rejection::AccountNotFound),
+                )
+                .await?;
+                return Ok(Err(Rejection::AccountNotFound));
+            }
+            other => other?,
+        };
+        let ticket = ticket_opt.expect("a hold or its refusal is recorded");
+        if let Err(reason) = hold {
+            ticket.durable().await?;
+            return Ok(Err(reason));
+        }
+        let cross_shard = !Arc::ptr_eq(
+            self.shard(&t.debit_account_id),
+            self.shard(&t.credit_account_id),
+        );
+        if cross_shard {
+            ticket.durable().await?;
+        }
+        self.credit_then_commit(t, cross_shard).await
+    }
+
+    /// Phases 4–6: credit, then commit (or release if the credit is refused).
+    async fn credit_then_commit(
+        &self,
+        t: &Transfer,
+        cross_shard: bool,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let credit = self
+            .exec(&t.credit_account_id, AccountCommand::Credit(t.clone()))
+            .await;
+        match credit {
+            Ok((Ok(_), ticket_opt)) => {
+                if cross_shard {
+                    ticket_opt.expect("a credit is recorded").durable().await?;
+                }
+                self.commit_phase(t).await
+            }
+            Ok((Err(reason), _)) | Err(LedgerError::Rejected(reason)) => {
+                let (_, ticket_opt) = self
+                    .exec(
+                        &t.debit_account_id,
+                        AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
+                    )
+                    .await?;
+                if let Some(ticket) = ticket_opt {
+                    ticket.durable().await?;
+                }
+                Ok(Err(reason))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn commit_phase(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
+        let (result, ticket_opt) = self
+            .exec(
+                &t.debit_account_id,
+                AccountCommand::Commit(t.transfer_id.clone()),
+            )
+            .await?;
+        assert!(
+            result.is_ok(),
+            "the hold of transfer {} is open until its commit",
+            t.transfer_id
+        );
+        ticket_opt.expect("a commit is recorded").durable().await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn transfer_batch(
+        &self,
+        cmds: Vec<Transfer>,
+        atomic: bool,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        if let Err(e) = self.check_open() {
+            return cmds.iter().map(|_| Err(e.clone())).collect();
+        }
+        if atomic {
+            return self.transfer_batch_atomic(cmds).await;
+        }
+        futures::stream::iter(cmds)
+            .map(|t| async move {
+                Self::validate_transfer(&t)?;
+                let _permit = self.in_flight.clone().acquire_owned().await.map_err(|_| {
+                    LedgerError::Unavailable {
+                        reason: "shutting down",
+                    }
+                })?;
+                self.run_transfer(t).await
+            })
+            .buffered(BATCH_CONCURRENCY_MAX)
+            .collect()
+            .await
+    }
+
+    /// Atomic batches (all or none) need a durable batch decision so that recovery releases
+    /// the holds of an undecided batch instead of finishing them one by one; until that record
+    /// exists, they are refused rather than half-applied after a crash.
+    async fn transfer_batch_atomic(&self, cmds: Vec<Transfer>) -> Vec<Result<Posted, LedgerError>> {
+        cmds.iter()
+            .map(|_| {
+                Err(LedgerError::Unavailable {
+                    reason: "atomic batches are not supported yet",
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn post_entry(&self, e: Entry) -> Result<Posted, LedgerError> {
+        self.check_open()?;
+        if e.amount_minor <= 0 {
+            return Err(Rejection::InvalidAmount.into());
+        }
+        check_description(&e.description_opt)?;
+        let _permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| LedgerError::Overloaded {
+                    reason: "too many movements in flight",
+                })?;
+        let cell = match self
+            .claim(&e.entry_id, &MovementBody::Entry(e.clone()))
+            .await
+        {
+            Ok(cell) => cell,
+            Err(outcome) => return outcome,
+        };
+        let result = async {
+            match self
+                .exec(&e.account_id, AccountCommand::Entry(e.clone()))
+                .await
+            {
+                Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
+                    let ev = Event::EntryRejected {
+                        entry: e.clone(),
+                        reason: Rejection::AccountNotFound,
+                        at: Timestamp::now(),
+                    };
+                    self.record_rejection(&e.account_id, ev).await?;
+                    Ok(Err(Rejection::AccountNotFound))
+                }
+                Err(other) => Err(other),
+                Ok((result, ticket_opt)) => {
+                    ticket_opt
+                        .expect("an entry or its refusal is recorded")
+                        .durable()
+                        .await?;
+                    Ok(result.map(|ev| match ev {
+                        Event::EntryApplied {
+                            balance_after_minor,
+                            ..
+                        } => balance_after_minor,
+                        _ => unreachable!("an entry records EntryApplied"),
+                    }))
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(Ok(balance_after)) => {
+                cell.finish(MovementStatus::Committed, None, Some(balance_after))
+            }
+            Ok(Err(r)) => cell.finish(MovementStatus::Rejected, Some(r), None),
+            Err(err) => {
+                if cell.state.lock().status == MovementStatus::Pending {
+                    self.movements.abandon(&e.entry_id, &cell);
+                }
+                return Err(err);
+            }
+        }
+        Self::posted(&cell)
+    }
+
+    // ---------------------------------------------------------------- operations
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stats(&self) -> LedgerStats {
+        let mut s = LedgerStats {
+            in_flight: (self.config.in_flight_max - self.in_flight.available_permits()) as u64,
+            snapshots_total: self.snapshots_total.load(Ordering::Relaxed),
+            ..LedgerStats::default()
+        };
+        let mut oldest_opt: Option<Instant> = None;
+        let mut all_snapshotted = true;
+        for shard in &self.shards {
+            s.live_actors += shard.live_actors.load(Ordering::Relaxed);
+            s.num_accounts += shard.slots.lock().len() as u64;
+            s.wal_append_latency_us_sum += shard
+                .log
+                .append_latency_us
+                .add_cumulative(&mut s.wal_append_latency_us);
+            s.wal_batch_events_sum += shard
+                .log
+                .batch_events
+                .add_cumulative(&mut s.wal_batch_events);
+            match shard.last_snapshot.lock().1 {
+                Some(t) => oldest_opt = Some(oldest_opt.map_or(t, |o| o.min(t))),
+                None => all_snapshotted = false,
+            }
+        }
+        s.wal_batches_total = s.wal_batch_events.last().map_or(0, |b| b.1);
+        s.wal_events_total = s.wal_batch_events_sum;
+        if all_snapshotted {
+            s.snapshot_age_s_opt = oldest_opt.map(|t| t.elapsed().as_secs());
+        }
+        s
+    }
+
+    async fn run_background(self: Arc<Self>) {
+        let tick = Duration::from_millis((self.config.passivate_after_ms / 2).clamp(10, 1_000));
+        let mut last_passivation = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = self.stop_background.cancelled() => return,
+            }
+            if last_passivation.elapsed()
+                >= Duration::from_millis(self.config.passivate_after_ms / 2)
+            {
+                self.passivate_idle().await;
+                last_passivation = Instant::now();
+            }
+            for shard in &self.shards {
+                let (lsn, at_opt, _) = *shard.last_snapshot.lock();
+                let durable = shard.log.durable_lsn();
+                let due_by_count = durable.saturating_sub(lsn) >= self.config.snapshot_every_events;
+                let due_by_time = self.config.snapshot_interval_ms > 0
+                    && durable > lsn
+                    && at_opt.is_none_or(|t| {
+                        t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
+                    });
+                if due_by_count || due_by_time {
+                    if let Err(e) = self.snapshot_shard(shard).await {
+                        tracing::warn!(shard = shard.id, error = %e, "snapshot failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn passivate_idle(&self) {
+        let idle = Duration::from_millis(self.config.passivate_after_ms);
+        for shard in &self.shards {
+            let actors: Vec<_> = shard
+                .slots
+                .lock()
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Active(r, _) => Some(r.clone()),
+                    Slot::Passive(..) => None,
+                })
+                .collect();
+            for actor in actors {
+                let _ = actor.tell(AccountMsg::Passivate { idle }).await;
+            }
+        }
+    }
+
+    /// Writes a snapshot of a shard folded from its durable stream (never from live memory,
+    /// so the hot path is not paused), keeps the newest ones and prunes the stream below them.
+    async fn snapshot_shard(&self, shard: &ShardCore) -> Result<(), EngineError> {
+        let state = restore_shard(
+            &*self.wal,
+            &*self.snapshots,
+            shard.id,
+            self.config.movements_window,
+            RestoreTarget::Latest,
+        )
+        .await?;
+        let prev_lsn = shard.last_snapshot.lock().0;
+        if state.lsn > prev_lsn || shard.last_snapshot.lock().1.is_none() {
+            let data = state.encode();
+            let meta = meta_for(
+                shard.id,
+                state.lsn,
+                state.record_hash,
+                Timestamp::now().0,
+                &data,
+            );
+            self.snapshots.put(meta, data).await?;
+            self.snapshots
+                .retain(shard.id, self.config.snapshots_keep.max(1))
+                .await?;
+            if let Some(oldest) = self.snapshots.list(shard.id).await?.last() {
+                self.wal.prune(shard.id, oldest.lsn).await?;
+            }
+            self.snapshots_total.fetch_add(1, Ordering::Relaxed);
+        }
+        *shard.last_snapshot.lock() = (state.lsn, Some(Instant::now()), Timestamp::now().0);
+        Ok(())
+    }
+
+    pub(crate) async fn snapshot_now(&self) -> Result<(), EngineError> {
+        for shard in &self.shards {
+            self.snapshot_shard(shard).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn state_checksum(&self) -> Result<[u8; 32], EngineError> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let ids: Vec<AccountId> = shard.slots.lock().keys().cloned().collect();
+            for id in ids {
+                all.push(
+                    self.account_state(&id)
+                        .await
+                        .map_err(|e| EngineError::Restore(e.to_string()))?,
+                );
+            }
+        }
+        Ok(crate::state::digest(&all))
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Wait for in-flight calls (bounded), then flush and stop the writers.
+        let all = u32::try_from(self.config.in_flight_max).unwrap_or(u32::MAX);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), self.in_flight.acquire_many(all)).await;
+        self.stop_background.cancel();
+        self.stop_writers.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        tracing::info!("ledger stopped; stream flushed");
+    }
+}
+
+/// Returns the states of a shard (for tests and tools): a fresh fold of its durable stream.
+pub async fn fold_shard(
+    wal: &dyn Wal,
+    snapshots: &dyn SnapshotStore,
+    shard: u32,
+    movements_window: usize,
+) -> Result<ShardState, EngineError> {
+    restore_shard(
+        wal,
+        snapshots,
+        shard,
+        movements_window,
+        RestoreTarget::Latest,
+    )
+    .await
+}

@@ -1,0 +1,86 @@
+//! Restore: the newest valid snapshot of a shard plus the stream after it, folded with the
+//! pure apply. Used by a node at start, by the periodic snapshots, and by the `saldo shard`
+//! tooling.
+
+use saldo_persistence::{Lsn, SnapshotStore, Wal};
+
+use crate::{limits::RESTORE_READ_RECORDS, state::ShardState, EngineError};
+
+/// Where a restore should stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// Everything durable.
+    Latest,
+    /// The state right after this LSN (snapshots above it are not used).
+    AtLsn(Lsn),
+}
+
+/// Returns the shard's state: newest valid snapshot (at or below the target) + stream tail.
+/// A snapshot that fails its checksum or does not decode is skipped with a warning for an
+/// older one; a stream that cannot be folded is an error (never skipped).
+pub async fn restore_shard(
+    wal: &dyn Wal,
+    snapshots: &dyn SnapshotStore,
+    shard: u32,
+    movements_window: usize,
+    target: RestoreTarget,
+) -> Result<ShardState, EngineError> {
+    let limit = match target {
+        RestoreTarget::Latest => Lsn::MAX,
+        RestoreTarget::AtLsn(lsn) => lsn,
+    };
+    let mut state = ShardState::empty(shard, movements_window);
+    for meta in snapshots.list(shard).await? {
+        if meta.lsn > limit {
+            continue;
+        }
+        let decoded = match snapshots.get(&meta).await {
+            Ok(bytes) => ShardState::decode(&bytes),
+            Err(e) => Err(e.to_string()),
+        };
+        match decoded {
+            Ok(mut s) if s.shard == shard && s.lsn == meta.lsn => {
+                s.movements_window = movements_window;
+                state = s;
+                break;
+            }
+            Ok(_) => tracing::warn!(
+                shard,
+                lsn = meta.lsn,
+                "snapshot does not match its manifest, trying an older one"
+            ),
+            Err(e) => {
+                tracing::warn!(shard, lsn = meta.lsn, error = %e, "unusable snapshot, trying an older one")
+            }
+        }
+    }
+    loop {
+        let records = wal.read(shard, state.lsn, RESTORE_READ_RECORDS).await?;
+        if records.is_empty() {
+            break;
+        }
+        for rec in &records {
+            if rec.last_lsn > limit {
+                if rec.first_lsn <= limit {
+                    return Err(EngineError::Restore(format!(
+                        "shard {shard}: lsn {limit} is inside record {}..={}; pick a record boundary",
+                        rec.first_lsn, rec.last_lsn
+                    )));
+                }
+                return Ok(state);
+            }
+            state
+                .apply_record(rec)
+                .map_err(|e| EngineError::Restore(e.to_string()))?;
+        }
+    }
+    if let RestoreTarget::AtLsn(lsn) = target {
+        if state.lsn < lsn {
+            return Err(EngineError::Restore(format!(
+                "shard {shard}: stream ends at lsn {}, before {lsn}",
+                state.lsn
+            )));
+        }
+    }
+    Ok(state)
+}
