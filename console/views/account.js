@@ -40,7 +40,8 @@ export async function render(main, ctx, accountId) {
     h('nav', { class: 'page-actions', 'aria-label': 'Account' },
       h('a', { href: `#/accounts/${encodeURIComponent(accountId)}/report`, class: 'button' },
         'Daily report'),
-      h('button', { type: 'button', onclick: () => refresh().catch(() => {}) }, 'Refresh')),
+      h('button', { type: 'button', 'data-action': 'refresh',
+        onclick: () => refresh().catch(() => {}) }, 'Refresh')),
     h('div', { class: 'grid' }, entryForm(account, refresh), transferForm(account, refresh)),
     movements.section,
   );
@@ -183,7 +184,8 @@ function normalizeMovement(m) {
 
 function movementsSection(accountId) {
   const body = h('tbody');
-  const more = h('button', { type: 'button', hidden: true }, 'Show older movements');
+  const more = h('button', { type: 'button', hidden: true, 'data-action': 'older' },
+    'Show older movements');
   const status = statusLine();
   const table = h('table', { class: 'movements', 'aria-describedby': 'movements-title' },
     h('thead', null, h('tr', null,
