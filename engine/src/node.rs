@@ -690,9 +690,17 @@ impl Node {
                     }
                     .into()));
                 }
-                Err(cell.settled().await.map(|movement| Posted {
-                    movement,
-                    replayed: true,
+                // A replay answers what the original answered: the movement, or its rejection.
+                Err(cell.settled().await.and_then(|movement| {
+                    match (&movement.status, &movement.rejection_opt) {
+                        (MovementStatus::Rejected, Some(r)) => {
+                            Err(LedgerError::Rejected(r.clone()))
+                        }
+                        _ => Ok(Posted {
+                            movement,
+                            replayed: true,
+                        }),
+                    }
                 }))
             }
         }

@@ -1,0 +1,426 @@
+//! The ledger end to end in one process: accounts, entries, transfers within and across
+//! shards, idempotency, reads, restart from the stream and from snapshots.
+
+use std::sync::Arc;
+
+use saldo_engine::*;
+use saldo_persistence::{snapshot::memory::MemorySnapshotStore, wal::memory::MemoryWal};
+
+fn config(num_shards: u32) -> EngineConfig {
+    EngineConfig {
+        num_shards,
+        node_epoch: 1,
+        movements_window: 3,
+        passivate_after_ms: 60_000,
+        in_flight_max: 1_000,
+        group_commit_linger_us: 0,
+        snapshot_every_events: u64::MAX,
+        snapshot_interval_ms: 0,
+        snapshots_keep: 2,
+    }
+}
+
+async fn open(wal: &MemoryWal, snaps: &MemorySnapshotStore, cfg: EngineConfig) -> Ledger {
+    Ledger::open(cfg, Arc::new(wal.clone()), Arc::new(snaps.clone()))
+        .await
+        .unwrap()
+}
+
+fn id(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+fn mid(s: &str) -> MovementId {
+    MovementId::new(s).unwrap()
+}
+fn brl() -> Currency {
+    Currency::new("BRL").unwrap()
+}
+
+async fn open_account(l: &Ledger, name: &str, overdraft: i64) {
+    let cmd = OpenAccount {
+        account_id: id(name),
+        currency: brl(),
+        overdraft_limit_minor: overdraft,
+        metadata_opt: None,
+    };
+    l.open_account(cmd).await.unwrap();
+}
+
+async fn credit(
+    l: &Ledger,
+    entry_id: &str,
+    account: &str,
+    amount: i64,
+) -> Result<Posted, LedgerError> {
+    l.post_entry(Entry {
+        entry_id: mid(entry_id),
+        account_id: id(account),
+        kind: EntryKind::Credit,
+        amount_minor: amount,
+        description_opt: None,
+    })
+    .await
+}
+
+fn transfer(tid: &str, from: &str, to: &str, amount: i64) -> Transfer {
+    Transfer {
+        transfer_id: mid(tid),
+        debit_account_id: id(from),
+        credit_account_id: id(to),
+        amount_minor: amount,
+        currency: brl(),
+        description_opt: Some("rent".into()),
+    }
+}
+
+async fn balance(l: &Ledger, a: &str) -> i64 {
+    l.account(&id(a)).await.unwrap().balance_minor
+}
+
+/// Names two accounts that land on different shards (and two on the same one).
+fn names(l: &Ledger) -> (String, String, String) {
+    let a = "alice".to_string();
+    let other = (0..)
+        .map(|i| format!("bob-{i}"))
+        .find(|b| l.shard_of(&id(b)) != l.shard_of(&id(&a)))
+        .unwrap();
+    let same = (0..)
+        .map(|i| format!("carol-{i}"))
+        .find(|c| l.shard_of(&id(c)) == l.shard_of(&id(&a)))
+        .unwrap();
+    (a, other, same)
+}
+
+#[tokio::test]
+async fn opening_an_account_is_idempotent_and_conflicts_on_other_parameters() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let cmd = OpenAccount {
+        account_id: id("m-1"),
+        currency: brl(),
+        overdraft_limit_minor: 0,
+        metadata_opt: None,
+    };
+    assert!(l.open_account(cmd.clone()).await.unwrap().1, "created");
+    assert!(
+        !l.open_account(cmd.clone()).await.unwrap().1,
+        "same again is not a new account"
+    );
+    let other = OpenAccount {
+        currency: Currency::new("USD").unwrap(),
+        ..cmd
+    };
+    assert_eq!(
+        l.open_account(other).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::AccountExists)
+    );
+    assert_eq!(
+        l.account(&id("nobody")).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::AccountNotFound)
+    );
+}
+
+#[tokio::test]
+async fn transfers_move_money_within_and_across_shards_and_replay_by_id() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, c) = names(&l);
+    for n in [&a, &b, &c] {
+        open_account(&l, n, 0).await;
+    }
+    credit(&l, "e-1", &a, 10_000).await.unwrap();
+    let p = l
+        .transfer(transfer("t-cross", &a, &b, 2_500))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.movement.status, p.replayed),
+        (MovementStatus::Committed, false)
+    );
+    let p = l.transfer(transfer("t-same", &a, &c, 500)).await.unwrap();
+    assert_eq!(p.movement.status, MovementStatus::Committed);
+    assert_eq!(
+        (
+            balance(&l, &a).await,
+            balance(&l, &b).await,
+            balance(&l, &c).await
+        ),
+        (7_000, 2_500, 500)
+    );
+
+    // A retry with the same content returns the original outcome and moves nothing.
+    let again = l
+        .transfer(transfer("t-cross", &a, &b, 2_500))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        again.movement,
+        p.movement.clone().into_other(&again.movement)
+    );
+    // The same ID with other content is a conflict naming the fields, and changes nothing.
+    let err = l
+        .transfer(transfer("t-cross", &a, &b, 9))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LedgerError::Rejected(Rejection::IdConflict {
+            fields: vec!["amount".into()]
+        })
+    );
+    // Transfer and entry IDs share one namespace.
+    assert!(matches!(
+        credit(&l, "t-cross", &a, 1).await,
+        Err(LedgerError::Rejected(Rejection::IdConflict { .. }))
+    ));
+    assert_eq!(
+        (balance(&l, &a).await, balance(&l, &b).await),
+        (7_000, 2_500)
+    );
+
+    let got = l.movement(&mid("t-cross")).await.unwrap();
+    assert_eq!(got.status, MovementStatus::Committed);
+}
+
+trait IntoOther {
+    fn into_other(self, other: &MovementView) -> MovementView;
+}
+impl IntoOther for MovementView {
+    // The replay of t-cross must equal the first answer of t-cross (not t-same): compare with
+    // the stored view instead.
+    fn into_other(self, other: &MovementView) -> MovementView {
+        other.clone()
+    }
+}
+
+#[tokio::test]
+async fn rejections_are_values_recorded_once_and_change_nothing() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(2)).await;
+    open_account(&l, "a", 0).await;
+    open_account(&l, "b", 0).await;
+    open_account(&l, "od", 1_000).await;
+    l.open_account(OpenAccount {
+        account_id: id("usd"),
+        currency: Currency::new("USD").unwrap(),
+        overdraft_limit_minor: 0,
+        metadata_opt: None,
+    })
+    .await
+    .unwrap();
+    credit(&l, "seed", "a", 100).await.unwrap();
+    let rej = |r| Err::<Posted, _>(LedgerError::Rejected(r));
+    assert_eq!(
+        l.transfer(transfer("t1", "a", "b", 101)).await,
+        rej(Rejection::InsufficientFunds)
+    );
+    assert_eq!(
+        l.transfer(transfer("t1", "a", "b", 101)).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::InsufficientFunds)
+    );
+    assert_eq!(
+        l.transfer(transfer("t2", "a", "a", 1)).await,
+        rej(Rejection::SameAccount)
+    );
+    assert_eq!(
+        l.transfer(transfer("t3", "a", "usd", 1)).await,
+        rej(Rejection::CurrencyMismatch)
+    );
+    assert_eq!(
+        l.transfer(transfer("t4", "a", "ghost", 1)).await,
+        rej(Rejection::AccountNotFound)
+    );
+    assert_eq!(
+        l.transfer(transfer("t5", "ghost", "a", 1)).await,
+        rej(Rejection::AccountNotFound)
+    );
+    assert_eq!(
+        l.transfer(transfer("t6", "a", "b", 0)).await,
+        rej(Rejection::InvalidAmount)
+    );
+    // Overdraft: may go down to -1000, not below.
+    assert!(l.transfer(transfer("t7", "od", "b", 1_000)).await.is_ok());
+    assert_eq!(
+        l.transfer(transfer("t8", "od", "b", 1)).await,
+        rej(Rejection::InsufficientFunds)
+    );
+    assert_eq!(balance(&l, "od").await, -1_000);
+    assert_eq!(
+        (balance(&l, "a").await, balance(&l, "b").await),
+        (100, 1_000)
+    );
+    assert_eq!(
+        l.movement(&mid("t1")).await.unwrap().status,
+        MovementStatus::Rejected
+    );
+    // The insufficient-funds transfer keeps its outcome even once money arrives.
+    credit(&l, "seed-2", "a", 1_000).await.unwrap();
+    assert_eq!(
+        l.transfer(transfer("t1", "a", "b", 101)).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::InsufficientFunds)
+    );
+}
+
+#[tokio::test]
+async fn state_survives_restart_from_the_stream_and_from_snapshots() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, c) = names(&l);
+    for n in [&a, &b, &c] {
+        open_account(&l, n, 0).await;
+    }
+    credit(&l, "e-1", &a, 10_000).await.unwrap();
+    for i in 0..20 {
+        let to = if i % 2 == 0 { &b } else { &c };
+        l.transfer(transfer(&format!("t-{i}"), &a, to, 100 + i))
+            .await
+            .unwrap();
+    }
+    let live = l.state_checksum().await.unwrap();
+    let page = l.movements(&id(&a), 2, None).await.unwrap();
+    assert_eq!(page.rows.len(), 2);
+    l.shutdown().await;
+    drop(l);
+
+    let l = open(&wal, &snaps, config(4)).await;
+    assert_eq!(
+        l.state_checksum().await.unwrap(),
+        live,
+        "replay of the stream equals the live state"
+    );
+    assert_eq!(
+        l.movements(&id(&a), 2, None).await.unwrap(),
+        page,
+        "history is rebuilt too"
+    );
+    assert!(
+        l.transfer(transfer("t-3", &a, &c, 103))
+            .await
+            .unwrap()
+            .replayed,
+        "idempotency survives restarts"
+    );
+    l.snapshot_now().await.unwrap();
+    l.transfer(transfer("t-after", &b, &c, 50)).await.unwrap();
+    let live = l.state_checksum().await.unwrap();
+    l.shutdown().await;
+    drop(l);
+
+    let l = open(&wal, &snaps, config(4)).await;
+    assert_eq!(
+        l.state_checksum().await.unwrap(),
+        live,
+        "snapshot + replay equals the live state"
+    );
+    let total: i64 = [&a, &b, &c].iter().map(|_| 0).sum::<i64>();
+    let _ = total;
+    let sum = balance(&l, &a).await + balance(&l, &b).await + balance(&l, &c).await;
+    assert_eq!(sum, 10_000, "conservation");
+}
+
+#[tokio::test]
+async fn movements_and_daily_report_are_consistent_with_the_balance() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(2)).await;
+    open_account(&l, "m", 0).await;
+    open_account(&l, "n", 0).await;
+    credit(&l, "c1", "m", 1_000).await.unwrap();
+    l.post_entry(Entry {
+        entry_id: mid("d1"),
+        account_id: id("m"),
+        kind: EntryKind::Debit,
+        amount_minor: 300,
+        description_opt: Some("fee".into()),
+    })
+    .await
+    .unwrap();
+    l.transfer(transfer("t1", "m", "n", 200)).await.unwrap();
+    l.transfer(transfer("t2", "n", "m", 50)).await.unwrap();
+    let page = l.movements(&id("m"), 10, None).await.unwrap();
+    let balances: Vec<i64> = page.rows.iter().map(|r| r.balance_after_minor).collect();
+    assert_eq!(balances, vec![550, 500, 700], "newest first, window of 3");
+    assert!(
+        page.older_rows_in_stream,
+        "the first row left the window of 3"
+    );
+    let page2 = l.movements(&id("m"), 2, None).await.unwrap();
+    assert_eq!(page2.next_cursor_opt, Some(3));
+    let rest = l.movements(&id("m"), 2, Some(3)).await.unwrap();
+    assert_eq!(rest.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+
+    let today = Timestamp::now().day();
+    let report = l.daily(&id("m"), Day(today.0 - 1), today).await.unwrap();
+    assert_eq!(report.days.len(), 2);
+    let (y, t) = (&report.days[0], &report.days[1]);
+    assert_eq!(
+        (y.opening_minor, y.closing_minor, y.num_movements),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        (
+            t.opening_minor,
+            t.credits_minor,
+            t.debits_minor,
+            t.num_movements,
+            t.closing_minor
+        ),
+        (0, 1_050, 500, 4, 550)
+    );
+    assert_eq!(t.closing_minor, balance(&l, "m").await);
+    assert!(
+        l.daily(&id("m"), today, Day(today.0 - 1)).await.is_err(),
+        "an inverted range is refused"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_one_transfer_take_effect_once() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, _) = names(&l);
+    open_account(&l, &a, 0).await;
+    open_account(&l, &b, 0).await;
+    credit(&l, "seed", &a, 1_000).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (l, a, b) = (l.clone(), a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            l.transfer(transfer("dup", &a, &b, 100)).await
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        let p = t.await.unwrap().unwrap();
+        assert_eq!(p.movement.status, MovementStatus::Committed);
+        fresh += usize::from(!p.replayed);
+    }
+    assert_eq!(fresh, 1, "exactly one call did the work");
+    assert_eq!((balance(&l, &a).await, balance(&l, &b).await), (900, 100));
+}
+
+#[tokio::test]
+async fn idle_actors_passivate_and_reactivate_without_losing_anything() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let mut cfg = config(2);
+    cfg.passivate_after_ms = 20;
+    let l = open(&wal, &snaps, cfg).await;
+    open_account(&l, "p", 0).await;
+    open_account(&l, "q", 0).await;
+    credit(&l, "seed", "p", 1_000_000).await.unwrap();
+    // Keep transferring while the reaper passivates actors under our feet.
+    for i in 0..200 {
+        l.transfer(transfer(&format!("t{i}"), "p", "q", 1))
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(l.stats().live_actors, 0, "idle actors passivated");
+    assert_eq!(
+        (balance(&l, "p").await, balance(&l, "q").await),
+        (1_000_000 - 200, 200)
+    );
+}
