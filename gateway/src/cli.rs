@@ -1,0 +1,218 @@
+//! Command line of the `saldo` binary.
+//!
+//! `saldo serve` runs the node. Later issues add other subcommands (`saldo shard …`,
+//! `saldo snapshotter`) as new variants of [`Command`]. Every `serve` flag can also come from a
+//! `SALDO_*` environment variable; both override the config file (`--config`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AuthMode, Config, ConfigError, LogFormat};
+
+/// The `saldo` command line.
+#[derive(Debug, Parser)]
+#[command(name = "saldo", version, about = "saldo: an in-memory ledger engine")]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a ledger node with its HTTP API.
+    Serve(Box<ServeArgs>),
+}
+
+/// Flags of `saldo serve`; each overrides the config file.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (flags and SALDO_* variables override it).
+    #[arg(long, env = "SALDO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SALDO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the stream and snapshots [default: ./data].
+    #[arg(long, env = "SALDO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of logical shards, a power of two [default: 8].
+    #[arg(long, env = "SALDO_SHARDS")]
+    pub shards: Option<u32>,
+    /// fsync each group commit [default: true].
+    #[arg(long, env = "SALDO_FSYNC", action = clap::ArgAction::Set)]
+    pub fsync: Option<bool>,
+    /// Authentication of /v1 requests [default: none].
+    #[arg(long, env = "SALDO_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Log format [default: text].
+    #[arg(long, env = "SALDO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Export traces to this OpenTelemetry collector (not in this build).
+    #[arg(long, env = "SALDO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Expected token issuer (`iss`).
+    #[arg(long, env = "SALDO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Expected token audience (`aud` or Cognito's `client_id`).
+    #[arg(long, env = "SALDO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// JWKS file with the token signing keys.
+    #[arg(long, env = "SALDO_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with the token signing keys.
+    #[arg(long, env = "SALDO_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Shared secret accepting HS256 tokens (development only, >= 32 bytes).
+    #[arg(long, env = "SALDO_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// Claim listing the accounts a token may touch [default: saldo:accounts].
+    #[arg(long, env = "SALDO_JWT_ACCOUNTS_CLAIM")]
+    pub jwt_accounts_claim: Option<String>,
+    /// Largest request body, bytes [default: 65536].
+    #[arg(long, env = "SALDO_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    /// Largest batch request body, bytes [default: 6291456].
+    #[arg(long, env = "SALDO_BATCH_BODY_BYTES_MAX")]
+    pub batch_body_bytes_max: Option<usize>,
+    /// Bound on handling one request, ms [default: 10000].
+    #[arg(long, env = "SALDO_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Requests handled at once before shedding with 503 [default: 8192].
+    #[arg(long, env = "SALDO_CONCURRENCY_MAX")]
+    pub concurrency_max: Option<usize>,
+    /// Requests per second per client, 0 for none [default: 0].
+    #[arg(long, env = "SALDO_RATE_LIMIT_PER_S")]
+    pub rate_limit_per_s: Option<u32>,
+    /// Burst per client [default: one second's worth].
+    #[arg(long, env = "SALDO_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Owner epoch of this node's stream records [default: 1].
+    #[arg(long, env = "SALDO_NODE_EPOCH")]
+    pub node_epoch: Option<u64>,
+    /// Movement history rows kept in memory per account [default: 100].
+    #[arg(long, env = "SALDO_MOVEMENTS_WINDOW")]
+    pub movements_window: Option<usize>,
+    /// Idle ms before an account actor is passivated [default: 30000].
+    #[arg(long, env = "SALDO_PASSIVATE_AFTER_MS")]
+    pub passivate_after_ms: Option<u64>,
+    /// Transfers coordinated at once [default: 10000].
+    #[arg(long, env = "SALDO_IN_FLIGHT_MAX")]
+    pub in_flight_max: Option<usize>,
+    /// Group-commit linger, µs [default: 0].
+    #[arg(long, env = "SALDO_GROUP_COMMIT_LINGER_US")]
+    pub group_commit_linger_us: Option<u64>,
+    /// Snapshot a shard every N events [default: 1000000].
+    #[arg(long, env = "SALDO_SNAPSHOT_EVERY_EVENTS")]
+    pub snapshot_every_events: Option<u64>,
+    /// Snapshot a shard every N ms [default: 60000].
+    #[arg(long, env = "SALDO_SNAPSHOT_INTERVAL_MS")]
+    pub snapshot_interval_ms: Option<u64>,
+    /// Snapshots kept per shard [default: 2].
+    #[arg(long, env = "SALDO_SNAPSHOTS_KEEP")]
+    pub snapshots_keep: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Returns the configuration: file (or defaults), overridden by environment and flags,
+    /// validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::from_file(self.config.as_deref())?;
+        self.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overrides `config` with every flag (or environment variable) that was given.
+    pub fn apply(&self, config: &mut Config) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        fn set_opt<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        }
+        set(&mut config.listen, &self.listen);
+        set(&mut config.data_dir, &self.data_dir);
+        set(&mut config.fsync, &self.fsync);
+        set(&mut config.auth, &self.auth);
+        set(&mut config.log_format, &self.log_format);
+        set_opt(&mut config.otlp_endpoint, &self.otlp_endpoint);
+        let jwt = &mut config.jwt;
+        set_opt(&mut jwt.issuer, &self.jwt_issuer);
+        set_opt(&mut jwt.audience, &self.jwt_audience);
+        set_opt(&mut jwt.jwks_file, &self.jwks_file);
+        set_opt(&mut jwt.jwks_url, &self.jwks_url);
+        set_opt(&mut jwt.hs256_secret, &self.jwt_hs256_secret);
+        set_opt(&mut jwt.accounts_claim, &self.jwt_accounts_claim);
+        let limits = &mut config.limits;
+        set(&mut limits.body_bytes_max, &self.body_bytes_max);
+        set(&mut limits.batch_body_bytes_max, &self.batch_body_bytes_max);
+        set(&mut limits.request_timeout_ms, &self.request_timeout_ms);
+        set(&mut limits.concurrency_max, &self.concurrency_max);
+        set(&mut limits.rate_limit_per_s, &self.rate_limit_per_s);
+        set(&mut limits.rate_limit_burst, &self.rate_limit_burst);
+        let engine = &mut config.engine;
+        set(&mut engine.shards, &self.shards);
+        set(&mut engine.node_epoch, &self.node_epoch);
+        set(&mut engine.movements_window, &self.movements_window);
+        set(&mut engine.passivate_after_ms, &self.passivate_after_ms);
+        set(&mut engine.in_flight_max, &self.in_flight_max);
+        set(
+            &mut engine.group_commit_linger_us,
+            &self.group_commit_linger_us,
+        );
+        set(
+            &mut engine.snapshot_every_events,
+            &self.snapshot_every_events,
+        );
+        set(&mut engine.snapshot_interval_ms, &self.snapshot_interval_ms);
+        set(&mut engine.snapshots_keep, &self.snapshots_keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("saldo-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("saldo.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nfsync = false\n[engine]\nshards = 4\n",
+        )
+        .expect("write config");
+        let cli = Cli::try_parse_from([
+            "saldo",
+            "serve",
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--shards",
+            "16",
+            "--fsync",
+            "true",
+            "--auth",
+            "none",
+        ])
+        .expect("valid flags");
+        let Command::Serve(args) = cli.command;
+        let config = args.load().expect("valid config");
+        assert_eq!(config.listen.port(), 7000, "from the file");
+        assert_eq!(config.engine.shards, 16, "the flag wins over the file");
+        assert!(config.fsync, "the flag wins over the file");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn unknown_auth_modes_are_refused() {
+        assert!(Cli::try_parse_from(["saldo", "serve", "--auth", "maybe"]).is_err());
+    }
+}

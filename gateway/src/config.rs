@@ -1,0 +1,317 @@
+//! Configuration of `saldo serve`: one struct, loaded from a TOML file, then overridden by
+//! `SALDO_*` environment variables, then by flags (see [`crate::cli`]), then validated.
+//!
+//! The defaults are the embedded, no-cloud set-up: listen on 127.0.0.1:8080, keep the stream
+//! and snapshots under `./data`, fsync on, `--auth none` (with a warning at start: the default
+//! address is loopback-only, and a non-loopback address without auth gets a louder one).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! data_dir = "./data"
+//! fsync = true
+//! log_format = "text"      # or "json"
+//! auth = "jwt"             # or "none"
+//!
+//! [jwt]
+//! issuer = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_XXXX"
+//! audience = "my-app-client-id"
+//! jwks_url = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_XXXX/.well-known/jwks.json"
+//!
+//! [engine]
+//! shards = 8
+//!
+//! [limits]
+//! rate_limit_per_s = 1000
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use saldo_engine::EngineConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::JwtConfig,
+    limits::{
+        BATCH_BODY_BYTES_MAX, BODY_BYTES_MAX, CONCURRENCY_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT,
+        TRANSFER_BATCH_MAX,
+    },
+};
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: every caller may do everything. Logged as a warning at start.
+    #[default]
+    None,
+    /// OAuth2 bearer tokens (JWT) verified locally.
+    Jwt,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `saldo serve` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the stream (`wal/`) and snapshots (`snapshots/`).
+    pub data_dir: PathBuf,
+    /// Whether the stream fsyncs each group commit. On by default: an acknowledged transfer
+    /// must survive a power cut (rule I2). Off only for throwaway benchmarks.
+    pub fsync: bool,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// OpenTelemetry collector to export traces to (this build has no OTLP exporter: setting it
+    /// is an error at start).
+    pub otlp_endpoint: Option<String>,
+    /// How requests are authenticated.
+    pub auth: AuthMode,
+    /// Token checks for `auth = "jwt"`.
+    pub jwt: JwtConfig,
+    /// Engine settings.
+    pub engine: EngineSettings,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            fsync: true,
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            auth: AuthMode::None,
+            jwt: JwtConfig::default(),
+            engine: EngineSettings::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Engine settings, as in [`EngineConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Number of logical shards (a power of two). Fixed for the life of a data directory.
+    pub shards: u32,
+    /// Owner epoch written into stream records.
+    pub node_epoch: u64,
+    /// Rows of movement history kept in memory per account.
+    pub movements_window: usize,
+    /// Idle time after which an account actor is passivated, ms.
+    pub passivate_after_ms: u64,
+    /// Transfers and entries coordinated at once; beyond it the gateway answers 503.
+    pub in_flight_max: usize,
+    /// Group-commit linger, µs (0: flush as soon as the previous flush is done).
+    pub group_commit_linger_us: u64,
+    /// Snapshot a shard after this many events …
+    pub snapshot_every_events: u64,
+    /// … or this often, ms (0: only on demand).
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept per shard.
+    pub snapshots_keep: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            shards: 8,
+            node_epoch: 1,
+            movements_window: 100,
+            passivate_after_ms: 30_000,
+            in_flight_max: 10_000,
+            group_commit_linger_us: 0,
+            snapshot_every_events: 1_000_000,
+            snapshot_interval_ms: 60_000,
+            snapshots_keep: 2,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body of every route but the batch one, bytes.
+    pub body_bytes_max: usize,
+    /// Largest body of `POST /v1/transfers/batch`, bytes.
+    pub batch_body_bytes_max: usize,
+    /// Bound on handling one request, ms; past it the answer is 503.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once; past it the answer is 503 (no queueing).
+    pub concurrency_max: usize,
+    /// Requests per second per client (0: no rate limit).
+    pub rate_limit_per_s: u32,
+    /// Burst per client (0: one second's worth of `rate_limit_per_s`).
+    pub rate_limit_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            body_bytes_max: BODY_BYTES_MAX,
+            batch_body_bytes_max: BATCH_BODY_BYTES_MAX,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            concurrency_max: CONCURRENCY_MAX_DEFAULT,
+            rate_limit_per_s: 0,
+            rate_limit_burst: 0,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct (unknown keys included).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Returns the configuration in `path`, or the defaults when there is no file.
+    pub fn from_file(path_opt: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path_opt else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every value and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        let e = &self.engine;
+        if e.shards == 0 || !e.shards.is_power_of_two() {
+            return invalid(format!("shards must be a power of two, got {}", e.shards));
+        }
+        if e.in_flight_max < TRANSFER_BATCH_MAX {
+            return invalid(format!(
+                "in_flight_max ({}) must hold a full batch ({TRANSFER_BATCH_MAX})",
+                e.in_flight_max
+            ));
+        }
+        if e.movements_window == 0 || e.snapshots_keep == 0 {
+            return invalid("movements_window and snapshots_keep must be positive".into());
+        }
+        let l = &self.limits;
+        if l.body_bytes_max < 1024 || l.batch_body_bytes_max < l.body_bytes_max {
+            return invalid("body_bytes_max must be >= 1024 and <= batch_body_bytes_max".into());
+        }
+        if l.request_timeout_ms == 0 || l.concurrency_max == 0 {
+            return invalid("request_timeout_ms and concurrency_max must be positive".into());
+        }
+        if self.auth == AuthMode::Jwt
+            && self.jwt.jwks_file.is_none()
+            && self.jwt.jwks_url.is_none()
+            && self.jwt.hs256_secret.is_none()
+        {
+            return invalid("auth = jwt needs jwks_file, jwks_url or hs256_secret".into());
+        }
+        if self.jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return invalid("the hs256 secret must be at least 32 bytes".into());
+        }
+        Ok(())
+    }
+
+    /// Returns the engine's configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        let e = &self.engine;
+        EngineConfig {
+            num_shards: e.shards,
+            node_epoch: e.node_epoch,
+            movements_window: e.movements_window,
+            passivate_after_ms: e.passivate_after_ms,
+            in_flight_max: e.in_flight_max,
+            group_commit_linger_us: e.group_commit_linger_us,
+            snapshot_every_events: e.snapshot_every_events,
+            snapshot_interval_ms: e.snapshot_interval_ms,
+            snapshots_keep: e.snapshots_keep,
+        }
+    }
+
+    /// Returns the directory of the write-ahead stream.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    /// Returns the directory of the snapshots.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_embedded() {
+        let c = Config::default();
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.fsync);
+        assert_eq!(c.auth, AuthMode::None);
+    }
+
+    #[test]
+    fn a_config_file_overrides_the_defaults_and_refuses_unknown_keys() {
+        let c: Config = toml::from_str("listen = \"0.0.0.0:9000\"\n[engine]\nshards = 16\n")
+            .expect("valid toml");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.engine.shards, 16);
+        assert_eq!(c.engine.movements_window, 100);
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+        assert!(toml::from_str::<Config>("[engine]\nshard = 3").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let mut c = Config::default();
+        c.engine.shards = 6;
+        assert!(c.validate().is_err());
+        let mut c = Config {
+            auth: AuthMode::Jwt,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        c.jwt.hs256_secret = Some("short".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The server: the router, the admission middleware and [`run`].
+//!
+//! Every request passes one middleware, [`admit`], which in this order: sheds load past
+//! `concurrency_max` (503), authenticates `/v1` requests and checks the method's scope
+//! (401/403), applies the per-client rate limit (429), bounds the handling time (503), opens
+//! the request's tracing span and records the request's metrics. It is one function rather than
+//! a stack of tower layers so that the hot path pays for one boxed future, not five.
+//!
+//! [`run`] serves immediately (`/healthz` answers, `/readyz` and `/v1` say 503) while the
+//! ledger is restored, then serves everything. On shutdown it stops accepting, lets in-flight
+//! requests finish (bounded by [`SHUTDOWN_GRACE_MS`]), then shuts the ledger down, which flushes
+//! the stream.
+
+use std::{
+    future::{Future, IntoFuture},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{ConnectInfo, MatchedPath, Request, State},
+    http::Method,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use saldo_engine::Ledger;
+use saldo_persistence::{
+    snapshot::local_dir::LocalDirSnapshotStore, wal::local_file::LocalFileWal,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    auth::{AuthSetupError, Authenticator, Scope},
+    config::{AuthMode, Config},
+    error::ApiError,
+    limits::SHUTDOWN_GRACE_MS,
+    metrics::{self, METRICS, ROUTES},
+    ratelimit::ClientKey,
+    routes,
+    state::AppState,
+};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The authenticator could not be set up (JWKS file unreadable, …).
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    /// The data directory could not be prepared.
+    #[error("failed to prepare {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write-ahead stream could not be opened.
+    #[error("failed to open the stream: {0}")]
+    Wal(#[source] saldo_persistence::WalError),
+    /// The snapshot store could not be opened.
+    #[error("failed to open the snapshot store: {0}")]
+    Snapshots(#[source] saldo_persistence::SnapshotError),
+    /// The engine could not restore the ledger.
+    #[error("failed to open the ledger: {0}")]
+    Engine(#[source] saldo_engine::EngineError),
+    /// The HTTP server failed.
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Returns the router of the API over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(routes::open_account))
+        .route("/v1/accounts/{id}", get(routes::get_account))
+        .route("/v1/accounts/{id}/entries", post(routes::post_entry))
+        .route(
+            "/v1/accounts/{id}/entries/{entry_id}",
+            get(routes::get_entry),
+        )
+        .route("/v1/accounts/{id}/movements", get(routes::movements))
+        .route("/v1/accounts/{id}/daily", get(routes::daily))
+        .route("/v1/transfers", post(routes::transfer))
+        .route(
+            "/v1/transfers/batch",
+            post(routes::transfer_batch).get(routes::get_transfer_named_batch),
+        )
+        .route("/v1/transfers/{id}", get(routes::get_transfer))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .with_state(state)
+}
+
+/// The admission middleware (see the module docs).
+pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let matched_opt = req.extensions().get::<MatchedPath>();
+    let route = metrics::route_index(req.method(), matched_opt.map(MatchedPath::as_str));
+    let matched = matched_opt.is_some();
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = ROUTES[route].1,
+        id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let response = match state.enter() {
+        Some(_guard) => {
+            admit_inner(&state, req, next, matched)
+                .instrument(span.clone())
+                .await
+        }
+        None => ApiError::Unavailable {
+            detail: "too many requests in flight".into(),
+        }
+        .into_response(),
+    };
+    let status = response.status().as_u16();
+    span.record("status", status);
+    METRICS.record(route, status, start.elapsed().as_micros() as u64);
+    response
+}
+
+async fn admit_inner(state: &AppState, mut req: Request, next: Next, matched: bool) -> Response {
+    let shared = state.shared();
+    if matched && req.uri().path().starts_with("/v1/") {
+        let principal = match shared.auth.authenticate(req.headers()).await {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let scope = match *req.method() {
+            Method::GET | Method::HEAD => Scope::Read,
+            _ => Scope::Write,
+        };
+        if let Err(e) = principal.require(scope) {
+            return e.into_response();
+        }
+        if let Some(limiter) = &shared.rate_limiter_opt {
+            let key_opt = match &principal.subject_opt {
+                Some(subject) => Some(ClientKey::Subject(subject.clone())),
+                None => req
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| ClientKey::Ip(addr.ip())),
+            };
+            if let Some(key) = key_opt {
+                if let Err(retry_after_s) = limiter.check(&key) {
+                    return ApiError::RateLimited { retry_after_s }.into_response();
+                }
+            }
+        }
+        req.extensions_mut()
+            .insert::<Arc<crate::auth::Principal>>(principal);
+    }
+    match tokio::time::timeout(shared.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable {
+            detail: "the request timed out; a write may still have been applied: retry it with \
+                     the same id"
+                .into(),
+        }
+        .into_response(),
+    }
+}
+
+/// Returns the authenticator the configuration asks for, warning loudly under `--auth none`.
+pub async fn authenticator(config: &Config) -> Result<Authenticator, GatewayError> {
+    match config.auth {
+        AuthMode::None => {
+            if config.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %config.listen,
+                    "auth is off (--auth none): every local client may read and move money"
+                );
+            } else {
+                tracing::warn!(
+                    listen = %config.listen,
+                    "AUTH IS OFF (--auth none) ON A NON-LOOPBACK ADDRESS: anyone who reaches \
+                     this port may read and move money; use --auth jwt"
+                );
+            }
+            Ok(Authenticator::none())
+        }
+        AuthMode::Jwt => Ok(Authenticator::jwt(config.jwt.clone()).await?),
+    }
+}
+
+/// Opens the stream and snapshot store under the data directory and restores the ledger.
+pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
+    for dir in [config.wal_dir(), config.snapshots_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| GatewayError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let (wal_dir, snapshots_dir, fsync) = (config.wal_dir(), config.snapshots_dir(), config.fsync);
+    let (wal, snapshots) = tokio::task::spawn_blocking(move || {
+        let wal = LocalFileWal::open(wal_dir, fsync).map_err(GatewayError::Wal)?;
+        let snapshots =
+            LocalDirSnapshotStore::open(snapshots_dir).map_err(GatewayError::Snapshots)?;
+        Ok::<_, GatewayError>((wal, snapshots))
+    })
+    .await
+    .expect("opening the stores does not panic")?;
+    Ledger::open(config.engine_config(), Arc::new(wal), Arc::new(snapshots))
+        .await
+        .map_err(GatewayError::Engine)
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let auth = authenticator(&config).await?;
+    let state = AppState::new(auth, config.limits.clone());
+    let app = router(state.clone());
+    let stop = CancellationToken::new();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
+    .into_future();
+    let mut server = tokio::spawn(server);
+    let mut shutdown = std::pin::pin!(shutdown);
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "restoring the ledger");
+    let opened = tokio::select! {
+        result = open_ledger(&config) => Some(result),
+        _ = &mut shutdown => None,
+    };
+    let mut outcome = Ok(());
+    match opened {
+        Some(Ok(ledger)) => {
+            state.set_ledger(ledger);
+            tracing::info!(shards = config.engine.shards, "ledger restored; serving");
+            tokio::select! {
+                _ = &mut shutdown => tracing::info!("shutdown requested"),
+                joined = &mut server => {
+                    outcome = flatten_serve(joined);
+                    tracing::error!("http server stopped on its own");
+                }
+            }
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the ledger could not be opened");
+            outcome = Err(e);
+        }
+        None => tracing::info!("shutdown requested during restore"),
+    }
+    stop.cancel();
+    if !server.is_finished() {
+        match tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), &mut server).await {
+            Ok(joined) => outcome = outcome.and(flatten_serve(joined)),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish in time; dropping them");
+                server.abort();
+            }
+        }
+    }
+    if let Some(ledger) = state.ledger_opt() {
+        ledger.shutdown().await;
+        tracing::info!("ledger flushed and stopped");
+    }
+    outcome
+}
+
+fn flatten_serve(
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), GatewayError> {
+    match joined {
+        Ok(result) => result.map_err(GatewayError::Serve),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        // Installing a handler fails only if the runtime has no signal driver; then the other
+        // signal still works.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
