@@ -44,9 +44,6 @@ pub const SECONDS_RECORDED_MAX: usize = 86_400;
 /// request timeout); larger values are clamped to it.
 pub const LATENCY_US_MAX: u64 = 100_000_000;
 
-/// Pages of movements read per account when looking for acknowledged entries.
-pub const MOVEMENT_PAGES_MAX: u32 = 1_000;
-
 /// Examples of each failed verification check printed in the report.
 pub const FAILURE_EXAMPLES_MAX: usize = 5;
 

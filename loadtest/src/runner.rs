@@ -368,7 +368,7 @@ impl Worker {
                 );
                 let reply = self.send(Method::Post, true).await;
                 self.record(OpKind::Entry, origin, reply, measured);
-                match write_fate(reply) {
+                match transfer_fate(reply, &self.response) {
                     Fate::Committed => {
                         ctx.model.apply_entry(account, credit, amount_minor);
                         let kind = if credit { "credit" } else { "debit" };
@@ -593,8 +593,8 @@ fn write_fate(reply: Result<u16, TransportError>) -> Fate {
     }
 }
 
-/// Returns the fate of a single transfer from its reply: committed only on a 2xx whose
-/// `status` is `committed` (or absent).
+/// Returns the fate of a single transfer or entry from its reply: committed only on a 2xx
+/// whose `status` is `committed` (or absent); `pending` (202) is in doubt until resolved.
 pub(crate) fn transfer_fate(reply: Result<u16, TransportError>, body: &[u8]) -> Fate {
     match write_fate(reply) {
         Fate::Committed => {
@@ -627,19 +627,26 @@ pub(crate) fn batch_fates(body: &[u8], num_transfers: usize) -> Vec<(Fate, Cow<'
 }
 
 fn item_fate(result: &serde_json::Value) -> (Fate, Cow<'static, str>) {
-    if result.get("status").and_then(|s| s.as_str()) == Some("committed") {
-        return (Fate::Committed, Cow::Borrowed("committed"));
+    // The gateway's shape: `{"id","status": <HTTP status>, "transfer"?: {...}, "error"?: {...}}`;
+    // a flat `{"status": "committed"}` or `{"code": …}` is understood as well.
+    let transfer_status = result
+        .get("transfer")
+        .and_then(|t| t.get("status"))
+        .or_else(|| result.get("status"))
+        .and_then(|s| s.as_str());
+    match transfer_status {
+        Some("committed") => return (Fate::Committed, Cow::Borrowed("committed")),
+        Some("pending") => return (Fate::InDoubt, Cow::Borrowed("pending")),
+        _ => {}
     }
     let code = result
-        .get("code")
-        .or_else(|| result.get("error").and_then(|e| e.get("code")))
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .or_else(|| result.get("code"))
         .and_then(|c| c.as_str());
-    let http_status = result.get("http_status").or_else(|| result.get("status"));
-    let server_side = http_status
-        .and_then(serde_json::Value::as_u64)
-        .is_some_and(|s| s >= 500);
+    let http_status = result.get("status").and_then(serde_json::Value::as_u64);
+    let server_side = http_status.is_some_and(|s| s >= 500);
     match code {
-        Some("unavailable" | "internal") => (Fate::InDoubt, Cow::Owned(code.unwrap_or("").into())),
         Some(code) if !server_side => (Fate::Refused, Cow::Owned(code.to_string())),
         Some(code) => (Fate::InDoubt, Cow::Owned(code.to_string())),
         None => (Fate::InDoubt, Cow::Borrowed("unknown_result")),

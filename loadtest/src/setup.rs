@@ -266,10 +266,15 @@ async fn resolve_one(ctx: &Context, pool: &Pool, doubt: InDoubt) -> u64 {
                 let id = workload.entry_id(doubt.index);
                 workload.render_entry(&mut body, &id, credit, amount_minor);
                 let path = format!("/v1/accounts/{}/entries", workload.account_ids[account]);
-                match pool.call(Method::Post, &path, body.as_bytes()).await {
-                    Ok((200..=299, _)) => ctx.model.apply_entry(account, credit, amount_minor),
-                    Ok((400..=499, _)) => {}
-                    _ => continue,
+                let reply = pool.call(Method::Post, &path, body.as_bytes()).await;
+                let fate = match &reply {
+                    Ok((status, response)) => transfer_fate(Ok(*status), response),
+                    Err(key) => transfer_fate(Err(key), b""),
+                };
+                match fate {
+                    Fate::Committed => ctx.model.apply_entry(account, credit, amount_minor),
+                    Fate::Refused => {}
+                    Fate::InDoubt => continue,
                 }
                 return 0;
             }

@@ -1,0 +1,284 @@
+//! Runs the generator against a real `saldo serve` and proves its oracle can fail.
+//!
+//! The server binary is `$SALDO_BIN`, or else `<workspace>/target/debug/saldo`, which
+//! `cargo test --workspace` builds before running tests. A missing binary fails the test with
+//! the command that builds it: this test is never skipped silently. The server listens on
+//! 127.0.0.1 on a free port with a temporary data dir and is killed by PID when the test ends.
+//! Every load is bounded (a few seconds); nothing here asserts on timing.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the server may take to become ready.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+struct Server {
+    child: Child,
+    port: u16,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Only the process this test started, by its handle (its PID).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn saldo_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SALDO_BIN") {
+        return PathBuf::from(path);
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        },
+        PathBuf::from,
+    );
+    target_dir.join("debug").join("saldo")
+}
+
+fn start_server() -> Server {
+    let bin = saldo_bin();
+    assert!(
+        bin.exists(),
+        "the saldo server binary is missing at {}: build it with `cargo build -p saldo-gateway \
+         --bin saldo` (or run `cargo test --workspace`), or point SALDO_BIN at it",
+        bin.display()
+    );
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    // Bound then released: a race with another process taking the port is possible but rare.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--auth",
+            "none",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut server = Server {
+        child,
+        port,
+        _data_dir: data_dir,
+    };
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        if let Ok((200, _)) = http(port, "GET", "/readyz", "") {
+            return server;
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("saldo serve exited before it was ready: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saldo serve not ready after {READY_WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request on its own connection; returns the status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+fn loadtest(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_saldo-loadtest"))
+        .args(args)
+        .output()
+        .expect("the generator runs");
+    eprintln!("--- stdout\n{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("--- stderr\n{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+#[test]
+fn a_mixed_open_loop_run_verifies_and_tampering_makes_verification_fail() {
+    let server = start_server();
+    let target = format!("http://127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("report.json");
+    let state_path = dir.path().join("state.json");
+    let plot_path = dir.path().join("plot.svg");
+    let hdr_path = dir.path().join("latency.hlog");
+    let output = loadtest(&[
+        "--target",
+        &target,
+        "--rate",
+        "200",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--connections",
+        "8",
+        "--accounts",
+        "40",
+        "--mix",
+        "transfer=6,batch=1,balance=1,entry=1,daily=1,movements=1",
+        "--batch-size",
+        "20",
+        "--distribution",
+        "zipf:1.1",
+        "--retry-fraction",
+        "0.1",
+        "--invalid-fraction",
+        "0.05",
+        "--seed",
+        "7",
+        "--run-id",
+        "itest",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--save-state",
+        state_path.to_str().unwrap(),
+        "--plot",
+        plot_path.to_str().unwrap(),
+        "--hdr-log",
+        hdr_path.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "the run should pass verification"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("verification: PASS"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).expect("the report is JSON");
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["target_rate_per_s"], 200.0);
+    assert!(report["achieved_rate_per_s"].as_f64().unwrap() > 0.0);
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["latency_ms"][key].is_number(), "latency_ms.{key}");
+        assert!(report["operations"]["transfer"]["latency_ms"][key].is_number());
+    }
+    assert!(
+        report["operations"]["transfer"]["counts"]["ok"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        report["operations"]["invalid"]["counts"]["rejected"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(report["operations"]["invalid"]["counts"]["ok"], 0);
+    assert!(
+        report["operations"]["transfer_batch"]["items"]["committed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(report["verification"]["passed"], true);
+    let svg = std::fs::read_to_string(&plot_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let hdr = std::fs::read_to_string(&hdr_path).unwrap();
+    assert!(
+        hdr.contains("#[StartTime") && hdr.lines().any(|l| l.starts_with("Tag=run,")),
+        "{hdr}"
+    );
+
+    // The same state still verifies: nothing changed in between.
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--target",
+            &target,
+            "--state",
+            state_path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        loadtest(&args)
+    };
+    assert_eq!(verify(&[]).status.code(), Some(0));
+
+    // Tamper through the public API: a credit the generator never made.
+    let tamper = r#"{"id":"tamper-1","type":"credit","amount":"1.00"}"#;
+    let (status, body) =
+        http(server.port, "POST", "/v1/accounts/itest-a0/entries", tamper).unwrap();
+    assert_eq!(status, 201, "{body}");
+    let output = verify(&[]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "verification must FAIL after tampering"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("verification: FAIL"), "{stdout}");
+    assert!(stdout.contains("FAIL money_conserved"), "{stdout}");
+    assert!(stdout.contains("itest-a0: balance"), "{stdout}");
+}
+
+#[test]
+fn a_closed_loop_run_against_healthz_needs_no_accounts() {
+    let server = start_server();
+    let target = format!("http://127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("report.json");
+    let output = loadtest(&[
+        "--target",
+        &target,
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--mix",
+        "healthz",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(report["mode"], "closed");
+    assert!(report["target_rate_per_s"].is_null());
+    assert!(
+        report["operations"]["healthz"]["counts"]["ok"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(report["verification"]["passed"], serde_json::Value::Null);
+}

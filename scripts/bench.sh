@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Benchmarks saldo on this machine and writes docs/BENCHMARKS.md.
+#
+# Starts a release `saldo serve` (fsync on, temporary data dir, 127.0.0.1 only) and runs, with
+# saldo-loadtest:
+#   1. the reference target: 6,000 transfers/s open loop for 60 s (p99 objective 100 ms);
+#   2. a sweep for the highest transfer rate with p99 <= 10 ms;
+#   3. the batch endpoint at full speed (closed loop);
+#   4. the generator's own ceiling: /healthz of saldo, and a canned 200 server.
+# Generator and server share the machine's cores; the table says so.
+#
+# Every run is bounded in time (--duration, sweep steps and count bounded); the script kills
+# only the PIDs it started. Artefacts (JSON reports, SVG plots, HDR logs, server log) are kept
+# in target/bench/.
+#
+# Usage: scripts/bench.sh            # full run, about 10 minutes
+#        BENCH_QUICK=1 scripts/bench.sh   # smoke run of every step, about 2 minutes
+#        BENCH_OUT=path.md scripts/bench.sh  # write the table elsewhere
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT_MD=${BENCH_OUT:-docs/BENCHMARKS.md}
+ART=target/bench
+QUICK=${BENCH_QUICK:-0}
+if [[ "$QUICK" == 1 ]]; then
+  OPEN_DURATION=10s SWEEP_STEP=3s SWEEP_STEPS_MAX=8 BATCH_DURATION=5s CEILING_DURATION=3s
+else
+  OPEN_DURATION=60s SWEEP_STEP=10s SWEEP_STEPS_MAX=16 BATCH_DURATION=30s CEILING_DURATION=10s
+fi
+OPEN_RATE=${BENCH_OPEN_RATE:-6000}
+SWEEP_START=${BENCH_SWEEP_START:-4000}
+BATCH_SIZE=${BENCH_BATCH_SIZE:-2000}
+ACCOUNTS=${BENCH_ACCOUNTS:-10000}
+
+command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 3; }
+
+echo "== building release binaries" >&2
+cargo build --release -p saldo-gateway --bin saldo -p saldo-loadtest --bin saldo-loadtest \
+  --example canned_server >&2
+SALDO=target/release/saldo
+LOADTEST=target/release/saldo-loadtest
+CANNED=target/release/examples/canned_server
+
+mkdir -p "$ART"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts saldo serve on a fresh data dir; sets SALDO_PID and TARGET.
+start_saldo() {
+  local port
+  port=$(free_port)
+  rm -rf "$WORK/data"
+  "$SALDO" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --fsync true --auth none \
+    >>"$ART/saldo.log" 2>&1 &
+  SALDO_PID=$!
+  PIDS+=("$SALDO_PID")
+  TARGET="http://127.0.0.1:$port"
+  for _ in $(seq 1 600); do
+    if curl -fsS "$TARGET/readyz" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$SALDO_PID" 2>/dev/null || { echo "saldo serve died, see $ART/saldo.log" >&2; exit 3; }
+    sleep 0.1
+  done
+  echo "saldo serve not ready after 60 s" >&2
+  exit 3
+}
+
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Runs saldo-loadtest; exit codes 1 (verification failed) and 2 (objective missed) are results
+# to report, not reasons to stop the script.
+run_lt() {
+  local name=$1
+  shift
+  echo "== $name: saldo-loadtest $*" >&2
+  set +e
+  "$LOADTEST" --json "$ART/$name.json" --plot "$ART/$name.svg" "$@" >"$ART/$name.txt"
+  local code=$?
+  set -e
+  cat "$ART/$name.txt" >&2
+  if [[ $code -ge 3 ]]; then
+    echo "saldo-loadtest failed ($code) in $name" >&2
+    exit 3
+  fi
+}
+
+: >"$ART/saldo.log"
+
+# 1. Reference target, open loop.
+start_saldo
+run_lt open-6000 --target "$TARGET" --rate "$OPEN_RATE" --duration "$OPEN_DURATION" --warmup 5s \
+  --connections 64 --accounts "$ACCOUNTS" --p99-max 100ms --hdr-log "$ART/open-6000.hlog"
+stop_pid "$SALDO_PID"
+
+# 2. Sweep for the highest rate with p99 <= 10 ms.
+start_saldo
+run_lt sweep --target "$TARGET" --sweep --p99-max 10ms --sweep-start "$SWEEP_START" \
+  --sweep-growth 1.5 --sweep-refine 3 --sweep-steps-max "$SWEEP_STEPS_MAX" \
+  --sweep-step "$SWEEP_STEP" --warmup 2s --connections 512 --accounts "$ACCOUNTS"
+stop_pid "$SALDO_PID"
+
+# 3. Batch endpoint at full speed.
+start_saldo
+run_lt batch --target "$TARGET" --concurrency 8 --mix batch --batch-size "$BATCH_SIZE" \
+  --duration "$BATCH_DURATION" --warmup 2s --accounts "$ACCOUNTS" --funding 1000000.00
+
+# 4a. Generator ceiling against saldo's /healthz (server and generator share the cores).
+run_lt ceiling-saldo --target "$TARGET" --concurrency 64 --mix healthz \
+  --duration "$CEILING_DURATION" --warmup 1s
+stop_pid "$SALDO_PID"
+
+# 4b. Generator ceiling against a canned 200 server (as cheap as a server gets).
+port=$(free_port)
+"$CANNED" "127.0.0.1:$port" 120 2>>"$ART/saldo.log" &
+CANNED_PID=$!
+PIDS+=("$CANNED_PID")
+sleep 0.5
+run_lt ceiling-canned --target "http://127.0.0.1:$port" --concurrency 64 --mix healthz \
+  --duration "$CEILING_DURATION" --warmup 1s
+stop_pid "$CANNED_PID"
+
+# The table.
+j() { jq -r "$2" "$ART/$1.json"; }
+pass() { case "$1" in true) echo PASS ;; false) echo FAIL ;; *) echo "n/a" ;; esac; }
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+mem=$(free -h | awk '/^Mem:/ {print $2}')
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%dT%H:%MZ) at commit \`$commit\`"
+  echo "$([[ "$QUICK" == 1 ]] && echo '(BENCH_QUICK=1: shortened runs, indicative only)')."
+  echo "Reproduce with \`scripts/bench.sh\`; raw JSON reports, SVG plots and HDR logs go to"
+  echo "\`target/bench/\`. The load generator is \`saldo-loadtest\` (see [loadtest.md](loadtest.md))."
+  echo
+  echo "## Machine"
+  echo
+  echo "| what | value |"
+  echo "| --- | --- |"
+  echo "| CPU | $cpu |"
+  echo "| cores (nproc) | $(nproc) |"
+  echo "| memory | $mem |"
+  echo "| kernel | $(uname -sr) |"
+  echo "| server | \`saldo serve\` release build, file stream with **fsync on**, 127.0.0.1 |"
+  echo "| sharing | **generator and server share the same $(nproc) cores** (the generator runs one thread) |"
+  echo
+  echo "## Results"
+  echo
+  echo "| run | target | achieved | transfers committed/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | objective | verification |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  row() {
+    local name=$1 label=$2 objective=$3
+    echo "| $label | $(j "$name" '.target_rate_per_s // "closed loop"') | $(j "$name" '.achieved_rate_per_s | floor') ops/s | $(j "$name" '.transfers_committed_per_s | floor') | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .latency_ms.p999) | $(j "$name" .latency_ms.max) | $(j "$name" .requests.errors) | $objective | $(pass "$(j "$name" .verification.passed)") |"
+  }
+  row open-6000 "1. single transfers, open loop, $OPEN_DURATION" \
+    "p99 ≤ 100 ms: $(j open-6000 'if .objective.met then "met" else "NOT met" end')"
+  row sweep "2. sweep, best step" \
+    "highest rate with p99 ≤ 10 ms: $(j sweep '.sweep.best_rate_per_s // "none"')/s"
+  row batch "3. batch endpoint ($BATCH_SIZE per request), closed loop, 8 in flight" "-"
+  row ceiling-saldo "4a. generator ceiling: saldo /healthz, 64 connections" "-"
+  row ceiling-canned "4b. generator ceiling: canned 200 server, 64 connections" "-"
+  echo
+  echo "## Sweep curve (objective p99 ≤ 10 ms)"
+  echo
+  echo "| target/s | achieved/s | p50 ms | p99 ms | errors | result |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  jq -r '.sweep.steps[] | "| \(.target_rate_per_s) | \(.achieved_rate_per_s | floor) | \(.latency_ms.p50) | \(.latency_ms.p99) | \(.counts.errors) | \(if .passed then "pass" else "fail" end) |"' "$ART/sweep.json"
+  echo
+  echo "## Reading these numbers"
+  echo
+  echo "- Latency is measured from each request's scheduled time in open loop (no coordinated"
+  echo "  omission) and from its send in closed loop. \`errors\` are 5xx and transport failures."
+  echo "- Runs 4a and 4b measure the generator itself: 4b is its ceiling on this machine with"
+  echo "  nearly all work on the client side; if a server figure approaches it, the client is"
+  echo "  the limit, not the server."
+  echo "- Verification after each run checks that the server holds exactly the money the"
+  echo "  acknowledged history implies (see loadtest.md)."
+} >"$OUT_MD"
+echo "== wrote $OUT_MD" >&2
+cat "$OUT_MD"
