@@ -373,7 +373,7 @@ def sign_in(browser, base):
                   "redirect to /console/")
     browser.shot("01-signin")
     # A token signed with another secret is refused, and the refusal is shown at the field.
-    bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 600}, "wrong-secret",
+    bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 600}, "a-different-secret-that-the-server-does-not-know",
                      algorithm="HS256")
     fill(browser, "signin", "token", bad)
     browser.find("form[data-form='signin'] button[type='submit']").click()
@@ -614,7 +614,7 @@ def test_pkce_vector(browser):
         "const done = arguments[arguments.length - 1];"
         "import('./auth.js').then((m) => m.codeChallenge("
         "'dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk')).then(done, (e) => done(String(e)));")
-    assert challenge == "E9Melhoa2OwvFrEMTJguCHoeK9rIeK-vrFzyIs0iCwM", challenge
+    assert challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", challenge
     log("PKCE S256 challenge (RFC 7636 vector): ok")
 
 
