@@ -373,8 +373,8 @@ def sign_in(browser, base):
                   "redirect to /console/")
     browser.shot("01-signin")
     # A token signed with another secret is refused, and the refusal is shown at the field.
-    bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 600}, "a-different-secret-that-the-server-does-not-know",
-                     algorithm="HS256")
+    bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 600},
+                     "a-different-secret-that-the-server-does-not-know", algorithm="HS256")
     fill(browser, "signin", "token", bad)
     browser.find("form[data-form='signin'] button[type='submit']").click()
     message = field_error(browser, "signin", "token")

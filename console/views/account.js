@@ -14,7 +14,8 @@ const MOVEMENTS_PAGE_LIMIT = 20;
 export async function render(main, ctx, accountId) {
   const title = h('h1', { tabindex: '-1' }, 'Account ', h('span', { class: 'mono' }, accountId));
   const summary = h('section', { class: 'card summary', 'aria-labelledby': 'summary-title',
-    'aria-busy': 'true' }, h('h2', { id: 'summary-title' }, 'Balances'), h('p', null, 'Loading…'));
+    'aria-busy': 'true' },
+  h('h2', { id: 'summary-title' }, 'Balances'), h('p', null, 'Loading…'));
   replace(main, title, ctx.takeFlash(), summary);
 
   let account;
@@ -210,7 +211,7 @@ function movementsSection(accountId) {
       if (first) body.replaceChildren();
       for (const raw of list) body.append(row(normalizeMovement(raw)));
       if (first && list.length === 0) {
-        body.append(h('tr', null, h('td', { colspan: 4 }, 'No movements yet.')));
+        body.append(h('tr', null, h('td', { colspan: 4, class: 'empty' }, 'No movements yet.')));
       }
       more.hidden = !cursor;
       status.textContent = !cursor && data.older_movements_in_stream
@@ -227,7 +228,7 @@ function movementsSection(accountId) {
 
 function row(m) {
   const label = m.kind === 'transfer'
-    ? (m.direction === 'credit' ? `Transfer from ${m.counterparty}` : `Transfer to ${m.counterparty}`)
+    ? `Transfer ${m.direction === 'credit' ? 'from' : 'to'} ${m.counterparty}`
     : (m.direction === 'credit' ? 'Credit entry' : 'Debit entry');
   return h('tr', { 'data-movement-id': m.id, 'data-direction': m.direction,
     'data-amount': m.amount, 'data-balance': m.balance ?? '' },
