@@ -131,6 +131,10 @@ struct Outcome {
     target_opt: Option<u64>,
     /// Operations left unsent in that phase.
     num_unsent: u64,
+    /// CPU time of the generator during that phase, s.
+    generator_cpu_s_opt: Option<f64>,
+    /// Length of that phase, warm-up included, s.
+    elapsed_s: f64,
     /// Per-second samples of every phase.
     seconds: Vec<SecondSample>,
     /// The sweep's steps.
@@ -175,6 +179,8 @@ async fn run_mode(
     let outcome = Outcome {
         measured_s: phase.measured.as_secs_f64(),
         num_unsent: phase.num_unsent,
+        generator_cpu_s_opt: phase.generator_cpu_s_opt,
+        elapsed_s: phase.elapsed.as_secs_f64(),
         seconds: phase.seconds,
         recorder: phase.recorder,
         target_opt,
@@ -223,7 +229,7 @@ async fn run_sweep(
         .await;
         index_base += phase.num_issued;
         all_acks.absorb_acks(acks);
-        let step = sweep_step(rate, &phase, p99_max_ms);
+        let step = sweep_step(rate, &phase, p99_max_ms, args.threads);
         eprintln!(
             "sweep step {rate}/s: achieved {:.1}/s p99 {:.3} ms errors {} -> {}",
             step.achieved_rate_per_s,
@@ -247,6 +253,8 @@ async fn run_sweep(
     let outcome = Outcome {
         measured_s: phase.measured.as_secs_f64(),
         num_unsent: phase.num_unsent,
+        generator_cpu_s_opt: phase.generator_cpu_s_opt,
+        elapsed_s: phase.elapsed.as_secs_f64(),
         recorder: phase.recorder,
         target_opt: Some(rate),
         seconds,
@@ -261,7 +269,7 @@ async fn run_sweep(
     (outcome, all_acks)
 }
 
-fn sweep_step(rate: u64, phase: &PhaseResult, p99_max_ms: f64) -> SweepStep {
+fn sweep_step(rate: u64, phase: &PhaseResult, p99_max_ms: f64, threads: usize) -> SweepStep {
     let seconds = phase.measured.as_secs_f64();
     let counts = report::counts_of(&phase.recorder);
     let latency_ms = LatencySummary::of(&phase.recorder.overall_latency());
@@ -282,6 +290,11 @@ fn sweep_step(rate: u64, phase: &PhaseResult, p99_max_ms: f64) -> SweepStep {
         transfers_committed_per_s: report::per_s(phase.recorder.num_transfers_committed, seconds),
         latency_ms,
         counts,
+        generator_utilisation: report::utilisation(
+            phase.generator_cpu_s_opt,
+            phase.elapsed.as_secs_f64(),
+            threads,
+        ),
         passed,
     }
 }
@@ -345,6 +358,12 @@ fn build_report(
         objective,
         sweep: outcome.sweep_opt,
         seconds: outcome.seconds,
+        generator_cpu_s: outcome.generator_cpu_s_opt.map(crate::stats::round3),
+        generator_utilisation: report::utilisation(
+            outcome.generator_cpu_s_opt,
+            outcome.elapsed_s,
+            args.threads,
+        ),
         verification,
     }
 }

@@ -78,8 +78,12 @@ pub async fn reporter(
         }
         last = now;
         let sample = sample_of(&interval, label, now.duration_since(start), seconds);
-        print_line(&sample, target_opt);
-        if samples.len() < SECONDS_RECORDED_MAX && interval.num_ops + interval.num_ok > 0 {
+        // The last interval of a phase is usually a sliver; its rate would only mislead.
+        let whole = seconds >= 0.5;
+        if whole {
+            print_line(&sample, target_opt);
+        }
+        if whole && samples.len() < SECONDS_RECORDED_MAX && interval.num_ops + interval.num_ok > 0 {
             samples.push(sample);
         }
         if finished {

@@ -12,6 +12,19 @@ use crate::stats::{Class, LatencySummary, OpStats, Outcomes, Recorder};
 use crate::verify::Verification;
 use crate::workload::OpKind;
 
+/// Utilisation of the generator's threads above which the report warns that the client may
+/// have been the bottleneck.
+pub const GENERATOR_SATURATED: f64 = 0.9;
+
+/// Returns the share of `threads` that `cpu_s` of CPU time kept busy over `elapsed_s`.
+pub fn utilisation(cpu_s_opt: Option<f64>, elapsed_s: f64, threads: usize) -> Option<f64> {
+    #[allow(clippy::cast_precision_loss)]
+    let capacity_s = elapsed_s * threads.max(1) as f64;
+    cpu_s_opt
+        .filter(|_| capacity_s > 0.0)
+        .map(|cpu_s| crate::stats::round3(cpu_s / capacity_s))
+}
+
 /// Version of the JSON report's schema.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -79,6 +92,8 @@ pub struct SweepStep {
     pub latency_ms: LatencySummary,
     /// Requests by class.
     pub counts: Counts,
+    /// Share of the generator's threads the step kept busy (see `Report`).
+    pub generator_utilisation: Option<f64>,
     /// Whether the step met the objective.
     pub passed: bool,
 }
@@ -145,6 +160,11 @@ pub struct Report {
     pub sweep: Option<SweepReport>,
     /// One sample per second.
     pub seconds: Vec<SecondSample>,
+    /// CPU time the generator used during the load (set-up and verification excluded), s.
+    pub generator_cpu_s: Option<f64>,
+    /// `generator_cpu_s / (elapsed × threads)`: near 1.0 the generator itself was the limit and
+    /// the figures describe the client, not the server.
+    pub generator_utilisation: Option<f64>,
     /// Result of verification.
     pub verification: Verification,
 }
@@ -285,12 +305,14 @@ impl Report {
             );
             for step in &sweep.steps {
                 println!(
-                    "{:>12} {:>12.1} {:>9.3} {:>9.3} {:>8}  {}",
+                    "{:>12} {:>12.1} {:>9.3} {:>9.3} {:>8} {:>9}  {}",
                     step.target_rate_per_s,
                     step.achieved_rate_per_s,
                     step.latency_ms.p50,
                     step.latency_ms.p99,
                     step.counts.errors,
+                    step.generator_utilisation
+                        .map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
                     if step.passed { "pass" } else { "FAIL" }
                 );
             }
@@ -298,6 +320,19 @@ impl Report {
                 Some(best) => println!("highest rate meeting the objective: {best}/s"),
                 None => println!("no rate met the objective"),
             }
+        }
+        if let (Some(cpu_s), Some(utilisation)) = (self.generator_cpu_s, self.generator_utilisation)
+        {
+            println!(
+                "generator: {cpu_s:.2} CPU-s, {:.0}% of its {} thread(s){}",
+                utilisation * 100.0,
+                self.threads,
+                if utilisation >= GENERATOR_SATURATED {
+                    " - SATURATED: these figures may describe the generator, not the server"
+                } else {
+                    ""
+                }
+            );
         }
         if let Some(objective) = &self.objective {
             println!(

@@ -133,6 +133,8 @@ pub struct PhaseResult {
     pub num_issued: u64,
     /// Open loop: operations still unsent when issuing stopped.
     pub num_unsent: u64,
+    /// CPU time the generator process used during the phase, s (`None` off Linux).
+    pub generator_cpu_s_opt: Option<f64>,
 }
 
 struct WorkerAcks {
@@ -151,8 +153,11 @@ pub async fn run_phase(
     label: &str,
     hdr_log: Option<&crate::progress::HdrLogSink>,
 ) -> (PhaseResult, Acks) {
+    let cpu_before_opt = process_cpu_s();
     let start = Instant::now() + Duration::from_millis(10);
     let next = Arc::new(AtomicU64::new(0));
+    // Operations actually sent; `next` also counts indices taken after issuing stopped.
+    let sent = Arc::new(AtomicU64::new(0));
     let recorders: Vec<Arc<Mutex<Recorder>>> = (0..num_connections)
         .map(|_| Arc::new(Mutex::new(Recorder::new())))
         .collect();
@@ -173,12 +178,10 @@ pub async fn run_phase(
             path: String::with_capacity(128),
             response: Vec::with_capacity(1024),
         };
-        handles.push(tokio::spawn(worker.run(
-            pacing,
-            start,
-            next.clone(),
-            index_base,
-        )));
+        let counters = (next.clone(), sent.clone());
+        handles.push(tokio::spawn(
+            worker.run(pacing, start, counters, index_base),
+        ));
     }
     let done = Arc::new(AtomicBool::new(false));
     let target_opt = match pacing {
@@ -207,12 +210,17 @@ pub async fn run_phase(
     }
     let (issued, num_unsent, warmup) = match pacing {
         Pacing::Open { timetable, warmup } => {
-            let issued = next.load(Ordering::Relaxed).min(timetable.num_requests());
-            (issued, timetable.num_requests() - issued, warmup)
+            let issued = sent.load(Ordering::Relaxed);
+            (
+                issued,
+                timetable.num_requests().saturating_sub(issued),
+                warmup,
+            )
         }
-        Pacing::Closed { warmup, .. } => (next.load(Ordering::Relaxed), 0, warmup),
+        Pacing::Closed { warmup, .. } => (sent.load(Ordering::Relaxed), 0, warmup),
     };
     let measured = elapsed.saturating_sub(warmup);
+    let generator_cpu_s_opt = cpu_before_opt.zip(process_cpu_s()).map(|(a, b)| b - a);
     let result = PhaseResult {
         recorder: merged,
         seconds,
@@ -220,6 +228,7 @@ pub async fn run_phase(
         measured,
         num_issued: issued,
         num_unsent,
+        generator_cpu_s_opt,
     };
     (result, acks)
 }
@@ -263,7 +272,7 @@ impl Worker {
         mut self,
         pacing: Pacing,
         start: Instant,
-        next: Arc<AtomicU64>,
+        (next, sent): (Arc<AtomicU64>, Arc<AtomicU64>),
         index_base: u64,
     ) -> WorkerAcks {
         match pacing {
@@ -289,6 +298,7 @@ impl Worker {
                         let lag_us = micros(due.elapsed());
                         crate::stats::record_us(&mut self.recorder.lock().send_lag, lag_us);
                     }
+                    sent.fetch_add(1, Ordering::Relaxed);
                     self.execute(index_base + i, due, measured).await;
                 }
             }
@@ -547,6 +557,20 @@ fn set_path(path: &mut String, parts: &[&str]) {
     }
 }
 
+/// Returns the CPU time (user + system) this process has used, in seconds, read from
+/// `/proc/self/stat`; `None` where that file does not exist.
+pub fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux that saldo targets.
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (utime + stime) as f64 / 100.0;
+    Some(seconds)
+}
+
 /// Returns microseconds, saturating.
 pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
@@ -688,6 +712,19 @@ mod tests {
         assert_eq!(transfer_fate(Ok(422), b"{}"), Fate::Refused);
         assert_eq!(transfer_fate(Ok(503), b"{}"), Fate::InDoubt);
         assert_eq!(transfer_fate(Err("io"), b""), Fate::InDoubt);
+    }
+
+    #[test]
+    fn process_cpu_time_is_readable_and_monotonic() {
+        let Some(before) = process_cpu_s() else {
+            return;
+        };
+        let mut x = 0u64;
+        for i in 0..1_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(process_cpu_s().unwrap() >= before);
     }
 
     #[test]
