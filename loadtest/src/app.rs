@@ -81,7 +81,8 @@ pub async fn run_load(args: RunArgs) -> anyhow::Result<u8> {
     }
     let unresolved =
         crate::setup::resolve(&ctx, &pool, HOUSEKEEPING_CONCURRENCY, acks.in_doubt.clone()).await;
-    let state = build_state(&ctx, &acks, unresolved, overdraft_minor);
+    let mut state = build_state(&ctx, &acks, unresolved, overdraft_minor);
+    sample_lookups(&mut state, args.lookups_max, args.seed);
     if let Some(path) = &args.save_state {
         std::fs::write(path, serde_json::to_vec(&state)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -426,6 +427,21 @@ fn default_run_id() -> String {
         value /= 36;
     }
     id
+}
+
+/// Keeps at most `lookups_max` transfers and entries for lookup, chosen uniformly (seeded).
+fn sample_lookups(state: &mut State, lookups_max: usize, seed: u64) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    if state.transfers.len() > lookups_max {
+        state.transfers.shuffle(&mut rng);
+        state.transfers.truncate(lookups_max);
+    }
+    if state.entries.len() > lookups_max {
+        state.entries.shuffle(&mut rng);
+        state.entries.truncate(lookups_max);
+    }
 }
 
 fn build_state(ctx: &Context, acks: &Acks, unresolved: u64, overdraft_minor: i64) -> State {

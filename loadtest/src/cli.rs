@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::limits::{ACCOUNTS_MAX, BATCH_SIZE_MAX, CONNECTIONS_MAX, SWEEP_STEPS_MAX};
+use crate::limits::{
+    ACCOUNTS_MAX, ACKS_REMEMBERED_MAX, BATCH_SIZE_MAX, CONNECTIONS_MAX, SWEEP_STEPS_MAX,
+};
 
 /// saldo's load generator: open loop, closed loop and sweep, with verification of the money.
 #[derive(Debug, Parser)]
@@ -170,6 +172,10 @@ pub struct RunArgs {
     /// Skip verification after the run.
     #[arg(long)]
     pub no_verify: bool,
+    /// Acknowledged transfers and entries looked up by ID in verification (each kind); beyond
+    /// it a uniform sample is checked, and the report says how many.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lookups_max: usize,
 }
 
 impl RunArgs {
@@ -237,6 +243,10 @@ impl RunArgs {
             "--sweep-step"
         );
         ensure!(self.scale <= 6, "--scale is at most 6");
+        ensure!(
+            self.lookups_max <= ACKS_REMEMBERED_MAX,
+            "--lookups-max is at most {ACKS_REMEMBERED_MAX}"
+        );
         ensure!(
             self.currency.len() == 3,
             "--currency is a 3-letter ISO 4217 code"

@@ -83,7 +83,7 @@ pub async fn reporter(
         if whole {
             print_line(&sample, target_opt);
         }
-        if whole && samples.len() < SECONDS_RECORDED_MAX && interval.num_ops + interval.num_ok > 0 {
+        if whole && samples.len() < SECONDS_RECORDED_MAX && !interval.latency.is_empty() {
             samples.push(sample);
         }
         if finished {

@@ -2,9 +2,12 @@
 //!
 //! A *phase* is one open-loop run at a fixed rate (also each step of a sweep) or one
 //! closed-loop run. It spawns one worker per connection; workers share a counter of operation
-//! indices. In open loop a worker takes index `i`, sleeps until `i` is due on the timetable and
-//! measures latency from the due time, so a stalled server is charged for every request it
-//! delayed (no coordinated omission). In closed loop a worker sends as soon as its previous
+//! indices. In open loop a worker takes index `i`; if `i` is already due (every connection was
+//! busy: a backlog) it sends at once and measures latency from the due time, so a stalled
+//! server is charged for every request it delayed (no coordinated omission); otherwise it
+//! sleeps until `i` is due and measures from the actual send, so the timer's lateness (tokio
+//! timers tick every millisecond) is not charged to the server. Both lags are reported as
+//! `send_lag`. In closed loop a worker sends as soon as its previous
 //! response arrived and measures from the send. A reporter prints one progress line a second.
 //!
 //! Bounds: an open-loop phase issues at most `Timetable::num_requests` operations and stops
@@ -290,16 +293,23 @@ impl Worker {
                     if now >= issue_until {
                         break;
                     }
-                    if due > now {
+                    // Latency is charged from the due time when the request was already due as
+                    // this connection freed up (a backlog the server caused, or coordinated
+                    // omission would hide it); when the worker had to sleep, from the actual
+                    // send, so that the timer's 1 ms granularity is not charged to the server.
+                    let origin = if due > now {
                         tokio::time::sleep_until(due.into()).await;
-                    }
+                        Instant::now().max(due)
+                    } else {
+                        due
+                    };
                     let measured = i >= first_measured;
                     if measured {
                         let lag_us = micros(due.elapsed());
                         crate::stats::record_us(&mut self.recorder.lock().send_lag, lag_us);
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
-                    self.execute(index_base + i, due, measured).await;
+                    self.execute(index_base + i, origin, measured).await;
                 }
             }
             Pacing::Closed { duration, warmup } => {
