@@ -75,8 +75,9 @@ function renderBanner() {
   if (ctx.authMode === 'none') {
     replace(banner, h('p', { class: 'banner-none', 'data-banner': 'auth-none' },
       h('strong', null, 'Nothing is protected. '),
-      'This server runs with --auth none: anyone who can reach it can read and move money. ' +
-      'Use --auth jwt outside a development machine.'));
+      'This server runs with ', h('code', null, '--auth none'), ': anyone who can reach it ' +
+      'can read and move money. Use ', h('code', null, '--auth jwt'),
+      ' outside a development machine.'));
   } else {
     banner.replaceChildren();
   }

@@ -23,14 +23,15 @@ export async function detectAuthMode() {
   }
 }
 
-/** Returns true when the API accepts the current token (any answer but 401). */
-export async function tokenIsAccepted() {
+/** Returns null when the API accepts the current token (any answer but 401), or the API's
+ * reason for refusing it. */
+export async function tokenRefusal() {
   try {
     await request('GET', `/v1/accounts/${PROBE_ACCOUNT_ID}`, { probe: true });
-    return true;
+    return null;
   } catch (error) {
     if (error.status === 0) throw error;
-    return error.status !== 401;
+    return error.status === 401 ? (error.detail || 'refused') : null;
   }
 }
 

@@ -83,8 +83,10 @@ export function field({ label, name, control = 'input', attrs = {}, hint, option
 }
 
 /** Returns a form controller for `form` whose fields are `fields` ({ name: field() }):
- * shows errors next to fields, a status line, and runs `submit` idempotently. */
-export function controller(form, fields, { status, button, requestIdOutput }) {
+ * shows errors next to fields (and `failureSummary` in the status line), a status line, and
+ * runs `submit` idempotently. */
+export function controller(form, fields,
+  { status, button, requestIdOutput, failureSummary = 'See the message next to the field.' }) {
   let requestId = newRequestId();
   let inFlight = false;
   if (requestIdOutput) requestIdOutput.textContent = requestId;
@@ -115,7 +117,7 @@ export function controller(form, fields, { status, button, requestIdOutput }) {
       target.error.hidden = false;
       target.input.setAttribute('aria-invalid', 'true');
       target.input.focus();
-      showStatus('Not posted: see the message next to the field.', 'error');
+      showStatus(failureSummary, 'error');
     } else {
       showStatus(plainWords(error), 'error');
     }

@@ -100,7 +100,8 @@ function entryForm(account, refresh) {
   type.row, amount.row, description.row, rid.line,
   h('div', { class: 'actions' }, button), status);
   const ctl = controller(form, { type, amount, description },
-    { status, button, requestIdOutput: rid.output });
+    { status, button, requestIdOutput: rid.output,
+      failureSummary: 'Not posted: see the message next to the field.' });
   ctl.onSubmit(async (requestId) => {
     const kind = debit.checked ? 'debit' : 'credit';
     const body = { id: requestId, type: kind, amount: tidyAmountInput(amount.input.value) };
@@ -139,7 +140,8 @@ function transferForm(account, refresh) {
   to.row, amount.row, description.row, rid.line,
   h('div', { class: 'actions' }, button), status);
   const ctl = controller(form, { to, amount, description },
-    { status, button, requestIdOutput: rid.output });
+    { status, button, requestIdOutput: rid.output,
+      failureSummary: 'Not posted: see the message next to the field.' });
   ctl.onSubmit(async (requestId) => {
     const body = {
       id: requestId,

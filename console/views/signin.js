@@ -2,7 +2,7 @@
 // issuer when the server names one. The token is checked by calling the API with it.
 
 import { setToken } from '../api.js';
-import { beginOAuthSignIn, tokenIsAccepted } from '../auth.js';
+import { beginOAuthSignIn, tokenRefusal } from '../auth.js';
 import { h, replace } from '../dom.js';
 import { controller, field, plainWords, statusLine } from '../forms.js';
 
@@ -24,7 +24,8 @@ export function render(main, ctx) {
     novalidate: true, 'data-form': 'signin' },
   h('h2', { id: 'signin-token-title' }, 'Use a bearer token'),
   token.row, h('div', { class: 'actions' }, button), status);
-  const ctl = controller(form, { token }, { status, button });
+  const ctl = controller(form, { token }, { status, button,
+    failureSummary: 'Not signed in: see the message next to the field.' });
   ctl.onSubmit(async () => {
     const value = token.input.value.trim().replace(/^Bearer\s+/i, '');
     if (!value) {
@@ -32,18 +33,18 @@ export function render(main, ctx) {
         plain: 'Paste a token first.' });
     }
     setToken(value);
-    let accepted;
+    let refusal;
     try {
-      accepted = await tokenIsAccepted();
+      refusal = await tokenRefusal();
     } catch (error) {
       setToken(null);
       throw error;
     }
-    if (!accepted) {
+    if (refusal !== null) {
       setToken(null);
       throw Object.assign(new Error(), { code: 'unauthenticated', field: 'token',
-        plain: 'The API refused this token.',
-        detail: 'it is expired, not yet valid, or not issued for this ledger' });
+        plain: 'The API refused this token: it is expired, not yet valid, or not issued for ' +
+          'this ledger.', detail: refusal });
     }
     token.input.value = '';
     ctx.afterSignIn();
@@ -54,7 +55,7 @@ export function render(main, ctx) {
   replace(main,
     h('h1', { tabindex: '-1' }, 'Sign in'),
     ctx.notice ? h('p', { class: 'notice', role: 'alert' }, ctx.notice) : null,
-    h('p', null, 'This ledger requires a signed-in user (--auth jwt).'),
+    h('p', null, 'This ledger requires a signed-in user (', h('code', null, '--auth jwt'), ').'),
     h('div', { class: 'grid' }, sso, form),
   );
   if (!sso) token.input.focus();
