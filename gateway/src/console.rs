@@ -367,29 +367,43 @@ fn respond(
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::to_bytes, http::Request};
-    use tower::ServiceExt;
-
     use super::*;
 
-    /// Returns the response to `GET path` from the console merged into a router, as the
-    /// gateway mounts it.
-    async fn get_path(app: Router, path: &str) -> Response {
-        let request = Request::get(path)
-            .body(Body::empty())
-            .expect("a static request is valid");
-        app.oneshot(request)
+    /// Serves `app` on 127.0.0.1:0 and returns its base URL.
+    async fn serve_on_loopback(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("the router is infallible")
+            .expect("binding a loopback port 0 succeeds");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serving succeeds") });
+        format!("http://{addr}")
     }
 
-    fn app() -> Router {
-        Router::new()
-            .route("/v1/x", get(|| async {}))
-            .merge(router())
+    /// Returns the answer to `GET path`, redirects not followed.
+    async fn get(base: &str, path: &str) -> reqwest::Response {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a plain http client builds");
+        client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("the test server answers")
     }
 
-    fn header_of<'r>(response: &'r Response, name: &str) -> &'r str {
+    /// Returns the console merged into a router, as the gateway mounts it, served on loopback.
+    async fn console_app() -> String {
+        serve_on_loopback(Router::new().route("/v1/x", get_route()).merge(router())).await
+    }
+
+    fn get_route() -> axum::routing::MethodRouter {
+        axum::routing::get(|| async {})
+    }
+
+    fn header_of<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
         response
             .headers()
             .get(name)
@@ -397,7 +411,7 @@ mod tests {
             .unwrap_or("")
     }
 
-    fn assert_security_headers(response: &Response) {
+    fn assert_security_headers(response: &reqwest::Response) {
         let csp = header_of(response, "content-security-policy");
         assert!(csp.contains("script-src 'self';"), "{csp}");
         assert!(csp.contains("style-src 'self';"), "{csp}");
@@ -410,7 +424,8 @@ mod tests {
 
     #[tokio::test]
     async fn console_without_slash_redirects_to_console_with_slash() {
-        let response = get_path(app(), "/console").await;
+        let base = console_app().await;
+        let response = get(&base, "/console").await;
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(header_of(&response, "location"), "/console/");
         assert_security_headers(&response);
@@ -418,23 +433,23 @@ mod tests {
 
     #[tokio::test]
     async fn console_with_slash_serves_the_index_page() {
-        let response = get_path(app(), "/console/").await;
+        let base = console_app().await;
+        let response = get(&base, "/console/").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             header_of(&response, "content-type"),
             "text/html; charset=utf-8"
         );
         assert_security_headers(&response);
-        let body = to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body fits");
-        assert!(String::from_utf8_lossy(&body).contains("<script type=\"module\" src=\"app.js\">"));
+        let body = response.text().await.expect("the body is text");
+        assert!(body.contains("<script type=\"module\" src=\"app.js\">"));
     }
 
     #[tokio::test]
     async fn every_asset_is_served_with_its_content_type() {
+        let base = console_app().await;
         for asset in ASSETS {
-            let response = get_path(app(), &format!("/console/{}", asset.path)).await;
+            let response = get(&base, &format!("/console/{}", asset.path)).await;
             assert_eq!(response.status(), StatusCode::OK, "{}", asset.path);
             assert_eq!(header_of(&response, "content-type"), asset.content_type);
             assert_security_headers(&response);
@@ -443,21 +458,23 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_asset_is_a_404_with_the_security_headers() {
-        let response = get_path(app(), "/console/nope.js").await;
+        let base = console_app().await;
+        let response = get(&base, "/console/nope.js").await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_security_headers(&response);
-        let response = get_path(app(), "/console/../Cargo.toml").await;
+        let response = get(&base, "/console/%2e%2e/Cargo.toml").await;
         assert_ne!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn config_json_says_no_oauth_by_default() {
-        let response = get_path(app(), "/console/config.json").await;
+        let base = console_app().await;
+        let response = get(&base, "/console/config.json").await;
         assert_eq!(response.status(), StatusCode::OK);
-        let body = to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body fits");
-        assert_eq!(&body[..], br#"{"oauth":null}"#);
+        assert_eq!(
+            response.text().await.expect("the body is text"),
+            r#"{"oauth":null}"#
+        );
     }
 
     #[tokio::test]
@@ -470,13 +487,16 @@ mod tests {
                 scope: "openid ledger:read".to_owned(),
             }),
         };
-        let app = Router::new().merge(router_with(config));
-        let response = get_path(app, "/console/").await;
+        let base = serve_on_loopback(Router::new().merge(router_with(config))).await;
+        let response = get(&base, "/console/").await;
         let csp = header_of(&response, "content-security-policy");
         assert!(
             csp.contains("connect-src 'self' https://auth.example.com:8443;"),
             "{csp}"
         );
+        let response = get(&base, "/console/config.json").await;
+        let config: serde_json::Value = response.json().await.expect("config.json is json");
+        assert_eq!(config["oauth"]["client_id"], "console");
     }
 
     #[test]

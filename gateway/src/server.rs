@@ -225,6 +225,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let local_addr = listener.local_addr().map_err(GatewayError::Serve)?;
     let auth = authenticator(&config).await?;
     let state = AppState::new(auth, config.limits.clone());
     let app = router(state.clone());
@@ -237,7 +238,7 @@ pub async fn run(
     .into_future();
     let mut server = tokio::spawn(server);
     let mut shutdown = std::pin::pin!(shutdown);
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "restoring the ledger");
+    tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "listening; restoring the ledger");
     let opened = tokio::select! {
         result = open_ledger(&config) => Some(result),
         _ = &mut shutdown => None,
