@@ -382,7 +382,7 @@ mod tests {
     }
 
     /// Returns the answer to `GET path`, redirects not followed.
-    async fn get(base: &str, path: &str) -> reqwest::Response {
+    async fn fetch_path(base: &str, path: &str) -> reqwest::Response {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -396,11 +396,12 @@ mod tests {
 
     /// Returns the console merged into a router, as the gateway mounts it, served on loopback.
     async fn console_app() -> String {
-        serve_on_loopback(Router::new().route("/v1/x", get_route()).merge(router())).await
-    }
-
-    fn get_route() -> axum::routing::MethodRouter {
-        axum::routing::get(|| async {})
+        serve_on_loopback(
+            Router::new()
+                .route("/v1/x", get(|| async {}))
+                .merge(router()),
+        )
+        .await
     }
 
     fn header_of<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
@@ -425,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn console_without_slash_redirects_to_console_with_slash() {
         let base = console_app().await;
-        let response = get(&base, "/console").await;
+        let response = fetch_path(&base, "/console").await;
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(header_of(&response, "location"), "/console/");
         assert_security_headers(&response);
@@ -434,7 +435,7 @@ mod tests {
     #[tokio::test]
     async fn console_with_slash_serves_the_index_page() {
         let base = console_app().await;
-        let response = get(&base, "/console/").await;
+        let response = fetch_path(&base, "/console/").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             header_of(&response, "content-type"),
@@ -449,7 +450,7 @@ mod tests {
     async fn every_asset_is_served_with_its_content_type() {
         let base = console_app().await;
         for asset in ASSETS {
-            let response = get(&base, &format!("/console/{}", asset.path)).await;
+            let response = fetch_path(&base, &format!("/console/{}", asset.path)).await;
             assert_eq!(response.status(), StatusCode::OK, "{}", asset.path);
             assert_eq!(header_of(&response, "content-type"), asset.content_type);
             assert_security_headers(&response);
@@ -459,17 +460,17 @@ mod tests {
     #[tokio::test]
     async fn unknown_asset_is_a_404_with_the_security_headers() {
         let base = console_app().await;
-        let response = get(&base, "/console/nope.js").await;
+        let response = fetch_path(&base, "/console/nope.js").await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_security_headers(&response);
-        let response = get(&base, "/console/%2e%2e/Cargo.toml").await;
+        let response = fetch_path(&base, "/console/%2e%2e/Cargo.toml").await;
         assert_ne!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn config_json_says_no_oauth_by_default() {
         let base = console_app().await;
-        let response = get(&base, "/console/config.json").await;
+        let response = fetch_path(&base, "/console/config.json").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.text().await.expect("the body is text"),
@@ -488,13 +489,13 @@ mod tests {
             }),
         };
         let base = serve_on_loopback(Router::new().merge(router_with(config))).await;
-        let response = get(&base, "/console/").await;
+        let response = fetch_path(&base, "/console/").await;
         let csp = header_of(&response, "content-security-policy");
         assert!(
             csp.contains("connect-src 'self' https://auth.example.com:8443;"),
             "{csp}"
         );
-        let response = get(&base, "/console/config.json").await;
+        let response = fetch_path(&base, "/console/config.json").await;
         let config: serde_json::Value = response.json().await.expect("config.json is json");
         assert_eq!(config["oauth"]["client_id"], "console");
     }
