@@ -569,6 +569,18 @@ def test_report(browser, api, merchant):
             By.CSS_SELECTOR, f"svg.chart .{part}")) == num_days, part
     points = browser.find("svg.chart polyline.line-closing").get_attribute("points")
     assert points.count(",") == num_days, points
+    # A range the API refuses is explained next to the field the API names.
+    browser.js("arguments[0].value = arguments[1]",
+               browser.find("form[data-form='report'] [name='to']"), "2020-01-01")
+    browser.find("form[data-form='report'] button[type='submit']").click()
+    reason = field_error(browser, "report", "to")
+    assert "before" in reason, reason
+    browser.shot("06-report-bad-range")
+    browser.js("arguments[0].value = arguments[1]",
+               browser.find("form[data-form='report'] [name='to']"), to)
+    browser.find("form[data-form='report'] button[type='submit']").click()
+    wait_status(browser, "report", "ok", "the week's report again")
+    compare_report(browser, report)
     # The CSV download holds the API's figures.
     browser.find("button[data-action='csv']").click()
     path = browser.until(lambda: next((os.path.join(browser.download_dir, f)
