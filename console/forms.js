@@ -42,6 +42,9 @@ const FIELD_OF_CODE = {
 
 /** Returns a plain-words sentence for an ApiError (or any Error). */
 export function plainWords(error) {
+  if (error.code === 'invalid_request' && error.detail && !error.plain) {
+    return `Not accepted: ${error.detail}.`;
+  }
   const base = error.plain || PLAIN_WORDS[error.code] || error.title || error.message ||
     'Something went wrong.';
   const detail = error.detail && error.detail !== base ? ` (${error.detail})` : '';

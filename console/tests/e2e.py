@@ -534,6 +534,29 @@ def test_jwt(browser, server, run_id):
     log(f"movements newest first, paginated ({len(moves)} rows): ok")
 
     test_report(browser, api, merchant)
+    test_read_only_token(browser, api, merchant)
+
+
+def test_read_only_token(browser, api, merchant):
+    """Signs out, signs in with a token holding only ledger:read: the account reads, and a
+    posting is refused with the reason in plain words; nothing moves."""
+    browser.find("#session button").click()
+    browser.heading("Sign in")
+    assert browser.js("return document.querySelector('#session').textContent").strip() == \
+        "Signed out"
+    fill(browser, "signin", "token", make_token(subject="auditor", scope="ledger:read"))
+    browser.find("form[data-form='signin'] button[type='submit']").click()
+    browser.heading("Accounts")
+    fill(browser, "find", "id", merchant)
+    browser.find("form[data-form='find'] button[type='submit']").click()
+    browser.heading(merchant)
+    wait_balance(browser, "725.00")
+    post_entry(browser, "credit", "1.00", "not allowed")
+    message = wait_status(browser, "entry", "error", "the refused posting")
+    assert "does not allow" in message, message
+    assert api.ok("GET", f"/v1/accounts/{merchant}")["balance"] == "725.00"
+    browser.shot("08-read-only-token")
+    log("read-only token: reads, and a posting is refused in plain words: ok")
 
 
 def test_report(browser, api, merchant):
