@@ -558,6 +558,22 @@ def test_read_only_token(browser, api, merchant):
     browser.shot("08-read-only-token")
     log("read-only token: reads, and a posting is refused in plain words: ok")
 
+    # The token expires mid-session (swapped for an expired one in the console's own module):
+    # the next API call is refused, the console asks to sign in again and then comes back.
+    expired = make_token(subject="auditor", scope="ledger:read", ttl_s=-3600)
+    browser.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('./api.js').then((m) => { m.setToken(arguments[0]); done(true); });", expired)
+    browser.find("button[data-action='refresh']").click()
+    browser.heading("Sign in")
+    notice = browser.find("main .notice").text
+    assert "session ended" in notice, notice
+    fill(browser, "signin", "token", make_token())
+    browser.find("form[data-form='signin'] button[type='submit']").click()
+    browser.heading(merchant)
+    wait_balance(browser, "725.00")
+    log("an expired token sends the user to sign in, and back to the page: ok")
+
 
 def test_report(browser, api, merchant):
     browser.find("a[href$='/report']").click()

@@ -234,7 +234,7 @@ function row(m) {
     : (m.direction === 'credit' ? 'Credit entry' : 'Debit entry');
   return h('tr', { 'data-movement-id': m.id, 'data-direction': m.direction,
     'data-amount': m.amount, 'data-balance': m.balance ?? '' },
-  h('td', { 'data-label': 'When (UTC)' }, formatTimestamp(m.at)),
+  h('td', { 'data-label': 'When' }, formatTimestamp(m.at)),
   h('td', { 'data-label': 'Movement' }, h('span', { class: 'movement-text' }, label,
     m.description ? h('span', { class: 'hint block' }, m.description) : null)),
   h('td', { 'data-label': 'Amount', class: `num ${m.direction}` },
