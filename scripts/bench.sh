@@ -29,7 +29,7 @@ else
   OPEN_DURATION=60s SWEEP_STEP=10s SWEEP_STEPS_MAX=16 BATCH_DURATION=30s CEILING_DURATION=10s
 fi
 OPEN_RATE=${BENCH_OPEN_RATE:-6000}
-SWEEP_START=${BENCH_SWEEP_START:-4000}
+SWEEP_START=${BENCH_SWEEP_START:-1000}
 BATCH_SIZE=${BENCH_BATCH_SIZE:-2000}
 ACCOUNTS=${BENCH_ACCOUNTS:-10000}
 
@@ -89,7 +89,7 @@ run_lt() {
   shift
   echo "== $name: saldo-loadtest $*" >&2
   set +e
-  "$LOADTEST" --json "$ART/$name.json" --plot "$ART/$name.svg" "$@" >"$ART/$name.txt"
+  $LOADTEST --json "$ART/$name.json" --plot "$ART/$name.svg" "$@" >"$ART/$name.txt"
   local code=$?
   set -e
   cat "$ART/$name.txt" >&2
@@ -100,6 +100,7 @@ run_lt() {
 }
 
 : >"$ART/saldo.log"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # 1. Reference target, open loop.
 start_saldo
@@ -124,15 +125,24 @@ run_lt ceiling-saldo --target "$TARGET" --concurrency 64 --mix healthz \
   --duration "$CEILING_DURATION" --warmup 1s
 stop_pid "$SALDO_PID"
 
-# 4b. Generator ceiling against a canned 200 server (as cheap as a server gets).
+# 4b. Generator ceiling against a canned 200 server (as cheap as a server gets), the
+# generator pinned to core 0 and the server to core 1 when the machine has two cores.
+PIN_GEN=() PIN_SRV=() PIN_NOTE="not pinned"
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+  PIN_GEN=(taskset -c 0) PIN_SRV=(taskset -c 1) PIN_NOTE="generator pinned to core 0, server to core 1"
+fi
 port=$(free_port)
-"$CANNED" "127.0.0.1:$port" 120 2>>"$ART/saldo.log" &
+"${PIN_SRV[@]}" "$CANNED" "127.0.0.1:$port" 120 2>>"$ART/saldo.log" &
 CANNED_PID=$!
 PIDS+=("$CANNED_PID")
 sleep 0.5
+LOADTEST_PLAIN=$LOADTEST
+LOADTEST="${PIN_GEN[*]} $LOADTEST_PLAIN"
 run_lt ceiling-canned --target "http://127.0.0.1:$port" --concurrency 64 --mix healthz \
   --duration "$CEILING_DURATION" --warmup 1s
+LOADTEST=$LOADTEST_PLAIN
 stop_pid "$CANNED_PID"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The table.
 j() { jq -r "$2" "$ART/$1.json"; }
@@ -158,14 +168,15 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "| kernel | $(uname -sr) |"
   echo "| server | \`saldo serve\` release build, file stream with **fsync on**, 127.0.0.1 |"
   echo "| sharing | **generator and server share the same $(nproc) cores** (the generator runs one thread) |"
+  echo "| load average (1/5/15 min) | before: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine shows here) |"
   echo
   echo "## Results"
   echo
-  echo "| run | target | achieved | transfers committed/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | objective | verification |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| run | target | achieved | transfers committed/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | generator CPU | objective | verification |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   row() {
     local name=$1 label=$2 objective=$3
-    echo "| $label | $(j "$name" '.target_rate_per_s // "closed loop"') | $(j "$name" '.achieved_rate_per_s | floor') ops/s | $(j "$name" '.transfers_committed_per_s | floor') | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .latency_ms.p999) | $(j "$name" .latency_ms.max) | $(j "$name" .requests.errors) | $objective | $(pass "$(j "$name" .verification.passed)") |"
+    echo "| $label | $(j "$name" '.target_rate_per_s // "closed loop"') | $(j "$name" '.achieved_rate_per_s | floor') ops/s | $(j "$name" '.transfers_committed_per_s | floor') | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .latency_ms.p999) | $(j "$name" .latency_ms.max) | $(j "$name" .requests.errors) | $(j "$name" 'if .generator_utilisation then "\(.generator_utilisation * 100 | floor)%" else "-" end') | $objective | $(pass "$(j "$name" .verification.passed)") |"
   }
   row open-6000 "1. single transfers, open loop, $OPEN_DURATION" \
     "p99 ≤ 100 ms: $(j open-6000 'if .objective.met then "met" else "NOT met" end')"
@@ -173,7 +184,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     "highest rate with p99 ≤ 10 ms: $(j sweep '.sweep.best_rate_per_s // "none"')/s"
   row batch "3. batch endpoint ($BATCH_SIZE per request), closed loop, 8 in flight" "-"
   row ceiling-saldo "4a. generator ceiling: saldo /healthz, 64 connections" "-"
-  row ceiling-canned "4b. generator ceiling: canned 200 server, 64 connections" "-"
+  row ceiling-canned "4b. generator ceiling: canned 200 server, 64 connections, $PIN_NOTE" "-"
   echo
   echo "## Sweep curve (objective p99 ≤ 10 ms)"
   echo
@@ -187,7 +198,9 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "  omission) and from its send in closed loop. \`errors\` are 5xx and transport failures."
   echo "- Runs 4a and 4b measure the generator itself: 4b is its ceiling on this machine with"
   echo "  nearly all work on the client side; if a server figure approaches it, the client is"
-  echo "  the limit, not the server."
+  echo "  the limit, not the server. \`generator CPU\` is the share of its one thread the"
+  echo "  generator kept busy; near 100% the client, not the server, set the pace."
+  echo "- Run 2's row shows the best passing sweep step (or the last step when none passed)."
   echo "- Verification after each run checks that the server holds exactly the money the"
   echo "  acknowledged history implies (see loadtest.md)."
 } >"$OUT_MD"
