@@ -25,8 +25,11 @@ Usage: console/tests/e2e.py [--saldo-bin PATH] [--screenshots DIR]
 """
 
 import argparse
+import base64
 import csv
 import datetime
+import hashlib
+import http.server
 import io
 import json
 import os
@@ -36,9 +39,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -71,6 +76,10 @@ CHROMIUM_FLAGS = [
     "--disable-dev-shm-usage",
     "--window-size=1280,900",
 ]
+# The `saldo serve` flags that configure the console's OAuth issuer; the single sign-on test
+# runs once they exist.
+CONSOLE_OAUTH_FLAGS = ("--console-oauth-authorize-url", "--console-oauth-token-url",
+                       "--console-oauth-client-id", "--console-oauth-scope")
 WIDE_PX = 1280
 NARROW_PX = 360
 
@@ -89,7 +98,7 @@ def free_port():
 class Saldo:
     """One `saldo serve` process this script started, on a free port with a temp data dir."""
 
-    def __init__(self, binary, auth, workdir):
+    def __init__(self, binary, auth, workdir, extra_args=()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix=f"saldo-console-{auth}-", dir=workdir)
@@ -97,7 +106,8 @@ class Saldo:
                 "--data-dir", self.data_dir, "--auth", auth]
         if auth == "jwt":
             args += ["--jwt-hs256-secret", HS256_SECRET]
-        self.log_path = os.path.join(workdir, f"saldo-{auth}.log")
+        args += list(extra_args)
+        self.log_path = os.path.join(workdir, f"saldo-{auth}-{self.port}.log")
         self.log_file = open(self.log_path, "wb")
         log(f"starting {' '.join(args)}")
         self.process = subprocess.Popen(args, stdout=self.log_file, stderr=subprocess.STDOUT,
@@ -659,6 +669,114 @@ def test_auth_none(browser, server, run_id):
     log("--auth none banner: ok")
 
 
+class FakeIssuer:
+    """A Cognito-like OAuth2 issuer on 127.0.0.1 for the single sign-on test: /oauth2/authorize
+    answers at once with a code (no login page), /oauth2/token checks the PKCE verifier against
+    the challenge and returns an access token signed with the server's HS256 secret."""
+
+    CLIENT_ID = "saldo-console-e2e"
+
+    def __init__(self):
+        self.codes = {}
+        self.exchanges = []
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                ok = (url.path == "/oauth2/authorize" and query.get("response_type") == "code"
+                      and query.get("client_id") == issuer.CLIENT_ID
+                      and query.get("code_challenge_method") == "S256"
+                      and query.get("code_challenge") and query.get("state")
+                      and query.get("redirect_uri", "").endswith("/console/"))
+                if not ok:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                code = uuid.uuid4().hex
+                issuer.codes[code] = (query["code_challenge"], query["redirect_uri"])
+                location = query["redirect_uri"] + "?" + urllib.parse.urlencode(
+                    {"code": code, "state": query["state"]})
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.end_headers()
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                challenge, redirect_uri = issuer.codes.pop(form.get("code"), (None, None))
+                verifier = form.get("code_verifier", "")
+                digest = hashlib.sha256(verifier.encode()).digest()
+                computed = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+                ok = (self.path == "/oauth2/token" and challenge is not None
+                      and form.get("grant_type") == "authorization_code"
+                      and form.get("client_id") == issuer.CLIENT_ID
+                      and form.get("redirect_uri") == redirect_uri and computed == challenge)
+                issuer.exchanges.append(ok)
+                body = json.dumps({"access_token": make_token(subject="sso-user"),
+                                   "token_type": "Bearer", "expires_in": 3600} if ok
+                                  else {"error": "invalid_grant"}).encode()
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Access-Control-Allow-Origin",
+                                 self.headers.get("Origin", "*"))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_has_console_oauth_flags(binary):
+    """Returns True when `saldo serve` can be told about an OAuth issuer for the console."""
+    result = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True,
+                            timeout=30)
+    return all(flag in result.stdout for flag in CONSOLE_OAUTH_FLAGS)
+
+
+def test_single_sign_on(browser, binary, workdir, servers):
+    """Signs in through the OAuth2 authorization-code flow with PKCE against a fake issuer."""
+    if not serve_has_console_oauth_flags(binary):
+        log("SKIPPED single sign-on: `saldo serve` has no " + ", ".join(CONSOLE_OAUTH_FLAGS) +
+            " flags yet (console::router_with is ready; docs/console.md)")
+        return
+    issuer = FakeIssuer()
+    try:
+        server = Saldo(binary, "jwt", workdir, extra_args=[
+            "--console-oauth-authorize-url", f"{issuer.base}/oauth2/authorize",
+            "--console-oauth-token-url", f"{issuer.base}/oauth2/token",
+            "--console-oauth-client-id", FakeIssuer.CLIENT_ID,
+            "--console-oauth-scope", "openid ledger:read ledger:write"])
+        servers.append(server)
+        browser.driver.get(f"{server.base}/console/#/")
+        browser.heading("Sign in")
+        browser.shot("09-signin-sso")
+        browser.find("#signin-sso-title")
+        browser.find("main section button.primary").click()
+        browser.heading("Accounts")
+        assert issuer.exchanges == [True], issuer.exchanges
+        assert "Signed in as sso-user" in browser.text("#session")
+        url = browser.driver.current_url
+        assert "code=" not in url and "state=" not in url, url
+        storage = browser.js(
+            "return [localStorage.length, sessionStorage.length, document.cookie]")
+        assert storage == [0, 0, ""], f"nothing may stay in storage, found {storage}"
+        log("single sign-on (authorization code + PKCE): ok")
+    finally:
+        issuer.stop()
+
+
 def test_pkce_vector(browser):
     """Checks the console's S256 code challenge against RFC 7636 appendix B."""
     challenge = browser.driver.execute_async_script(
@@ -700,6 +818,8 @@ def main():
         none_server = Saldo(binary, "none", workdir)
         servers.append(none_server)
         test_auth_none(browser, none_server, run_id)
+        browser.collect_log()
+        test_single_sign_on(browser, binary, workdir, servers)
         browser.collect_log()
         assert not browser.console_errors, "browser log errors:\n" + "\n".join(
             browser.console_errors)
