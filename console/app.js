@@ -27,9 +27,11 @@ const ctx = {
   notice: null,
   /** Where to go after signing in. */
   returnRoute: '#/',
+  /** A message for the next page only (see flash/takeFlash). */
   flashMessage: null,
+  /** Shows `route`, rendering again when it is already the current one. */
   navigate(route) {
-    if (location.hash === route) route_(); else location.hash = route;
+    if (location.hash === route) renderRoute(); else location.hash = route;
   },
   /** Keeps `message` for the next page (e.g. "Account opened"). */
   flash(message) {
@@ -41,6 +43,7 @@ const ctx = {
     ctx.flashMessage = null;
     return message ? h('p', { class: 'flash', role: 'status' }, message) : null;
   },
+  /** Leaves the sign-in page for the page the user wanted. */
   afterSignIn() {
     ctx.notice = null;
     const target = ctx.returnRoute && ctx.returnRoute !== '#/signin' ? ctx.returnRoute : '#/';
@@ -98,7 +101,7 @@ function parseRoute() {
 }
 
 let renderSeq = 0;
-async function route_() {
+async function renderRoute() {
   renderSeq += 1;
   const seq = renderSeq;
   const [view, ...args] = parseRoute();
@@ -153,12 +156,12 @@ async function start() {
   renderBanner();
   renderSession();
   window.addEventListener('hashchange', () => {
-    if (location.hash.startsWith('#/') || location.hash === '') route_();
+    if (location.hash.startsWith('#/') || location.hash === '') renderRoute();
   });
   if (hasToken() && ctx.returnRoute !== '#/' && location.hash !== ctx.returnRoute) {
     location.replace(ctx.returnRoute);
   }
-  await route_();
+  await renderRoute();
 }
 
 start();
