@@ -32,6 +32,8 @@ if ! python3 -c 'import selenium, jwt' 2>/dev/null; then
 fi
 
 python3 console/tests/static_check.py
+# Chromium and chromedriver are Debian's; Selenium must never try to download its own.
+export SE_OFFLINE=true
 # The whole browser test is bounded: every wait inside is bounded too, this is the backstop.
 timeout --kill-after=10 600 python3 console/tests/e2e.py \
   --saldo-bin "$saldo_bin" \
