@@ -640,20 +640,6 @@ async fn an_atomic_batch_applies_everything_or_nothing() {
         "nothing of the failed batch applied"
     );
 
-    let one_invalid = json!({"atomic": true, "transfers": [
-        transfer("at-e", "at-1", "at-2", "1.00"), transfer("at-f", "at-1", "at-2", "-1"),
-    ]});
-    let r = s.post("/v1/transfers/batch", one_invalid).await;
-    assert_eq!(r.body["results"][0]["error"]["code"], "batch_aborted");
-    assert_eq!(r.body["results"][1]["error"]["code"], "invalid_amount");
-    assert_eq!(
-        r.body["results"][1]["error"]["field"],
-        "transfers[1].amount"
-    );
-    assert_eq!(s.balance("at-1").await, "7.00");
-    s.get("/v1/transfers/at-e")
-        .await
-        .assert_problem(404, "transfer_not_found");
     s.stop().await;
 }
 
@@ -791,5 +777,53 @@ async fn a_client_past_its_rate_gets_429_with_retry_after() {
     assert!(r.header("retry-after").is_some());
     // Health and metrics are not rate limited.
     assert_eq!(s.get("/healthz").await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_batch_with_an_invalid_item_applies_nothing() {
+    let (s, _dir) = server().await;
+    s.funded_account("ai-1", "10.00").await;
+    s.funded_account("ai-2", "0").await;
+    let one_invalid = json!({"atomic": true, "transfers": [
+        transfer("ai-e", "ai-1", "ai-2", "1.00"), transfer("ai-f", "ai-1", "ai-2", "-1"),
+    ]});
+    let r = s.post("/v1/transfers/batch", one_invalid).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["results"][0]["status"], 422);
+    assert_eq!(r.body["results"][0]["error"]["code"], "batch_aborted");
+    assert_eq!(r.body["results"][1]["error"]["code"], "invalid_amount");
+    assert_eq!(
+        r.body["results"][1]["error"]["field"],
+        "transfers[1].amount"
+    );
+    assert_eq!(s.balance("ai-1").await, "10.00");
+    s.get("/v1/transfers/ai-e")
+        .await
+        .assert_problem(404, "transfer_not_found");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_http2_with_prior_knowledge() {
+    let (s, _dir) = server().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = client
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{}/v1/accounts", s.base))
+        .json(&json!({"id": "h2", "currency": "EUR"}))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(r.status(), 201);
     s.stop().await;
 }

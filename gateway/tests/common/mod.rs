@@ -15,10 +15,12 @@ const READY_POLLS_MAX: u32 = 800;
 /// Returns a configuration for tests: loopback, the given data dir, no fsync (tests that check
 /// durability across a restart turn it on), 4 shards.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("valid address");
-    config.data_dir = data_dir.to_owned();
-    config.fsync = false;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        data_dir: data_dir.to_owned(),
+        fsync: false,
+        ..Config::default()
+    };
     config.engine.shards = 4;
     config
 }

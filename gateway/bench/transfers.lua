@@ -1,0 +1,28 @@
+-- wrk script: POST /v1/transfers between pre-created, funded accounts (see bench/wrk.sh).
+-- Every request has a fresh transfer ID (thread number + counter), random distinct accounts.
+local num_accounts = tonumber(os.getenv("SALDO_BENCH_ACCOUNTS") or "1000")
+local run = os.getenv("SALDO_BENCH_RUN") or tostring(os.time())
+local threads = {}
+local counter = 0
+local thread_id = 0
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  thread_id = tid
+  math.randomseed(os.time() + tid * 7919)
+end
+
+function request()
+  counter = counter + 1
+  local from = math.random(0, num_accounts - 1)
+  local to = math.random(0, num_accounts - 2)
+  if to >= from then to = to + 1 end
+  local body = string.format(
+    '{"id":"w%s-%d-%d","from":"acc-%d","to":"acc-%d","amount":"0.01","currency":"BRL"}',
+    run, thread_id, counter, from, to)
+  return wrk.format("POST", "/v1/transfers", {["Content-Type"] = "application/json"}, body)
+end
