@@ -24,8 +24,9 @@ use crate::{
 /// A command addressed to one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountCommand {
-    /// Phase 1: reserve the transfer's amount on its debit account.
-    Hold(Transfer),
+    /// Phase 1: reserve the transfer's amount on its debit account; with the ID of its atomic
+    /// batch, if it belongs to one.
+    Hold(Transfer, Option<MovementId>),
     /// Phase 2: credit the transfer's amount to its credit account.
     Credit(Transfer),
     /// Phase 3: turn the hold into a debit.
@@ -60,6 +61,15 @@ pub struct DayTotals {
     closing_minor: i64,
 }
 
+/// An open hold: a transfer in flight from this account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The transfer.
+    pub transfer: Transfer,
+    /// The atomic batch it belongs to: recovery finishes it only if the batch was decided.
+    pub batch_opt: Option<MovementId>,
+}
+
 /// The state of one account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
@@ -75,7 +85,7 @@ pub struct AccountState {
     /// Sum of `holds`.
     held_minor: i64,
     /// Open holds (transfers in flight from this account), oldest first.
-    holds: Vec<Transfer>,
+    holds: Vec<Hold>,
     num_movements: u64,
     /// The newest `movements_window` rows, oldest first.
     history: VecDeque<HistoryRow>,
@@ -120,7 +130,7 @@ impl AccountState {
         self.held_minor
     }
     /// Returns the open holds (transfers in flight from this account).
-    pub fn holds(&self) -> &[Transfer] {
+    pub fn holds(&self) -> &[Hold] {
         &self.holds
     }
     /// Returns the time of the latest event.
@@ -140,12 +150,13 @@ impl AccountState {
     /// that retries see the same outcome.
     pub fn decide(&self, cmd: &AccountCommand, at: Timestamp) -> Result<Event, Rejection> {
         match cmd {
-            AccountCommand::Hold(t) => {
+            AccountCommand::Hold(t, batch_opt) => {
                 assert_eq!(t.debit_account_id, self.id, "routing bug");
                 self.check_amount(t.amount_minor, t.currency)?;
                 self.check_can_spend(t.amount_minor)?;
                 Ok(Event::HoldPlaced {
                     transfer: t.clone(),
+                    batch_opt: batch_opt.clone(),
                     at,
                 })
             }
@@ -229,7 +240,10 @@ impl AccountState {
     }
 
     fn hold(&self, id: &MovementId) -> Option<&Transfer> {
-        self.holds.iter().find(|t| &t.transfer_id == id)
+        self.holds
+            .iter()
+            .map(|h| &h.transfer)
+            .find(|t| &t.transfer_id == id)
     }
 
     /// Folds an event about this account into the state. `movements_window` bounds the history
@@ -239,8 +253,14 @@ impl AccountState {
         assert!(at >= self.updated_at, "time goes forward on an account");
         match event {
             Event::AccountOpened { .. } => panic!("an account is opened once"),
-            Event::EntryRejected { .. } | Event::TransferRejected { .. } => return,
-            Event::HoldPlaced { transfer, .. } => {
+            Event::EntryRejected { .. }
+            | Event::TransferRejected { .. }
+            | Event::BatchCommitted { .. } => return,
+            Event::HoldPlaced {
+                transfer,
+                batch_opt,
+                ..
+            } => {
                 assert_eq!(transfer.debit_account_id, self.id);
                 assert!(
                     self.hold(&transfer.transfer_id).is_none(),
@@ -250,7 +270,10 @@ impl AccountState {
                     .held_minor
                     .checked_add(transfer.amount_minor)
                     .expect("checked by decide");
-                self.holds.push(transfer.clone());
+                self.holds.push(Hold {
+                    transfer: transfer.clone(),
+                    batch_opt: batch_opt.clone(),
+                });
             }
             Event::CreditApplied { transfer, .. } => {
                 assert_eq!(transfer.credit_account_id, self.id);
@@ -273,9 +296,9 @@ impl AccountState {
                 let i = self
                     .holds
                     .iter()
-                    .position(|t| &t.transfer_id == transfer_id)
+                    .position(|h| &h.transfer.transfer_id == transfer_id)
                     .expect("commit of an open hold");
-                let t = self.holds.remove(i);
+                let t = self.holds.remove(i).transfer;
                 self.held_minor = self
                     .held_minor
                     .checked_sub(t.amount_minor)
@@ -293,9 +316,9 @@ impl AccountState {
                 let i = self
                     .holds
                     .iter()
-                    .position(|t| &t.transfer_id == transfer_id)
+                    .position(|h| &h.transfer.transfer_id == transfer_id)
                     .expect("release of an open hold");
-                let t = self.holds.remove(i);
+                let t = self.holds.remove(i).transfer;
                 self.held_minor = self
                     .held_minor
                     .checked_sub(t.amount_minor)
@@ -400,7 +423,7 @@ impl AccountState {
         let held: i64 = self
             .holds
             .iter()
-            .map(|t| t.amount_minor)
+            .map(|h| h.transfer.amount_minor)
             .fold(0i64, |a, b| a.checked_add(b).expect("held fits"));
         assert_eq!(held, self.held_minor, "holds sum to held");
         let available = self
@@ -529,7 +552,11 @@ impl AccountState {
         }
         hasher.update(&self.num_movements.to_le_bytes());
         hasher.update(&self.created_at.0.to_le_bytes());
-        let mut holds: Vec<&str> = self.holds.iter().map(|t| t.transfer_id.as_str()).collect();
+        let mut holds: Vec<&str> = self
+            .holds
+            .iter()
+            .map(|h| h.transfer.transfer_id.as_str())
+            .collect();
         holds.sort_unstable();
         for h in holds {
             hasher.update(h.as_bytes());

@@ -128,7 +128,7 @@ impl Message<AccountMsg> for AccountActor {
                     Ok(ev) => (Some(ev.clone()), Ok(ev)),
                     Err(reason) => {
                         let record_opt = match &cmd {
-                            AccountCommand::Hold(t) => Some(Event::TransferRejected {
+                            AccountCommand::Hold(t, _) => Some(Event::TransferRejected {
                                 transfer: t.clone(),
                                 reason: reason.clone(),
                                 at: now,

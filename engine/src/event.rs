@@ -40,6 +40,8 @@ pub enum Event {
     HoldPlaced {
         /// The transfer.
         transfer: Transfer,
+        /// The atomic batch it belongs to (the batch's ID is its first transfer's ID).
+        batch_opt: Option<MovementId>,
         /// When.
         at: Timestamp,
     },
@@ -57,6 +59,17 @@ pub enum Event {
     CreditApplied {
         /// The transfer.
         transfer: Transfer,
+        /// When.
+        at: Timestamp,
+    },
+    /// The commit point of an atomic batch: every hold is placed and durable, so recovery
+    /// finishes them all (without this record, it releases them all). Recorded on the home
+    /// shard of the batch's first transfer.
+    BatchCommitted {
+        /// The batch's ID (its first transfer's ID).
+        batch_id: MovementId,
+        /// Its transfers, in order.
+        transfer_ids: Vec<MovementId>,
         /// When.
         at: Timestamp,
     },
@@ -93,7 +106,8 @@ impl Event {
             | Event::TransferRejected { at, .. }
             | Event::CreditApplied { at, .. }
             | Event::HoldCommitted { at, .. }
-            | Event::HoldReleased { at, .. } => *at,
+            | Event::HoldReleased { at, .. }
+            | Event::BatchCommitted { at, .. } => *at,
         }
     }
 }

@@ -345,6 +345,7 @@ impl Node {
         });
         let mut node = Arc::try_unwrap(node).ok().expect("no other reference yet");
         let mut credited = HashSet::new();
+        let mut batches_committed = HashSet::new();
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
         let num_accounts: usize = states.iter().map(|s| s.accounts.len()).sum();
@@ -358,6 +359,7 @@ impl Node {
             writers.push((log.clone(), state.record_hash));
             open_holds.extend(state.open_holds());
             credited.extend(state.credited.iter().cloned());
+            batches_committed.extend(state.batches_committed.iter().cloned());
             for (id, rec) in state.movements {
                 node.movements.insert_restored(id, rec);
             }
@@ -387,8 +389,9 @@ impl Node {
             }
         }
         let num_open = open_holds.len();
-        for transfer in open_holds {
-            node.resolve_open_hold(transfer, &credited).await?;
+        for hold in open_holds {
+            node.resolve_open_hold(hold, &credited, &batches_committed)
+                .await?;
         }
         tracing::info!(
             shards = node.config.num_shards,
@@ -407,16 +410,30 @@ impl Node {
     }
 
     /// Finishes or releases a hold found open at start.
+    /// A hold of an atomic batch whose decision record is missing is released: the batch did
+    /// not reach its commit point, so none of it may take effect.
     async fn resolve_open_hold(
         &self,
-        t: Transfer,
+        hold: crate::account::Hold,
         credited: &HashSet<MovementId>,
+        batches_committed: &HashSet<MovementId>,
     ) -> Result<(), EngineError> {
+        let t = hold.transfer;
         let cell = self
             .movements
             .get(&t.transfer_id)
             .expect("an open hold has a pending record");
-        let outcome = if credited.contains(&t.transfer_id) {
+        let undecided = hold
+            .batch_opt
+            .as_ref()
+            .is_some_and(|b| !batches_committed.contains(b));
+        let outcome = if undecided {
+            assert!(
+                !credited.contains(&t.transfer_id),
+                "a batch is credited only once decided"
+            );
+            self.release_phase(&t, Rejection::BatchAborted).await
+        } else if credited.contains(&t.transfer_id) {
             self.commit_phase(&t).await
         } else {
             self.credit_then_commit(&t, true).await
@@ -764,7 +781,8 @@ impl Node {
         }
     }
 
-    /// Records a refusal decided before any account acted (on the transfer's home shard).
+    /// Records a node-level decision (a refusal decided before any account acted, or a batch
+    /// decision) on an account's home shard and waits until it is durable.
     async fn record_rejection(&self, home: &AccountId, event: Event) -> Result<(), LedgerError> {
         let ticket = self.shard(home).log.append(&event).await?;
         ticket.durable().await?;
@@ -801,7 +819,7 @@ impl Node {
             Some(_) => {}
         }
         let (hold, ticket_opt) = match self
-            .exec(&t.debit_account_id, AccountCommand::Hold(t.clone()))
+            .exec(&t.debit_account_id, AccountCommand::Hold(t.clone(), None))
             .await
         {
             Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
@@ -861,6 +879,26 @@ impl Node {
         }
     }
 
+    async fn release_phase(
+        &self,
+        t: &Transfer,
+        reason: Rejection,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let (result, ticket_opt) = self
+            .exec(
+                &t.debit_account_id,
+                AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
+            )
+            .await?;
+        assert!(
+            result.is_ok(),
+            "the hold of transfer {} is open until released",
+            t.transfer_id
+        );
+        ticket_opt.expect("a release is recorded").durable().await?;
+        Ok(Err(reason))
+    }
+
     async fn commit_phase(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
         let (result, ticket_opt) = self
             .exec(
@@ -903,17 +941,216 @@ impl Node {
             .await
     }
 
-    /// Atomic batches (all or none) need a durable batch decision so that recovery releases
-    /// the holds of an undecided batch instead of finishing them one by one; until that record
-    /// exists, they are refused rather than half-applied after a crash.
+    /// An atomic batch: every transfer commits, or none does.
+    ///
+    /// Holds are placed for all and made durable; if any is refused, every placed hold is
+    /// released (the others report `BatchAborted`). Otherwise a `BatchCommitted` record — the
+    /// commit point — is made durable on the home shard of the first transfer, and only then
+    /// do credits and commits run. Recovery releases the holds of a batch without that record
+    /// and finishes those of a batch with it, so a crash never leaves half a batch applied.
     async fn transfer_batch_atomic(&self, cmds: Vec<Transfer>) -> Vec<Result<Posted, LedgerError>> {
-        cmds.iter()
-            .map(|_| {
-                Err(LedgerError::Unavailable {
-                    reason: "atomic batches are not supported yet",
+        let n = cmds.len();
+        let aborted = || Err(LedgerError::Rejected(Rejection::BatchAborted));
+        if n == 0 {
+            return Vec::new();
+        }
+        // Validation: nothing is claimed or recorded for a batch that is malformed.
+        let mut ids = HashSet::new();
+        let invalid: Vec<Option<Rejection>> = cmds
+            .iter()
+            .map(|t| {
+                Self::validate_transfer(t).err().or_else(|| {
+                    (!ids.insert(t.transfer_id.clone())).then(|| Rejection::IdConflict {
+                        fields: vec!["id".into()],
+                    })
                 })
             })
-            .collect()
+            .collect();
+        if invalid.iter().any(Option::is_some) {
+            return invalid
+                .into_iter()
+                .map(|r| r.map_or_else(aborted, |r| Err(r.into())))
+                .collect();
+        }
+        let Ok(_permits) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(n.min(self.config.in_flight_max) as u32)
+            .await
+        else {
+            return cmds
+                .iter()
+                .map(|_| {
+                    Err(LedgerError::Unavailable {
+                        reason: "shutting down",
+                    })
+                })
+                .collect();
+        };
+        // Claims: a batch that reuses any known ID applies nothing new.
+        let mut cells = Vec::with_capacity(n);
+        let mut existing = Vec::new();
+        for (i, t) in cmds.iter().enumerate() {
+            match self.movements.claim(
+                &t.transfer_id,
+                &MovementBody::Transfer(t.clone()),
+                Timestamp::now(),
+            ) {
+                Claim::New(cell) => cells.push(Some(cell)),
+                Claim::Existing(cell) => {
+                    existing.push((i, cell));
+                    cells.push(None);
+                }
+            }
+        }
+        if !existing.is_empty() {
+            for (t, cell) in cmds.iter().zip(&cells) {
+                if let Some(cell) = cell {
+                    self.movements.abandon(&t.transfer_id, cell);
+                }
+            }
+            let mut out: Vec<Result<Posted, LedgerError>> = (0..n).map(|_| aborted()).collect();
+            for (i, cell) in existing {
+                let body = MovementBody::Transfer(cmds[i].clone());
+                let fields = body_diff(&cell.body, &body);
+                out[i] = if fields.is_empty() {
+                    cell.settled()
+                        .await
+                        .and_then(|m| match (&m.status, &m.rejection_opt) {
+                            (MovementStatus::Rejected, Some(r)) => {
+                                Err(LedgerError::Rejected(r.clone()))
+                            }
+                            _ => Ok(Posted {
+                                movement: m,
+                                replayed: true,
+                            }),
+                        })
+                } else {
+                    Err(Rejection::IdConflict {
+                        fields: fields.into_iter().map(String::from).collect(),
+                    }
+                    .into())
+                };
+            }
+            return out;
+        }
+        let cells: Vec<Arc<MovementCell>> =
+            cells.into_iter().map(|c| c.expect("all new")).collect();
+        match self.run_atomic(&cmds).await {
+            Ok(statuses) => cmds
+                .iter()
+                .zip(&cells)
+                .zip(statuses)
+                .map(|((_, cell), status)| {
+                    self.finish_cell(cell, status);
+                    Self::posted(cell)
+                })
+                .collect(),
+            Err(e) => {
+                for (t, cell) in cmds.iter().zip(&cells) {
+                    if cell.state.lock().status == MovementStatus::Pending {
+                        self.movements.abandon(&t.transfer_id, cell);
+                    }
+                }
+                cmds.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
+    /// Runs the phases of an atomic batch; returns each transfer's final status.
+    async fn run_atomic(
+        &self,
+        cmds: &[Transfer],
+    ) -> Result<Vec<Result<(), Rejection>>, LedgerError> {
+        let batch_id = cmds[0].transfer_id.clone();
+        let now = Timestamp::now();
+        // Credit accounts must exist in the currency (they cannot change afterwards).
+        let refusal_opt = cmds.iter().enumerate().find_map(|(i, t)| {
+            match self
+                .shard(&t.credit_account_id)
+                .currency_of(&t.credit_account_id)
+            {
+                None => Some((i, Rejection::AccountNotFound)),
+                Some(c) if c != t.currency => Some((i, Rejection::CurrencyMismatch)),
+                Some(_) => None,
+            }
+        });
+        if let Some((bad, reason)) = refusal_opt {
+            let mut out = Vec::new();
+            for (i, t) in cmds.iter().enumerate() {
+                let r = if i == bad {
+                    reason.clone()
+                } else {
+                    Rejection::BatchAborted
+                };
+                let ev = Event::TransferRejected {
+                    transfer: t.clone(),
+                    reason: r.clone(),
+                    at: now,
+                };
+                self.record_rejection(&t.debit_account_id, ev).await?;
+                out.push(Err(r));
+            }
+            return Ok(out);
+        }
+        // Phase 1 for all, durable before anything else happens.
+        let holds = futures::future::join_all(cmds.iter().map(|t| {
+            let cmd = AccountCommand::Hold(t.clone(), Some(batch_id.clone()));
+            async move { self.exec(&t.debit_account_id, cmd).await }
+        }))
+        .await;
+        let mut placed = vec![false; cmds.len()];
+        let mut refused: Vec<Option<Rejection>> = vec![None; cmds.len()];
+        let mut failure_opt = None;
+        for (i, (t, hold)) in cmds.iter().zip(holds).enumerate() {
+            match hold {
+                Ok((result, ticket_opt)) => {
+                    ticket_opt
+                        .expect("a hold or its refusal is recorded")
+                        .durable()
+                        .await?;
+                    match result {
+                        Ok(_) => placed[i] = true,
+                        Err(r) => refused[i] = Some(r),
+                    }
+                }
+                Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
+                    let ev = Event::TransferRejected {
+                        transfer: t.clone(),
+                        reason: Rejection::AccountNotFound,
+                        at: now,
+                    };
+                    self.record_rejection(&t.debit_account_id, ev).await?;
+                    refused[i] = Some(Rejection::AccountNotFound);
+                }
+                Err(e) => failure_opt = Some(e),
+            }
+        }
+        if failure_opt.is_some() || refused.iter().any(Option::is_some) {
+            let mut out = Vec::new();
+            for (i, t) in cmds.iter().enumerate() {
+                if placed[i] {
+                    out.push(self.release_phase(t, Rejection::BatchAborted).await?);
+                } else {
+                    out.push(Err(refused[i].clone().unwrap_or(Rejection::BatchAborted)));
+                }
+            }
+            return match failure_opt {
+                Some(e) => Err(e),
+                None => Ok(out),
+            };
+        }
+        // The commit point.
+        let decision = Event::BatchCommitted {
+            batch_id: batch_id.clone(),
+            transfer_ids: cmds.iter().map(|t| t.transfer_id.clone()).collect(),
+            at: now,
+        };
+        self.record_rejection(&cmds[0].debit_account_id, decision)
+            .await?;
+        let finished =
+            futures::future::join_all(cmds.iter().map(|t| self.credit_then_commit(t, true))).await;
+        finished.into_iter().collect()
     }
 
     pub(crate) async fn post_entry(&self, e: Entry) -> Result<Posted, LedgerError> {

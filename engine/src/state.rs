@@ -69,7 +69,7 @@ impl MovementRecord {
                 None,
                 at,
             ),
-            Event::HoldPlaced { transfer, at } => (
+            Event::HoldPlaced { transfer, at, .. } => (
                 &transfer.transfer_id,
                 MovementBody::Transfer(transfer.clone()),
                 MovementStatus::Pending,
@@ -131,6 +131,8 @@ pub struct ShardState {
     pub movements: HashMap<MovementId, MovementRecord>,
     /// Transfers credited to accounts of this shard (phase 2 done), for recovery.
     pub credited: HashSet<MovementId>,
+    /// Atomic batches decided on this shard (their holds are to be finished), for recovery.
+    pub batches_committed: HashSet<MovementId>,
     /// Rows of history kept per account.
     pub movements_window: usize,
 }
@@ -154,6 +156,7 @@ impl ShardState {
             accounts: HashMap::new(),
             movements: HashMap::new(),
             credited: HashSet::new(),
+            batches_committed: HashSet::new(),
             movements_window,
         }
     }
@@ -210,6 +213,12 @@ impl ShardState {
                 assert_eq!(m.status, MovementStatus::Pending);
                 m.status = MovementStatus::Rejected;
                 m.rejection_opt = Some(reason.clone());
+            }
+            Event::BatchCommitted { batch_id, .. } => {
+                assert!(
+                    self.batches_committed.insert(batch_id.clone()),
+                    "batch decided twice"
+                );
             }
             Event::EntryRejected { .. } | Event::TransferRejected { .. } => {}
         }
@@ -270,13 +279,13 @@ impl ShardState {
     }
 
     /// Returns the transfers with an open hold in this shard.
-    pub fn open_holds(&self) -> Vec<crate::types::Transfer> {
+    pub fn open_holds(&self) -> Vec<crate::account::Hold> {
         let mut out: Vec<_> = self
             .accounts
             .values()
             .flat_map(|a| a.holds().iter().cloned())
             .collect();
-        out.sort_unstable_by(|a, b| a.transfer_id.cmp(&b.transfer_id));
+        out.sort_unstable_by(|a, b| a.transfer.transfer_id.cmp(&b.transfer.transfer_id));
         out
     }
 

@@ -7,7 +7,7 @@
 //! does nothing without it).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -92,8 +92,9 @@ async fn worker() {
                     description_opt: None,
                 };
                 match ledger.transfer(t).await {
-                    Ok(_) => println!("ACK {id}"),
-                    Err(LedgerError::Rejected(_)) => println!("REJ {id}"),
+                    // The parent stops reading before it kills us: ignore a closed pipe.
+                    Ok(_) => drop(writeln!(std::io::stdout(), "ACK {id}")),
+                    Err(LedgerError::Rejected(_)) => drop(writeln!(std::io::stdout(), "REJ {id}")),
                     Err(e) => panic!("{e}"),
                 }
             }

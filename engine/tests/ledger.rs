@@ -424,3 +424,191 @@ async fn idle_actors_passivate_and_reactivate_without_losing_anything() {
         (1_000_000 - 200, 200)
     );
 }
+
+#[tokio::test]
+async fn an_atomic_batch_applies_all_or_nothing() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, c) = names(&l);
+    for n in [&a, &b, &c] {
+        open_account(&l, n, 0).await;
+    }
+    credit(&l, "seed", &a, 1_000).await.unwrap();
+    // The second transfer cannot be funded: nothing of the batch happens.
+    let batch = vec![transfer("ab-1", &a, &b, 600), transfer("ab-2", &a, &c, 600)];
+    let results = l.transfer_batch(batch.clone(), true).await;
+    assert_eq!(
+        results[1],
+        Err(LedgerError::Rejected(Rejection::InsufficientFunds))
+    );
+    assert_eq!(
+        results[0],
+        Err(LedgerError::Rejected(Rejection::BatchAborted))
+    );
+    assert_eq!(
+        (
+            balance(&l, &a).await,
+            balance(&l, &b).await,
+            balance(&l, &c).await
+        ),
+        (1_000, 0, 0)
+    );
+    assert_eq!(
+        l.account(&id(&a)).await.unwrap().held_minor,
+        0,
+        "the placed hold was released"
+    );
+    // A retry of the same batch answers the same.
+    let again = l.transfer_batch(batch, true).await;
+    assert_eq!(again, results);
+    // A fundable batch commits entirely.
+    let ok = l
+        .transfer_batch(
+            vec![transfer("ok-1", &a, &b, 600), transfer("ok-2", &a, &c, 400)],
+            true,
+        )
+        .await;
+    assert!(
+        ok.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|p| p.movement.status == MovementStatus::Committed)),
+        "{ok:?}"
+    );
+    assert_eq!(
+        (
+            balance(&l, &a).await,
+            balance(&l, &b).await,
+            balance(&l, &c).await
+        ),
+        (0, 600, 400)
+    );
+    // Duplicate IDs inside one batch are refused before anything is recorded.
+    let dup = l
+        .transfer_batch(
+            vec![transfer("d", &b, &c, 1), transfer("d", &b, &c, 1)],
+            true,
+        )
+        .await;
+    assert!(dup.iter().all(Result::is_err));
+    assert!(l.movement(&mid("d")).await.is_err(), "nothing recorded");
+}
+
+#[tokio::test]
+async fn independent_batches_report_each_transfer_on_its_own() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, _) = names(&l);
+    open_account(&l, &a, 0).await;
+    open_account(&l, &b, 0).await;
+    credit(&l, "seed", &a, 1_000).await.unwrap();
+    let batch: Vec<Transfer> = (0..30)
+        .map(|i| transfer(&format!("ind-{i}"), &a, &b, 50))
+        .collect();
+    let results = l.transfer_batch(batch, false).await;
+    let committed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(committed, 20, "exactly the funded ones");
+    assert!(results
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| *r == Err(LedgerError::Rejected(Rejection::InsufficientFunds))));
+    assert_eq!((balance(&l, &a).await, balance(&l, &b).await), (0, 1_000));
+}
+
+/// Writes events straight into a shard's stream, as a crashed node would have left them.
+async fn write_events(wal: &MemoryWal, shard: u32, events: &[saldo_engine::event::Event]) {
+    use saldo_persistence::Wal;
+    let tail = wal.tail(shard).await.unwrap();
+    let (first, prev) = tail.map_or((1, [0; 32]), |t| (t.last_lsn + 1, t.hash));
+    let mut payload = Vec::new();
+    for ev in events {
+        saldo_engine::event::encode_into(ev, &mut payload);
+    }
+    let rec = saldo_persistence::record::encode(
+        shard,
+        1,
+        first,
+        first + events.len() as u64 - 1,
+        &prev,
+        &payload,
+    );
+    wal.append(shard, rec).await.unwrap();
+}
+
+#[tokio::test]
+async fn recovery_releases_an_undecided_atomic_batch_and_finishes_a_decided_one() {
+    use saldo_engine::event::Event;
+    let at = Timestamp(1_700_000_000_000_000);
+    for decided in [false, true] {
+        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+        let cfg = config(1);
+        let open_cmd = |n: &str| Event::AccountOpened {
+            cmd: OpenAccount {
+                account_id: id(n),
+                currency: brl(),
+                overdraft_limit_minor: 0,
+                metadata_opt: None,
+            },
+            at,
+        };
+        let t1 = transfer("b-1", "x", "y", 100);
+        let t2 = transfer("b-2", "x", "y", 200);
+        let mut events = vec![
+            open_cmd("x"),
+            open_cmd("y"),
+            Event::EntryApplied {
+                entry: Entry {
+                    entry_id: mid("seed"),
+                    account_id: id("x"),
+                    kind: EntryKind::Credit,
+                    amount_minor: 1_000,
+                    description_opt: None,
+                },
+                balance_after_minor: 1_000,
+                at,
+            },
+            Event::HoldPlaced {
+                transfer: t1.clone(),
+                batch_opt: Some(mid("b-1")),
+                at,
+            },
+            Event::HoldPlaced {
+                transfer: t2.clone(),
+                batch_opt: Some(mid("b-1")),
+                at,
+            },
+        ];
+        if decided {
+            events.push(Event::BatchCommitted {
+                batch_id: mid("b-1"),
+                transfer_ids: vec![mid("b-1"), mid("b-2")],
+                at,
+            });
+            // The crash hit after the first credit.
+            events.push(Event::CreditApplied {
+                transfer: t1.clone(),
+                at,
+            });
+        }
+        write_events(&wal, 0, &events).await;
+        let l = open(&wal, &snaps, cfg).await;
+        let (x, y) = (balance(&l, "x").await, balance(&l, "y").await);
+        assert_eq!(
+            l.account(&id("x")).await.unwrap().held_minor,
+            0,
+            "every hold resolved"
+        );
+        if decided {
+            assert_eq!((x, y), (700, 300), "a decided batch is finished");
+            assert_eq!(
+                l.movement(&mid("b-2")).await.unwrap().status,
+                MovementStatus::Committed
+            );
+        } else {
+            assert_eq!((x, y), (1_000, 0), "an undecided batch is released");
+            assert_eq!(
+                l.movement(&mid("b-1")).await.unwrap().rejection_opt,
+                Some(Rejection::BatchAborted)
+            );
+        }
+    }
+}

@@ -100,7 +100,7 @@ impl Model {
                     currency: Currency::new("EUR").unwrap(),
                     description_opt: None,
                 };
-                match self.exec(&aid(from), AccountCommand::Hold(t.clone())) {
+                match self.exec(&aid(from), AccountCommand::Hold(t.clone(), None)) {
                     Ok(()) => {
                         self.exec(&aid(to), AccountCommand::Credit(t.clone()))
                             .unwrap();

@@ -192,7 +192,7 @@ impl Sim {
             Ok(ev) => (Ok(()), Some(self.append(shard, ev))),
             Err(reason) => {
                 let ev = match &cmd {
-                    AccountCommand::Hold(t) => Event::TransferRejected {
+                    AccountCommand::Hold(t, _) => Event::TransferRejected {
                         transfer: t.clone(),
                         reason: reason.clone(),
                         at,
@@ -292,15 +292,17 @@ impl Sim {
         let durable =
             |sim: &Sim, shard: u32, lsn: u64| sim.shards[shard as usize].durable_lsn >= lsn;
         let next = match self.in_flight[i].stage.clone() {
-            Stage::Hold => match self.exec(&t.debit_account_id, AccountCommand::Hold(t.clone())) {
-                (Ok(()), Some(lsn)) => Some(if cross {
-                    Stage::AwaitHold(lsn)
-                } else {
-                    Stage::Credit
-                }),
-                (Err(r), Some(lsn)) => Some(Stage::AwaitFinal(ds, lsn, Err(r))),
-                _ => unreachable!(),
-            },
+            Stage::Hold => {
+                match self.exec(&t.debit_account_id, AccountCommand::Hold(t.clone(), None)) {
+                    (Ok(()), Some(lsn)) => Some(if cross {
+                        Stage::AwaitHold(lsn)
+                    } else {
+                        Stage::Credit
+                    }),
+                    (Err(r), Some(lsn)) => Some(Stage::AwaitFinal(ds, lsn, Err(r))),
+                    _ => unreachable!(),
+                }
+            }
             Stage::AwaitHold(lsn) => durable(self, ds, lsn).then_some(Stage::Credit),
             Stage::Credit => {
                 let (r, lsn) = self.exec(&t.credit_account_id, AccountCommand::Credit(t.clone()));
@@ -371,6 +373,7 @@ impl Sim {
             .shards
             .iter()
             .flat_map(|s| s.live.open_holds())
+            .map(|h| h.transfer)
             .collect();
         for t in open {
             if !credited.contains(&t.transfer_id) {
@@ -417,8 +420,8 @@ impl Sim {
         // I1: per currency, balances = external credits − debits (+ credited-not-committed).
         let mut credited_open = HashSet::new();
         for sh in &self.shards {
-            for t in sh.live.open_holds() {
-                credited_open.insert(t.transfer_id.clone());
+            for h in sh.live.open_holds() {
+                credited_open.insert(h.transfer.transfer_id.clone());
             }
         }
         let credited: HashSet<&MovementId> = self
