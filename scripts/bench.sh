@@ -105,7 +105,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # 1. Reference target, open loop.
 start_saldo
 run_lt open-6000 --target "$TARGET" --rate "$OPEN_RATE" --duration "$OPEN_DURATION" --warmup 5s \
-  --connections 64 --accounts "$ACCOUNTS" --p99-max 100ms --hdr-log "$ART/open-6000.hlog"
+  --connections 256 --accounts "$ACCOUNTS" --p99-max 100ms --hdr-log "$ART/open-6000.hlog"
 stop_pid "$SALDO_PID"
 
 # 2. Sweep for the highest rate with p99 <= 10 ms.
@@ -172,11 +172,11 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo
   echo "## Results"
   echo
-  echo "| run | target | achieved | transfers committed/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | generator CPU | objective | verification |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| run | target | achieved | transfers committed/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | generator CPU | generator µs/request | objective | verification |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   row() {
     local name=$1 label=$2 objective=$3
-    echo "| $label | $(j "$name" '.target_rate_per_s // "closed loop"') | $(j "$name" '.achieved_rate_per_s | floor') ops/s | $(j "$name" '.transfers_committed_per_s | floor') | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .latency_ms.p999) | $(j "$name" .latency_ms.max) | $(j "$name" .requests.errors) | $(j "$name" 'if .generator_utilisation then "\(.generator_utilisation * 100 | floor)%" else "-" end') | $objective | $(pass "$(j "$name" .verification.passed)") |"
+    echo "| $label | $(j "$name" '.target_rate_per_s // "closed loop"') | $(j "$name" '.achieved_rate_per_s | floor') ops/s | $(j "$name" '.transfers_committed_per_s | floor') | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .latency_ms.p999) | $(j "$name" .latency_ms.max) | $(j "$name" .requests.errors) | $(j "$name" 'if .generator_utilisation then "\(.generator_utilisation * 100 | floor)%" else "-" end') | $(j "$name" '.generator_cpu_us_per_request // "-"') | $objective | $(pass "$(j "$name" .verification.passed)") |"
   }
   row open-6000 "1. single transfers, open loop, $OPEN_DURATION" \
     "p99 ≤ 100 ms: $(j open-6000 'if .objective.met then "met" else "NOT met" end')"
@@ -200,6 +200,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "  nearly all work on the client side; if a server figure approaches it, the client is"
   echo "  the limit, not the server. \`generator CPU\` is the share of its one thread the"
   echo "  generator kept busy; near 100% the client, not the server, set the pace."
+  echo "  \`generator µs/request\` is its CPU time per request: 1,000,000 divided by it is the"
+  echo "  request rate one core can drive, however busy the machine was during the run."
   echo "- Run 2's row shows the best passing sweep step (or the last step when none passed)."
   echo "- Verification after each run checks that the server holds exactly the money the"
   echo "  acknowledged history implies (see loadtest.md)."

@@ -136,6 +136,8 @@ struct Outcome {
     generator_cpu_s_opt: Option<f64>,
     /// Length of that phase, warm-up included, s.
     elapsed_s: f64,
+    /// Requests of that phase, warm-up included (the CPU time covers them all).
+    num_requests_all: u64,
     /// Per-second samples of every phase.
     seconds: Vec<SecondSample>,
     /// The sweep's steps.
@@ -182,6 +184,7 @@ async fn run_mode(
         num_unsent: phase.num_unsent,
         generator_cpu_s_opt: phase.generator_cpu_s_opt,
         elapsed_s: phase.elapsed.as_secs_f64(),
+        num_requests_all: phase.num_requests_all,
         seconds: phase.seconds,
         recorder: phase.recorder,
         target_opt,
@@ -256,6 +259,7 @@ async fn run_sweep(
         num_unsent: phase.num_unsent,
         generator_cpu_s_opt: phase.generator_cpu_s_opt,
         elapsed_s: phase.elapsed.as_secs_f64(),
+        num_requests_all: phase.num_requests_all,
         recorder: phase.recorder,
         target_opt: Some(rate),
         seconds,
@@ -365,6 +369,14 @@ fn build_report(
             outcome.elapsed_s,
             args.threads,
         ),
+        generator_cpu_us_per_request: outcome
+            .generator_cpu_s_opt
+            .filter(|_| outcome.num_requests_all > 0)
+            .map(|cpu_s| {
+                #[allow(clippy::cast_precision_loss)]
+                let requests = outcome.num_requests_all as f64;
+                crate::stats::round3(cpu_s * 1e6 / requests)
+            }),
         verification,
     }
 }

@@ -25,6 +25,10 @@ pub fn utilisation(cpu_s_opt: Option<f64>, elapsed_s: f64, threads: usize) -> Op
         .map(|cpu_s| crate::stats::round3(cpu_s / capacity_s))
 }
 
+/// Send lag p99 above which the report warns that requests waited for a free connection:
+/// timer lateness alone stays around a millisecond.
+pub const SEND_LAG_WARN_MS: f64 = 5.0;
+
 /// Version of the JSON report's schema.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -165,6 +169,9 @@ pub struct Report {
     /// `generator_cpu_s / (elapsed × threads)`: near 1.0 the generator itself was the limit and
     /// the figures describe the client, not the server.
     pub generator_utilisation: Option<f64>,
+    /// Generator CPU per request, µs: `1e6 / this` is the rate one core of this machine can
+    /// drive, whatever else the machine was doing during the run.
+    pub generator_cpu_us_per_request: Option<f64>,
     /// Result of verification.
     pub verification: Verification,
 }
@@ -278,6 +285,14 @@ impl Report {
                 "send lag (generator timer + backlog): p50 {:.3} ms · p99 {:.3} ms · max {:.3} ms",
                 lag.p50, lag.p99, lag.max
             );
+            if lag.p99 > SEND_LAG_WARN_MS || self.num_unsent > 0 {
+                println!(
+                    "warning: requests waited for one of the {} connections (or for the \
+                     generator); the latency above includes that wait, as it should, but more \
+                     --connections may reach a higher rate",
+                    self.connections
+                );
+            }
         }
         let not_ok: Vec<String> = self
             .outcomes

@@ -136,6 +136,8 @@ pub struct PhaseResult {
     pub num_issued: u64,
     /// Open loop: operations still unsent when issuing stopped.
     pub num_unsent: u64,
+    /// Requests sent in the phase, warm-up included.
+    pub num_requests_all: u64,
     /// CPU time the generator process used during the phase, s (`None` off Linux).
     pub generator_cpu_s_opt: Option<f64>,
 }
@@ -224,7 +226,9 @@ pub async fn run_phase(
     };
     let measured = elapsed.saturating_sub(warmup);
     let generator_cpu_s_opt = cpu_before_opt.zip(process_cpu_s()).map(|(a, b)| b - a);
+    let num_requests_all = merged.num_requests_all;
     let result = PhaseResult {
+        num_requests_all,
         recorder: merged,
         seconds,
         elapsed,

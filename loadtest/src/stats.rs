@@ -185,6 +185,8 @@ pub struct Recorder {
     pub num_ops: u64,
     /// Transfers committed after warm-up, counting each transfer inside a batch.
     pub num_transfers_committed: u64,
+    /// Requests answered or failed, warm-up included (for the generator's CPU per request).
+    pub num_requests_all: u64,
 }
 
 impl Recorder {
@@ -196,12 +198,14 @@ impl Recorder {
             send_lag: new_histogram(),
             num_ops: 0,
             num_transfers_committed: 0,
+            num_requests_all: 0,
         }
     }
 
     /// Records one response of `op`; `measured` is false during warm-up.
     pub fn record(&mut self, op: OpKind, latency_us: u64, key: &str, class: Class, measured: bool) {
         record_us(&mut self.interval.latency, latency_us);
+        self.num_requests_all += 1;
         match class {
             Class::Ok => self.interval.num_ok += 1,
             Class::Rejected => self.interval.num_rejected += 1,
@@ -250,6 +254,7 @@ impl Recorder {
             .expect("same histogram bounds");
         self.num_ops += other.num_ops;
         self.num_transfers_committed += other.num_transfers_committed;
+        self.num_requests_all += other.num_requests_all;
     }
 
     /// Returns the latency of all operations together.
