@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{AuthMode, Config, ConfigError, LogFormat};
+use crate::config::{AuthMode, Config, ConfigError, ConsoleOAuthSettings, LogFormat};
 
 /// The `saldo` command line.
 #[derive(Debug, Parser)]
@@ -113,6 +113,18 @@ pub struct ServeArgs {
     /// Snapshots kept per shard [default: 2].
     #[arg(long, env = "SALDO_SNAPSHOTS_KEEP")]
     pub snapshots_keep: Option<usize>,
+    /// Console sign-in: the issuer's authorization endpoint (with the three below).
+    #[arg(long, env = "SALDO_CONSOLE_OAUTH_AUTHORIZE_URL")]
+    pub console_oauth_authorize_url: Option<String>,
+    /// Console sign-in: the issuer's token endpoint.
+    #[arg(long, env = "SALDO_CONSOLE_OAUTH_TOKEN_URL")]
+    pub console_oauth_token_url: Option<String>,
+    /// Console sign-in: the public app client ID.
+    #[arg(long, env = "SALDO_CONSOLE_OAUTH_CLIENT_ID")]
+    pub console_oauth_client_id: Option<String>,
+    /// Console sign-in: scopes [default: openid ledger:read ledger:write].
+    #[arg(long, env = "SALDO_CONSOLE_OAUTH_SCOPE")]
+    pub console_oauth_scope: Option<String>,
 }
 
 impl ServeArgs {
@@ -173,6 +185,27 @@ impl ServeArgs {
         );
         set(&mut engine.snapshot_interval_ms, &self.snapshot_interval_ms);
         set(&mut engine.snapshots_keep, &self.snapshots_keep);
+        let console_flags = [
+            &self.console_oauth_authorize_url,
+            &self.console_oauth_token_url,
+            &self.console_oauth_client_id,
+            &self.console_oauth_scope,
+        ];
+        if console_flags.iter().any(|f| f.is_some()) {
+            // A flag completes or overrides the file's `[console.oauth]`; whatever is still
+            // missing stays empty and `validate()` names it.
+            let oauth = config
+                .console
+                .oauth
+                .get_or_insert_with(|| ConsoleOAuthSettings {
+                    scope: ConsoleOAuthSettings::default_scope(),
+                    ..ConsoleOAuthSettings::default()
+                });
+            set(&mut oauth.authorize_url, &self.console_oauth_authorize_url);
+            set(&mut oauth.token_url, &self.console_oauth_token_url);
+            set(&mut oauth.client_id, &self.console_oauth_client_id);
+            set(&mut oauth.scope, &self.console_oauth_scope);
+        }
     }
 }
 
@@ -209,6 +242,30 @@ mod tests {
         assert_eq!(config.engine.shards, 16, "the flag wins over the file");
         assert!(config.fsync, "the flag wins over the file");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn console_oauth_flags_must_come_together() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["saldo", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command;
+            args.load()
+        };
+        let config = parse(&[
+            "--console-oauth-authorize-url",
+            "https://id.example/oauth2/authorize",
+            "--console-oauth-token-url",
+            "https://id.example/oauth2/token",
+            "--console-oauth-client-id",
+            "console",
+        ])
+        .expect("complete oauth flags");
+        assert_eq!(
+            config.console.oauth.expect("oauth set").scope,
+            "openid ledger:read ledger:write"
+        );
+        assert!(parse(&["--console-oauth-client-id", "console"]).is_err());
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Config {
     pub engine: EngineSettings,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// The web console at `/console/`.
+    pub console: ConsoleSettings,
 }
 
 impl Default for Config {
@@ -97,6 +99,52 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             engine: EngineSettings::default(),
             limits: LimitsConfig::default(),
+            console: ConsoleSettings::default(),
+        }
+    }
+}
+
+/// Settings of the web console (`[console]` in the file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// The OAuth2 issuer the console signs in with (`[console.oauth]`); without it the console
+    /// offers only a pasted bearer token.
+    pub oauth: Option<ConsoleOAuthSettings>,
+}
+
+/// A Cognito-compatible issuer for the console's sign-in (authorization code + PKCE).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOAuthSettings {
+    /// Authorization endpoint (`https://<domain>/oauth2/authorize`).
+    pub authorize_url: String,
+    /// Token endpoint (`https://<domain>/oauth2/token`).
+    pub token_url: String,
+    /// Public app client (no secret) registered for the console.
+    pub client_id: String,
+    /// Scopes to ask for.
+    #[serde(default = "ConsoleOAuthSettings::default_scope")]
+    pub scope: String,
+}
+
+impl ConsoleOAuthSettings {
+    /// Returns the scopes asked for when none are configured.
+    pub fn default_scope() -> String {
+        "openid ledger:read ledger:write".to_owned()
+    }
+}
+
+impl ConsoleSettings {
+    /// Returns the console's configuration.
+    pub fn console_config(&self) -> crate::console::ConsoleConfig {
+        crate::console::ConsoleConfig {
+            oauth_opt: self.oauth.as_ref().map(|o| crate::console::OAuthConfig {
+                authorize_url: o.authorize_url.clone(),
+                token_url: o.token_url.clone(),
+                client_id: o.client_id.clone(),
+                scope: o.scope.clone(),
+            }),
         }
     }
 }
@@ -247,6 +295,11 @@ impl Config {
         if self.jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return invalid("the hs256 secret must be at least 32 bytes".into());
         }
+        if let Some(oauth) = self.console.console_config().oauth_opt {
+            if let Err(e) = oauth.validate() {
+                return invalid(e.to_string());
+            }
+        }
         Ok(())
     }
 
@@ -313,5 +366,20 @@ mod tests {
         assert!(c.validate().is_err());
         c.jwt.hs256_secret = Some("short".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_console_oauth_table_is_read_and_validated() {
+        let c: Config = toml::from_str(
+            "[console.oauth]\nauthorize_url = \"https://id.example/oauth2/authorize\"\n\
+             token_url = \"https://id.example/oauth2/token\"\nclient_id = \"console\"\n",
+        )
+        .expect("valid toml");
+        c.validate().expect("valid oauth settings");
+        let oauth = c.console.oauth.clone().expect("oauth present");
+        assert_eq!(oauth.scope, "openid ledger:read ledger:write");
+        let mut bad = c;
+        bad.console.oauth.as_mut().expect("oauth present").token_url = "ftp://x".into();
+        assert!(bad.validate().is_err());
     }
 }

@@ -45,5 +45,5 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::ApiError;
-pub use server::{open_ledger, router, run, shutdown_signal, GatewayError};
+pub use server::{open_ledger, router, router_with, run, shutdown_signal, GatewayError};
 pub use state::AppState;

@@ -74,8 +74,13 @@ pub enum GatewayError {
     Serve(#[source] std::io::Error),
 }
 
-/// Returns the router of the API over `state`.
+/// Returns the router of the API over `state`, with the console without single sign-on.
 pub fn router(state: AppState) -> Router {
+    router_with(state, crate::console::ConsoleConfig::default())
+}
+
+/// Returns the router of the API over `state`, with the console configured by `console`.
+pub fn router_with(state: AppState, console: crate::console::ConsoleConfig) -> Router {
     Router::new()
         .route("/v1/accounts", post(routes::open_account))
         .route("/v1/accounts/{id}", get(routes::get_account))
@@ -96,7 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
-        .merge(crate::console::router())
+        .merge(crate::console::router_with(console))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
@@ -228,7 +233,7 @@ pub async fn run(
     let local_addr = listener.local_addr().map_err(GatewayError::Serve)?;
     let auth = authenticator(&config).await?;
     let state = AppState::new(auth, config.limits.clone());
-    let app = router(state.clone());
+    let app = router_with(state.clone(), config.console.console_config());
     let stop = CancellationToken::new();
     let server = axum::serve(
         listener,
