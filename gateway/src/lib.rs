@@ -15,6 +15,7 @@
 //! - [`error`]: [`ApiError`], the one error type, and its problem+json rendering.
 //! - [`metrics`]: lock-free Prometheus registry; [`openapi`]: the OpenAPI 3.1 document.
 //! - [`state`]: shared state; [`limits`]: every bound, with its reason; [`telemetry`]: logs.
+//! - [`console`]: the merchant web console at `/console/` (embedded static files).
 //!
 //! ## Invariants
 //! - Bad input never reaches the ledger: every request is validated whole before the call.
