@@ -338,8 +338,10 @@ impl Report {
         }
         if let (Some(cpu_s), Some(utilisation)) = (self.generator_cpu_s, self.generator_utilisation)
         {
+            let per_request = self.generator_cpu_us_per_request.unwrap_or(0.0);
             println!(
-                "generator: {cpu_s:.2} CPU-s, {:.0}% of its {} thread(s){}",
+                "generator: {cpu_s:.2} CPU-s, {per_request:.1} µs per request, {:.0}% of its {} \
+                 thread(s){}",
                 utilisation * 100.0,
                 self.threads,
                 if utilisation >= GENERATOR_SATURATED {
