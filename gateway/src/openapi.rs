@@ -263,7 +263,7 @@ fn schemas() -> Value {
     let amount_in = json!({ "type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "maxLength": AMOUNT_CHARS_MAX });
     let amount_out = json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$" });
     let currency =
-        json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code" });
+        json!({ "type": "string", "enum": currency_codes(), "description": "ISO 4217 code" });
     let time = json!({ "type": "string", "format": "date-time" });
     let status = json!({ "type": "string", "enum": ["committed", "pending", "rejected"] });
     let description_in = json!({ "type": ["string", "null"], "maxLength": 256 });
