@@ -52,6 +52,7 @@ pub async fn run_load(args: RunArgs) -> anyhow::Result<u8> {
         account_ids_all,
         workload,
         timeout: args.timeout,
+        threads: args.threads,
     });
     let pool = Pool::new(endpoint, args.timeout);
     crate::setup::wait_healthy(&pool, HEALTHY_WAIT).await?;

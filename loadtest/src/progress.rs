@@ -1,7 +1,7 @@
 //! Once-a-second progress on stderr, the per-second samples behind the plot, and the HDR log.
 //!
-//! The reporter wakes every second, takes the interval statistics out of every worker's
-//! recorder (each behind its own uncontended mutex), prints one line and keeps a
+//! The reporter wakes every second, takes the interval statistics out of every recorder (one
+//! per runtime thread, each behind its own mutex), prints one line and keeps a
 //! `SecondSample`. When `--hdr-log` is given, each interval histogram is also handed to a
 //! dedicated writer thread (`HdrLogSink`) that writes the HdrHistogram interval log, so file IO
 //! never runs on the load's runtime.

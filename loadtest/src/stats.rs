@@ -1,9 +1,9 @@
 //! Latency histograms and outcome counts, per operation, per worker, per second.
 //!
-//! Each worker owns a `Recorder` behind an uncontended mutex: it records every response there,
-//! and once a second the progress reporter takes the interval part (`Interval`) out of every
-//! recorder and merges it. Cumulative per-operation statistics stay in the recorder until the
-//! run ends, when all recorders are merged into one `Recorder`. Latencies are recorded in
+//! Workers record every response into a `Recorder` behind a mutex (one recorder per runtime
+//! thread, so the mutex is not contended), and once a second the progress reporter takes the
+//! interval part (`Interval`) out of every recorder and merges it. Cumulative per-operation
+//! statistics stay in the recorder until the run ends, when all recorders are merged. Latencies are recorded in
 //! microseconds with three significant digits and reported in milliseconds.
 
 use hdrhistogram::Histogram;
