@@ -375,6 +375,9 @@ impl AccountState {
             None => {}
         }
         if self.days.last().is_none_or(|last| last.day != day) {
+            // Grow one day at a time: most accounts are idle, and memory per idle account
+            // matters more than the amortised cost of a push.
+            self.days.reserve_exact(1);
             self.days.push(DayTotals {
                 day,
                 num_movements: 0,
@@ -404,6 +407,11 @@ impl AccountState {
             let (movement_id, counterparty_opt, description_opt, is_transfer) = row();
             if self.history.len() >= movements_window {
                 self.history.pop_front();
+            }
+            if self.history.len() == self.history.capacity() {
+                // Grow by a few rows, not by doubling: bounded by the window anyway.
+                self.history
+                    .reserve_exact(if self.history.is_empty() { 1 } else { 4 });
             }
             self.history.push_back(HistoryRow {
                 seq: self.num_movements,

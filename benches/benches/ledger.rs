@@ -1,0 +1,332 @@
+//! The engine in-process on the file stream with fsync on: transfers/s and latency percentiles
+//! at several bounds of transfers in flight, within one shard and across shards; the batch
+//! path; memory per idle account at 1,000,000 accounts; restore time of 1,000,000 accounts +
+//! 1,000,000 events. Prints a markdown table. Every loop is bounded in time.
+//!
+//! `cargo bench -p saldo-benches --bench ledger` (add `-- --seconds N` to change the duration of
+//! each point, `-- --accounts-restore N` for the restore/memory part).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use saldo_engine::{event::Event, *};
+use saldo_persistence::{
+    record,
+    snapshot::local_dir::LocalDirSnapshotStore,
+    wal::{local_file::LocalFileWal, Wal},
+};
+
+const ACCOUNTS: usize = 100_000;
+const SHARDS: u32 = 8;
+
+fn config(in_flight_max: usize) -> EngineConfig {
+    EngineConfig {
+        num_shards: SHARDS,
+        node_epoch: 1,
+        movements_window: 16,
+        passivate_after_ms: 30_000,
+        in_flight_max,
+        group_commit_linger_us: 0,
+        snapshot_every_events: u64::MAX,
+        snapshot_interval_ms: 0,
+        snapshots_keep: 2,
+    }
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn aid(i: usize) -> AccountId {
+    AccountId::new(&format!("acct-{i}")).unwrap()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+async fn setup(dir: &std::path::Path) -> Ledger {
+    let wal = LocalFileWal::open(dir.join("wal"), true).unwrap();
+    let snaps = LocalDirSnapshotStore::open(dir.join("snapshots")).unwrap();
+    let ledger = Ledger::open(config(100_000), Arc::new(wal), Arc::new(snaps))
+        .await
+        .unwrap();
+    let brl = Currency::new("BRL").unwrap();
+    futures::future::join_all((0..64).map(|w| {
+        let ledger = ledger.clone();
+        async move {
+            for i in (w..ACCOUNTS).step_by(64) {
+                let cmd = OpenAccount {
+                    account_id: aid(i),
+                    currency: brl,
+                    overdraft_limit_minor: 0,
+                    metadata_opt: None,
+                };
+                ledger.open_account(cmd).await.unwrap();
+                let e = Entry {
+                    entry_id: MovementId::new(&format!("seed-{i}")).unwrap(),
+                    account_id: aid(i),
+                    kind: EntryKind::Credit,
+                    amount_minor: 1_000_000_000,
+                    description_opt: None,
+                };
+                ledger.post_entry(e).await.unwrap();
+            }
+        }
+    }))
+    .await;
+    ledger
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pairs {
+    Uniform,
+    SameShard,
+    CrossShard,
+}
+
+struct Point {
+    label: String,
+    rate_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+async fn run_point(
+    ledger: &Ledger,
+    by_shard: &Arc<Vec<Vec<usize>>>,
+    pairs: Pairs,
+    in_flight: usize,
+    seconds: u64,
+    tag: u64,
+) -> Point {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let brl = Currency::new("BRL").unwrap();
+    let results = futures::future::join_all((0..in_flight).map(|w| {
+        let (ledger, by_shard) = (ledger.clone(), by_shard.clone());
+        tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(tag * 100_000 + w as u64);
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            let mut n = 0u64;
+            while Instant::now() < deadline && n < 10_000_000 {
+                let (a, b) = match pairs {
+                    Pairs::Uniform => {
+                        let a = rng.gen_range(0..ACCOUNTS);
+                        (a, (a + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS)
+                    }
+                    Pairs::SameShard => {
+                        let s = &by_shard[rng.gen_range(0..by_shard.len())];
+                        let i = rng.gen_range(0..s.len());
+                        (s[i], s[(i + rng.gen_range(1..s.len())) % s.len()])
+                    }
+                    Pairs::CrossShard => {
+                        let sa = rng.gen_range(0..by_shard.len());
+                        let sb = (sa + rng.gen_range(1..by_shard.len())) % by_shard.len();
+                        (
+                            by_shard[sa][rng.gen_range(0..by_shard[sa].len())],
+                            by_shard[sb][rng.gen_range(0..by_shard[sb].len())],
+                        )
+                    }
+                };
+                let t = Transfer {
+                    transfer_id: MovementId::new(&format!("b{tag}-{w}-{n}")).unwrap(),
+                    debit_account_id: aid(a),
+                    credit_account_id: aid(b),
+                    amount_minor: rng.gen_range(1..100),
+                    currency: brl,
+                    description_opt: None,
+                };
+                let started = Instant::now();
+                ledger.transfer(t).await.unwrap();
+                hist.record(started.elapsed().as_micros() as u64).unwrap();
+                n += 1;
+            }
+            hist
+        })
+    }))
+    .await;
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    for h in results {
+        hist.add(h.unwrap()).unwrap();
+    }
+    let label = match pairs {
+        Pairs::Uniform => "uniform random pairs",
+        Pairs::SameShard => "within one shard",
+        Pairs::CrossShard => "across shards",
+    };
+    Point {
+        label: format!("{label}, {in_flight} in flight"),
+        rate_per_s: hist.len() as f64 / seconds as f64,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        max_us: hist.max(),
+    }
+}
+
+async fn run_batches(ledger: &Ledger, seconds: u64) -> Point {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let brl = Currency::new("BRL").unwrap();
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let (mut done, mut k) = (0u64, 0u64);
+    while Instant::now() < deadline && k < 10_000 {
+        let batch: Vec<Transfer> = (0..8_190)
+            .map(|i| {
+                let a = rng.gen_range(0..ACCOUNTS);
+                Transfer {
+                    transfer_id: MovementId::new(&format!("batch{k}-{i}")).unwrap(),
+                    debit_account_id: aid(a),
+                    credit_account_id: aid((a + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS),
+                    amount_minor: 1,
+                    currency: brl,
+                    description_opt: None,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let results = ledger.transfer_batch(batch, false).await;
+        hist.record(started.elapsed().as_micros() as u64).unwrap();
+        done += results.iter().filter(|r| r.is_ok()).count() as u64;
+        k += 1;
+    }
+    Point {
+        label: "batches of 8,190 (latency per batch)".into(),
+        rate_per_s: done as f64 / seconds as f64,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        max_us: hist.max(),
+    }
+}
+
+/// Writes `n` account openings and `n` entries straight into the stream (as a node would
+/// have), then measures `Ledger::open` (restore) and the memory it takes.
+async fn restore_and_memory(n: usize) -> (Duration, f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = LocalFileWal::open(dir.path().join("wal"), false).unwrap();
+        let brl = Currency::new("BRL").unwrap();
+        let at = Timestamp(1_700_000_000_000_000);
+        let mut per_shard: Vec<Vec<Event>> = vec![Vec::new(); SHARDS as usize];
+        for i in 0..n {
+            let id = aid(i);
+            let s = saldo_engine::shard::shard_of(id.as_str(), SHARDS) as usize;
+            per_shard[s].push(Event::AccountOpened {
+                cmd: OpenAccount {
+                    account_id: id.clone(),
+                    currency: brl,
+                    overdraft_limit_minor: 0,
+                    metadata_opt: None,
+                },
+                at,
+            });
+            let entry = Entry {
+                entry_id: MovementId::new(&format!("e-{i}")).unwrap(),
+                account_id: id,
+                kind: EntryKind::Credit,
+                amount_minor: 100,
+                description_opt: None,
+            };
+            per_shard[s].push(Event::EntryApplied {
+                entry,
+                balance_after_minor: 100,
+                at,
+            });
+        }
+        for (s, events) in per_shard.into_iter().enumerate() {
+            let (mut lsn, mut prev) = (0u64, [0u8; 32]);
+            for chunk in events.chunks(4_000) {
+                let mut payload = Vec::new();
+                for ev in chunk {
+                    saldo_engine::event::encode_into(ev, &mut payload);
+                }
+                let rec = record::encode(
+                    s as u32,
+                    1,
+                    lsn + 1,
+                    lsn + chunk.len() as u64,
+                    &prev,
+                    &payload,
+                );
+                (lsn, prev) = (rec.last_lsn, rec.hash);
+                wal.append(s as u32, rec).await.unwrap();
+            }
+        }
+    }
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let wal = LocalFileWal::open(dir.path().join("wal"), true).unwrap();
+    let snaps = LocalDirSnapshotStore::open(dir.path().join("snapshots")).unwrap();
+    let ledger = Ledger::open(config(1_000), Arc::new(wal), Arc::new(snaps))
+        .await
+        .unwrap();
+    let restore = started.elapsed();
+    let rss_after = rss_bytes();
+    assert_eq!(ledger.stats().num_accounts, n as u64);
+    let per_account = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
+    ledger.shutdown().await;
+    (restore, per_account, rss_after)
+}
+
+fn main() {
+    let seconds = arg("--seconds", 5);
+    let restore_accounts = arg("--accounts-restore", 1_000_000) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!("# saldo engine bench — {} cores, file stream with fsync on, {ACCOUNTS} accounts, {SHARDS} shards\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        let (restore, per_account, rss) = restore_and_memory(restore_accounts).await;
+        if arg("--restore-only", 0) == 1 {
+            println!("restore of {restore_accounts} accounts + {restore_accounts} events: {:.2} s; {per_account:.0} bytes per idle account (RSS {:.0} MiB)", restore.as_secs_f64(), rss as f64 / 1_048_576.0);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let ledger = setup(dir.path()).await;
+        println!("set-up: {ACCOUNTS} accounts opened and funded in {:.1} s\n", started.elapsed().as_secs_f64());
+        let mut by_shard = vec![Vec::new(); SHARDS as usize];
+        for i in 0..ACCOUNTS {
+            by_shard[ledger.shard_of(&aid(i)) as usize].push(i);
+        }
+        let by_shard = Arc::new(by_shard);
+        let mut points = Vec::new();
+        let mut tag = 0;
+        for pairs in [Pairs::Uniform, Pairs::SameShard, Pairs::CrossShard] {
+            for in_flight in [64, 256, 1_024] {
+                tag += 1;
+                let p = run_point(&ledger, &by_shard, pairs, in_flight, seconds, tag).await;
+                eprintln!("{}: {:.0}/s p99 {} µs", p.label, p.rate_per_s, p.p99_us);
+                points.push(p);
+            }
+        }
+        points.push(run_batches(&ledger, seconds).await);
+        let stats = ledger.stats();
+        println!("| scenario | transfers/s | p50 | p99 | max |\n|---|---:|---:|---:|---:|");
+        for p in &points {
+            println!("| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |", p.label, p.rate_per_s, p.p50_us as f64 / 1e3, p.p99_us as f64 / 1e3, p.max_us as f64 / 1e3);
+        }
+        let batches = stats.wal_batches_total.max(1);
+        println!("\nstream: {} records, {:.1} events per record on average", stats.wal_batches_total, stats.wal_events_total as f64 / batches as f64);
+        println!("\nrestore of {restore_accounts} accounts + {restore_accounts} events (no snapshot, whole stream): {:.2} s", restore.as_secs_f64());
+        println!("memory per idle account after restore: {per_account:.0} bytes (RSS {:.0} MiB)", rss as f64 / 1_048_576.0);
+        ledger.shutdown().await;
+    });
+}
