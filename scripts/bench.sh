@@ -6,7 +6,8 @@
 #   1. the reference target: 6,000 transfers/s open loop for 60 s (p99 objective 100 ms);
 #   2. a sweep for the highest transfer rate with p99 <= 10 ms;
 #   3. the batch endpoint at full speed (closed loop);
-#   4. the generator's own ceiling: /healthz of saldo, and a canned 200 server.
+#   4. the generator's own ceiling: /healthz of saldo, and a canned 200 server;
+#   5. if wrk is installed, a cross-check: the same closed loop with wrk and saldo-loadtest.
 # Generator and server share the machine's cores; the table says so.
 #
 # Every run is bounded in time (--duration, sweep steps and count bounded); the script kills
@@ -142,6 +143,36 @@ run_lt ceiling-canned --target "http://127.0.0.1:$port" --concurrency 64 --mix h
   --duration "$CEILING_DURATION" --warmup 1s
 LOADTEST=$LOADTEST_PLAIN
 stop_pid "$CANNED_PID"
+
+# 5. Cross-check with wrk (if installed): the same closed loop of single transfers, 64
+# connections, once with wrk and a Lua script and once with saldo-loadtest, on one server.
+WRK_LINE=""
+if command -v wrk >/dev/null; then
+  start_saldo
+  "$LOADTEST" --target "$TARGET" --rate 10 --duration 1s --warmup 0s --accounts 1000 \
+    --run-id wrk --no-verify >/dev/null 2>&1
+  cat >"$WORK/transfer.lua" <<'LUA'
+local counter = 0
+function request()
+  counter = counter + 1
+  local body = string.format(
+    '{"id":"wrklua-%d","from":"wrk-a%d","to":"wrk-a%d","amount":"0.01","currency":"BRL"}',
+    counter, counter % 1000, (counter + 7) % 1000)
+  return wrk.format("POST", "/v1/transfers", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+  echo "== wrk cross-check" >&2
+  timeout 60 wrk -t1 -c64 -d"$CEILING_DURATION" --latency -s "$WORK/transfer.lua" "$TARGET" \
+    >"$ART/wrk.txt" 2>&1 || true
+  cat "$ART/wrk.txt" >&2
+  run_lt closed-64 --target "$TARGET" --concurrency 64 --duration "$CEILING_DURATION" \
+    --warmup 0s --accounts 1000
+  stop_pid "$SALDO_PID"
+  wrk_rate=$(awk '/Requests\/sec/ {printf "%d", $2}' "$ART/wrk.txt")
+  wrk_p50=$(awk '$1 == "50%" {print $2}' "$ART/wrk.txt")
+  wrk_p99=$(awk '$1 == "99%" {print $2}' "$ART/wrk.txt")
+  WRK_LINE="| wrk -t1 -c64 (Lua) | ${wrk_rate:-?}/s | ${wrk_p50:-?} | ${wrk_p99:-?} |"
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The table.
@@ -186,6 +217,17 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   row ceiling-saldo "4a. generator ceiling: saldo /healthz, 64 connections" "-"
   row ceiling-canned "4b. generator ceiling: canned 200 server, 64 connections, $PIN_NOTE" "-"
   echo
+  if [[ -n "$WRK_LINE" ]]; then
+    echo "## Cross-check with wrk"
+    echo
+    echo "Single transfers, closed loop, 64 connections, one server, one after the other:"
+    echo
+    echo "| client | achieved | p50 | p99 |"
+    echo "| --- | --- | --- | --- |"
+    echo "$WRK_LINE"
+    echo "| saldo-loadtest --concurrency 64 | $(j closed-64 '.achieved_rate_per_s | floor')/s | $(j closed-64 .latency_ms.p50)ms | $(j closed-64 .latency_ms.p99)ms |"
+    echo
+  fi
   echo "## Sweep curve (objective p99 ≤ 10 ms)"
   echo
   echo "| target/s | achieved/s | p50 ms | p99 ms | errors | result |"
