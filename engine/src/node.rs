@@ -28,7 +28,7 @@ use std::{
 use futures::StreamExt;
 use kameo::{actor::Spawn, error::SendError, mailbox};
 use parking_lot::Mutex;
-use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotStore, Wal};
+use saldo_persistence::{Lsn, SnapshotStore, Wal};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -1310,34 +1310,17 @@ impl Node {
     /// Writes a snapshot of a shard folded from its durable stream (never from live memory,
     /// so the hot path is not paused), keeps the newest ones and prunes the stream below them.
     async fn snapshot_shard(&self, shard: &ShardCore) -> Result<(), EngineError> {
-        let state = restore_shard(
+        let meta = crate::recovery::write_snapshot(
             &*self.wal,
             &*self.snapshots,
             shard.id,
             self.config.movements_window,
-            RestoreTarget::Latest,
+            self.config.snapshots_keep,
         )
         .await?;
-        let prev_lsn = shard.last_snapshot.lock().0;
-        if state.lsn > prev_lsn || shard.last_snapshot.lock().1.is_none() {
-            let data = state.encode();
-            let meta = meta_for(
-                shard.id,
-                state.lsn,
-                state.record_hash,
-                Timestamp::now().0,
-                &data,
-            );
-            self.snapshots.put(meta, data).await?;
-            self.snapshots
-                .retain(shard.id, self.config.snapshots_keep.max(1))
-                .await?;
-            if let Some(oldest) = self.snapshots.list(shard.id).await?.last() {
-                self.wal.prune(shard.id, oldest.lsn).await?;
-            }
-            self.snapshots_total.fetch_add(1, Ordering::Relaxed);
-        }
-        *shard.last_snapshot.lock() = (state.lsn, Some(Instant::now()), Timestamp::now().0);
+        self.snapshots_total.fetch_add(1, Ordering::Relaxed);
+        let state_lsn = meta.lsn;
+        *shard.last_snapshot.lock() = (state_lsn, Some(Instant::now()), Timestamp::now().0);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! pure apply. Used by a node at start, by the periodic snapshots, and by the `saldo shard`
 //! tooling.
 
-use saldo_persistence::{Lsn, SnapshotStore, Wal};
+use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotMeta, SnapshotStore, Wal};
 
 use crate::{limits::RESTORE_READ_RECORDS, state::ShardState, EngineError};
 
@@ -83,4 +83,44 @@ pub async fn restore_shard(
         }
     }
     Ok(state)
+}
+
+/// Writes a snapshot of a shard folded from its durable stream — never from live memory, so
+/// the hot path is not paused — then keeps the newest `keep` snapshots and prunes the stream
+/// segments the oldest kept one covers. Returns the new snapshot's manifest.
+pub async fn write_snapshot(
+    wal: &dyn Wal,
+    snapshots: &dyn SnapshotStore,
+    shard: u32,
+    movements_window: usize,
+    keep: usize,
+) -> Result<SnapshotMeta, EngineError> {
+    let state = restore_shard(
+        wal,
+        snapshots,
+        shard,
+        movements_window,
+        RestoreTarget::Latest,
+    )
+    .await?;
+    let data = state.encode();
+    let meta = meta_for(
+        shard,
+        state.lsn,
+        state.record_hash,
+        crate::types::Timestamp::now().0,
+        &data,
+    );
+    snapshots.put(meta.clone(), data).await?;
+    snapshots.retain(shard, keep.max(1)).await?;
+    if let Some(oldest) = snapshots.list(shard).await?.last() {
+        wal.prune(shard, oldest.lsn).await?;
+    }
+    tracing::info!(
+        shard,
+        lsn = meta.lsn,
+        size_bytes = meta.size_bytes,
+        "snapshot written"
+    );
+    Ok(meta)
 }
