@@ -6,6 +6,7 @@
 //!
 //! ## Layout (in the order a request flows)
 //! - [`cli`] and [`config`]: `saldo serve` flags, `SALDO_*` variables and the TOML file.
+//! - [`listener`]: the accept loop's bound on open connections (and `TCP_NODELAY`).
 //! - [`server`]: [`run`] (serve, restore the ledger, graceful shutdown), [`router`] and the
 //!   admission middleware (load shedding, auth, rate limit, timeout, span, metrics).
 //! - [`auth`]: bearer tokens (JWKS / HS256), scopes, per-merchant account restriction.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod extract;
 pub mod format;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;

@@ -77,6 +77,10 @@ pub const JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
 /// without asking the engine). Past this the cache shard is cleared; it refills on demand.
 pub const CURRENCY_CACHE_ENTRIES_MAX: usize = 1_000_000;
 
+/// Client connections open at once; past it the accept loop waits (new clients queue in the
+/// kernel's backlog). Each connection costs a task and its read/write buffers (tens of KiB).
+pub const CONNECTIONS_MAX: usize = 16_384;
+
 /// How long a graceful shutdown waits for in-flight requests before dropping connections.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 
@@ -85,3 +89,4 @@ const _: () = assert!(TRANSFER_BATCH_MAX * BATCH_ITEM_JSON_BYTES_MAX <= BATCH_BO
 const _: () = assert!(BODY_BYTES_MAX >= METADATA_BYTES_MAX + 1024);
 const _: () = assert!(MOVEMENTS_PAGE_DEFAULT <= MOVEMENTS_PAGE_MAX);
 const _: () = assert!(JWKS_FETCH_TIMEOUT_MS < JWKS_REFRESH_INTERVAL_MS_MIN);
+const _: () = assert!(CONNECTIONS_MAX >= CONCURRENCY_MAX_DEFAULT);

@@ -13,7 +13,6 @@
 
 use std::{
     future::{Future, IntoFuture},
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -39,6 +38,7 @@ use crate::{
     config::{AuthMode, Config},
     error::ApiError,
     limits::SHUTDOWN_GRACE_MS,
+    listener::PeerAddr,
     metrics::{self, METRICS, ROUTES},
     ratelimit::ClientKey,
     routes,
@@ -157,8 +157,8 @@ async fn admit_inner(state: &AppState, mut req: Request, next: Next, matched: bo
                 Some(subject) => Some(ClientKey::Subject(subject.clone())),
                 None => req
                     .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|ConnectInfo(addr)| ClientKey::Ip(addr.ip())),
+                    .get::<ConnectInfo<PeerAddr>>()
+                    .map(|ConnectInfo(PeerAddr(addr))| ClientKey::Ip(addr.ip())),
             };
             if let Some(key) = key_opt {
                 if let Err(retry_after_s) = limiter.check(&key) {
@@ -235,9 +235,10 @@ pub async fn run(
     let state = AppState::new(auth, config.limits.clone());
     let app = router_with(state.clone(), config.console.console_config());
     let stop = CancellationToken::new();
+    let listener = crate::listener::BoundedListener::new(listener);
     let server = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<PeerAddr>(),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned())
     .into_future();
