@@ -198,7 +198,18 @@ pub async fn authenticator(config: &Config) -> Result<Authenticator, GatewayErro
             }
             Ok(Authenticator::none())
         }
-        AuthMode::Jwt => Ok(Authenticator::jwt(config.jwt.clone()).await?),
+        AuthMode::Jwt => {
+            if config.jwt.issuer.is_none() {
+                tracing::warn!("no --jwt-issuer: tokens of any issuer signed by these keys pass");
+            }
+            if config.jwt.audience.is_none() {
+                tracing::warn!("no --jwt-audience: tokens for any audience (app client) pass");
+            }
+            if config.jwt.hs256_secret.is_some() {
+                tracing::warn!("HS256 tokens are accepted (--jwt-hs256-secret): development only");
+            }
+            Ok(Authenticator::jwt(config.jwt.clone()).await?)
+        }
     }
 }
 
