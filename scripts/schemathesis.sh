@@ -61,7 +61,7 @@ status=0
 timeout --kill-after=30 "$((max_time_s + 120))" \
   schemathesis run "${url}/openapi.json" \
     --checks not_a_server_error,response_schema_conformance \
-    --phases examples,coverage,fuzzing \
+    --phases examples,coverage,fuzzing,stateful \
     --max-examples "$max_examples" \
     --max-time "$max_time_s" \
     --seed "$seed" \

@@ -46,6 +46,38 @@ fn ok(description: &str, schema: &str) -> Value {
     })
 }
 
+/// Returns `response` with OpenAPI links (they let stateful fuzzers chain calls).
+fn linked(mut response: Value, links: Value) -> Value {
+    response["links"] = links;
+    response
+}
+
+fn account_links() -> Value {
+    let id = json!({ "id": "$response.body#/id" });
+    json!({
+        "GetAccount": { "operationId": "getAccount", "parameters": id },
+        "PostEntry": { "operationId": "postEntry", "parameters": id },
+        "ListMovements": { "operationId": "listMovements", "parameters": id },
+        "DailyReport": { "operationId": "dailyReport", "parameters": id },
+    })
+}
+
+fn entry_links() -> Value {
+    json!({
+        "GetEntry": { "operationId": "getEntry", "parameters": {
+            "id": "$response.body#/account", "entry_id": "$response.body#/id" } },
+    })
+}
+
+fn transfer_links() -> Value {
+    json!({
+        "GetTransfer": { "operationId": "getTransfer",
+                         "parameters": { "id": "$response.body#/id" } },
+        "GetSourceAccount": { "operationId": "getAccount",
+                              "parameters": { "id": "$response.body#/from" } },
+    })
+}
+
 fn id_param(name: &str, description: &str) -> Value {
     json!({
         "name": name, "in": "path", "required": true, "description": description,
@@ -122,7 +154,7 @@ pub fn document() -> Value {
             "Open an account (201), or find the identical one (200)", "openAccount", vec![],
             Some("OpenAccountRequest"),
             responses(&[
-                ("201", ok("Opened", "Account")),
+                ("201", linked(ok("Opened", "Account"), account_links())),
                 ("200", ok("The identical account already existed", "Account")),
                 ("409", problem("account_exists: the ID is taken with other parameters")),
                 ("422", problem("invalid_amount (overdraft_limit)")),
@@ -137,7 +169,7 @@ pub fn document() -> Value {
             "Post a credit or debit entry on an account, idempotent by ID", "postEntry",
             vec![account_id.clone(), idempotency_header()], Some("EntryRequest"),
             responses(&[
-                ("201", ok("Posted", "Entry")),
+                ("201", linked(ok("Posted", "Entry"), entry_links())),
                 ("200", ok("Replay of an earlier identical request", "Entry")),
                 ("202", ok("Accepted, being completed", "Entry")),
                 ("404", problem("account_not_found")),
@@ -183,7 +215,7 @@ pub fn document() -> Value {
             "Move money between two accounts, idempotent by ID", "createTransfer",
             vec![idempotency_header()], Some("TransferRequest"),
             responses(&[
-                ("201", ok("Committed", "Transfer")),
+                ("201", linked(ok("Committed", "Transfer"), transfer_links())),
                 ("200", ok("Replay of an earlier identical request: the original answer", "Transfer")),
                 ("202", ok("Accepted, being completed", "Transfer")),
                 ("404", problem("account_not_found")),
