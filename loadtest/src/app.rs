@@ -413,6 +413,7 @@ fn build_workload(args: &RunArgs) -> anyhow::Result<Workload> {
         amount_min_minor,
         amount_max_minor,
         batch_size: args.batch_size,
+        batch_atomic: args.batch_atomic,
         retry_fraction: args.retry_fraction,
         invalid_fraction: args.invalid_fraction,
         daily_range: (report::utc_date(1), report::utc_date(0)),

@@ -134,6 +134,9 @@ pub struct RunArgs {
     /// Transfers per batch request (`batch` in --mix).
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Send batches with `"atomic": true` (every transfer commits or none does).
+    #[arg(long)]
+    pub batch_atomic: bool,
     /// Account choice: `uniform`, `zipf:S` or `hot:FRACTION:PROBABILITY`.
     #[arg(long, default_value = "uniform")]
     pub distribution: String,

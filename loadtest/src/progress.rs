@@ -49,7 +49,7 @@ pub struct SecondSample {
 pub async fn reporter(
     recorders: &[Arc<Mutex<Recorder>>],
     start: Instant,
-    target_opt: Option<u64>,
+    (target_opt, length): (Option<u64>, Duration),
     label: &str,
     done: Arc<AtomicBool>,
     hdr_log: Option<&HdrLogSink>,
@@ -81,7 +81,7 @@ pub async fn reporter(
         // The last interval of a phase is usually a sliver; its rate would only mislead.
         let whole = seconds >= 0.5;
         if whole {
-            print_line(&sample, target_opt);
+            print_line(&sample, target_opt, length);
         }
         if whole && samples.len() < SECONDS_RECORDED_MAX && !interval.latency.is_empty() {
             samples.push(sample);
@@ -132,17 +132,27 @@ fn sample_of(
     }
 }
 
-fn print_line(sample: &SecondSample, target_opt: Option<u64>) {
+/// Returns a text progress bar of `fraction` (clamped to 0..=1), 20 cells wide.
+pub fn bar(fraction: f64) -> String {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let filled = (fraction.clamp(0.0, 1.0) * 20.0).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+fn print_line(sample: &SecondSample, target_opt: Option<u64>, length: Duration) {
     let target = target_opt.map_or(String::new(), |t| format!(" (target {t})"));
     let transfers = if sample.transfers_per_s > sample.rate_per_s * 1.5 {
         format!(" transfers {:.0}/s", sample.transfers_per_s)
     } else {
         String::new()
     };
+    let length_s = length.as_secs_f64();
     eprintln!(
-        "[{} {:>6.1}s] {:>8.0} ops/s{target}{transfers}  ok {} rej {} err {}  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        "[{} {:>6.1}s/{length_s:.0}s] {} {:>8.0} ops/s{target}{transfers}  ok {} rej {} err {}  \
+         p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
         sample.phase,
         sample.t_s,
+        bar(sample.t_s / length_s.max(1e-3)),
         sample.rate_per_s,
         sample.num_ok,
         sample.num_rejected,
@@ -164,10 +174,10 @@ pub async fn count_progress(label: &str, done: &AtomicU64, total: u64, finished:
         if Instant::now() >= next_print {
             next_print += Duration::from_secs(1);
             let count = done.load(Ordering::Relaxed);
-            eprintln!(
-                "{label}: {count}/{total} ({:.0}s)",
-                start.elapsed().as_secs_f64()
-            );
+            #[allow(clippy::cast_precision_loss)]
+            let fraction = count as f64 / total.max(1) as f64;
+            let seconds = start.elapsed().as_secs_f64();
+            eprintln!("{label}: {} {count}/{total} ({seconds:.0}s)", bar(fraction));
         }
     }
     let count = done.load(Ordering::Relaxed);
@@ -237,5 +247,17 @@ impl HdrLogSink {
             .join()
             .map_err(|_| anyhow::anyhow!("hdr log writer panicked"))??;
         Ok(self.num_dropped.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_fills_with_the_fraction() {
+        assert_eq!(bar(0.0), "[....................]");
+        assert_eq!(bar(0.5), "[##########..........]");
+        assert_eq!(bar(2.0), "[####################]");
     }
 }

@@ -315,8 +315,8 @@ impl Report {
             println!();
             println!("sweep (objective p99 <= {} ms):", sweep.p99_max_ms);
             println!(
-                "{:>12} {:>12} {:>9} {:>9} {:>8}  result",
-                "target/s", "achieved/s", "p50 ms", "p99 ms", "errors"
+                "{:>12} {:>12} {:>9} {:>9} {:>8} {:>9}  result",
+                "target/s", "achieved/s", "p50 ms", "p99 ms", "errors", "gen. cpu"
             );
             for step in &sweep.steps {
                 println!(

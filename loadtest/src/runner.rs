@@ -195,11 +195,11 @@ pub async fn run_phase(
         ));
     }
     let done = Arc::new(AtomicBool::new(false));
-    let target_opt = match pacing {
-        Pacing::Open { timetable, .. } => Some(timetable.rate_per_s),
-        Pacing::Closed { .. } => None,
+    let target = match pacing {
+        Pacing::Open { timetable, .. } => (Some(timetable.rate_per_s), timetable.duration),
+        Pacing::Closed { duration, .. } => (None, duration),
     };
-    let report = reporter(&recorders, start, target_opt, label, done.clone(), hdr_log);
+    let report = reporter(&recorders, start, target, label, done.clone(), hdr_log);
     let join = async {
         let mut outputs = Vec::with_capacity(handles.len());
         for handle in handles {

@@ -359,6 +359,8 @@ pub struct Workload {
     pub amount_max_minor: i64,
     /// Transfers per batch request.
     pub batch_size: usize,
+    /// Whether batch requests ask for `"atomic": true` (all or none).
+    pub batch_atomic: bool,
     /// Probability that a single transfer is retried with the same ID.
     pub retry_fraction: f64,
     /// Probability that an operation is replaced by an invalid request.
@@ -490,7 +492,11 @@ impl Workload {
                 minor,
             );
         }
-        out.push_str("]}");
+        out.push_str(if self.batch_atomic {
+            r#"],"atomic":true}"#
+        } else {
+            "]}"
+        });
     }
 
     /// Renders an entry body into `out` (cleared first).
@@ -624,6 +630,7 @@ mod tests {
             amount_min_minor: 1,
             amount_max_minor: 1_000,
             batch_size: 4,
+            batch_atomic: false,
             retry_fraction: 0.1,
             invalid_fraction: 0.05,
             daily_range: ("2026-01-01".into(), "2026-01-02".into()),
@@ -726,6 +733,14 @@ mod tests {
         w.render_batch(&mut out, 7, &[(0, 1, 1), (2, 3, 2)]);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["transfers"][1]["id"], "r-b7-1");
+        assert!(value.get("atomic").is_none());
+        let atomic = Workload {
+            batch_atomic: true,
+            ..w.clone()
+        };
+        atomic.render_batch(&mut out, 7, &[(0, 1, 1)]);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["atomic"], true);
         w.render_entry(&mut out, "r-e1", false, 3);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["type"], "debit");
