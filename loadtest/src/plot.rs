@@ -79,6 +79,18 @@ pub fn render(title: &str, overall: &Histogram<u64>, seconds: &[SecondSample]) -
     // Right panel: latency over time.
     let t_max = seconds.len().max(2) as f64 - 1.0;
     let x_right = |i: usize| RIGHT_X + PANEL_WIDTH * i as f64 / t_max;
+    if !seconds.is_empty() {
+        let last = seconds.len() - 1;
+        for i in [0, last / 2, last] {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0}s</text>"#,
+                x_right(i),
+                TOP + PANEL_HEIGHT + 16.0,
+                seconds[i].t_s
+            );
+        }
+    }
     for (series, colour, pick) in [
         (
             "p50",
