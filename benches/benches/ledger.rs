@@ -216,7 +216,7 @@ async fn run_batches(ledger: &Ledger, seconds: u64) -> Point {
 
 /// Writes `n` account openings and `n` entries straight into the stream (as a node would
 /// have), then measures `Ledger::open` (restore) and the memory it takes.
-async fn restore_and_memory(n: usize) -> (Duration, f64, u64) {
+async fn restore_and_memory(n: usize, with_entries: bool) -> (Duration, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     {
         let wal = LocalFileWal::open(dir.path().join("wal"), false).unwrap();
@@ -235,6 +235,9 @@ async fn restore_and_memory(n: usize) -> (Duration, f64, u64) {
                 },
                 at,
             });
+            if !with_entries {
+                continue;
+            }
             let entry = Entry {
                 entry_id: MovementId::new(&format!("e-{i}")).unwrap(),
                 account_id: id,
@@ -293,9 +296,31 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("# saldo engine bench — {} cores, file stream with fsync on, {ACCOUNTS} accounts, {SHARDS} shards\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
-        let (restore, per_account, rss) = restore_and_memory(restore_accounts).await;
+        if let Some(i) = std::env::args().position(|a| a == "--probe") {
+            // Child mode: one measurement in a fresh process, so that no freed heap of an
+            // earlier measurement hides what this one takes.
+            let with_entries = std::env::args().nth(i + 1).as_deref() == Some("entries");
+            let (restore, per_account, rss) = restore_and_memory(restore_accounts, with_entries).await;
+            println!("{} {per_account} {rss}", restore.as_secs_f64());
+            return;
+        }
+        let probe = |kind: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--probe", kind, "--accounts-restore", &restore_accounts.to_string()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let last = text.lines().last().unwrap_or_default();
+            let v: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            assert_eq!(v.len(), 3, "probe output: {text}");
+            (Duration::from_secs_f64(v[0]), v[1], v[2] as u64)
+        };
+        let (_, per_bare_account, _) = probe("bare");
+        let (restore, per_account, rss) = probe("entries");
+        println!("memory per idle account, opened and never used: {per_bare_account:.0} bytes");
+        println!("memory per idle account with one movement (its entry record included): {per_account:.0} bytes");
+        println!("restore of {restore_accounts} accounts + {restore_accounts} events (whole stream, no snapshot): {:.2} s (RSS {:.0} MiB)\n", restore.as_secs_f64(), rss as f64 / 1_048_576.0);
         if arg("--restore-only", 0) == 1 {
-            println!("restore of {restore_accounts} accounts + {restore_accounts} events: {:.2} s; {per_account:.0} bytes per idle account (RSS {:.0} MiB)", restore.as_secs_f64(), rss as f64 / 1_048_576.0);
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -325,8 +350,6 @@ fn main() {
         }
         let batches = stats.wal_batches_total.max(1);
         println!("\nstream: {} records, {:.1} events per record on average", stats.wal_batches_total, stats.wal_events_total as f64 / batches as f64);
-        println!("\nrestore of {restore_accounts} accounts + {restore_accounts} events (no snapshot, whole stream): {:.2} s", restore.as_secs_f64());
-        println!("memory per idle account after restore: {per_account:.0} bytes (RSS {:.0} MiB)", rss as f64 / 1_048_576.0);
         ledger.shutdown().await;
     });
 }

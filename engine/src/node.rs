@@ -309,24 +309,42 @@ impl Node {
             ));
         }
         let started = Instant::now();
+        // Shards restore in parallel (one task each: the fold is CPU-bound).
+        let restores: Vec<_> = (0..config.num_shards)
+            .map(|shard| {
+                let (wal, snapshots, window) =
+                    (wal.clone(), snapshots.clone(), config.movements_window);
+                tokio::spawn(async move {
+                    let state =
+                        restore_shard(&*wal, &*snapshots, shard, window, RestoreTarget::Latest)
+                            .await?;
+                    let tail_lsn = wal.tail(shard).await?.map_or(0, |t| t.last_lsn);
+                    if tail_lsn != state.lsn {
+                        return Err(EngineError::Restore(format!(
+                            "shard {shard}: restored to lsn {}, stream tail is {tail_lsn}",
+                            state.lsn
+                        )));
+                    }
+                    // Turn the accounts into slots here, on the task that built them, and
+                    // free the fold's map at once: keeps the peak (and the heap) small.
+                    let mut state = state;
+                    let holds = state.open_holds();
+                    let mut slots: HashMap<AccountId, Slot> =
+                        HashMap::with_capacity(state.accounts.len());
+                    for (id, a) in state.accounts.drain() {
+                        slots.insert(id, Slot::Passive(Box::new(a), 0));
+                    }
+                    state.accounts = HashMap::new();
+                    Ok((state, slots, holds))
+                })
+            })
+            .collect();
         let mut states = Vec::new();
-        for shard in 0..config.num_shards {
-            let state = restore_shard(
-                &*wal,
-                &*snapshots,
-                shard,
-                config.movements_window,
-                RestoreTarget::Latest,
-            )
-            .await?;
-            let tail_lsn = wal.tail(shard).await?.map_or(0, |t| t.last_lsn);
-            if tail_lsn != state.lsn {
-                return Err(EngineError::Restore(format!(
-                    "shard {shard}: restored to lsn {}, stream tail is {tail_lsn}",
-                    state.lsn
-                )));
-            }
-            states.push(state);
+        for r in restores {
+            states.push(
+                r.await
+                    .map_err(|e| EngineError::Restore(format!("restore task failed: {e}")))??,
+            );
         }
         let stop_writers = CancellationToken::new();
         let node = Arc::new(Node {
@@ -348,8 +366,8 @@ impl Node {
         let mut batches_committed = HashSet::new();
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
-        let num_accounts: usize = states.iter().map(|s| s.accounts.len()).sum();
-        for state in states {
+        let num_accounts: usize = states.iter().map(|(_, slots, _)| slots.len()).sum();
+        for (state, slots, holds) in states {
             let log = Arc::new(ShardLog::new(
                 state.shard,
                 node.config.node_epoch,
@@ -357,17 +375,12 @@ impl Node {
                 Duration::from_micros(node.config.group_commit_linger_us),
             ));
             writers.push((log.clone(), state.record_hash));
-            open_holds.extend(state.open_holds());
+            open_holds.extend(holds);
             credited.extend(state.credited.iter().cloned());
             batches_committed.extend(state.batches_committed.iter().cloned());
             for (id, rec) in state.movements {
                 node.movements.insert_restored(id, rec);
             }
-            let slots = state
-                .accounts
-                .into_iter()
-                .map(|(id, a)| (id, Slot::Passive(Box::new(a), 0)))
-                .collect();
             node.shards.push(Arc::new(ShardCore {
                 id: state.shard,
                 slots: Mutex::new(slots),
