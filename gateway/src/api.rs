@@ -5,7 +5,7 @@
 //! strings in the currency's minor-unit scale, times are RFC 3339 UTC. Requests reject unknown
 //! fields. The load generator may import these types.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use saldo_engine::types::{
     AccountView, Currency, DailyReport, Direction, EntryKind, MovementBody, MovementRow,
@@ -15,7 +15,7 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 
 use crate::{
     error::{ApiError, Problem},
-    format::{date, format_minor, rfc3339},
+    format::{date, rfc3339, AmountText},
 };
 
 /// An amount as the API carries it: a JSON string of decimal digits. A JSON number is refused
@@ -70,13 +70,13 @@ pub struct AccountResponse {
     /// ISO 4217 code.
     pub currency: String,
     /// Posted balance (held funds included).
-    pub balance: String,
+    pub balance: AmountText,
     /// Balance minus open holds; what can be spent (down to `-overdraft_limit`).
-    pub available: String,
+    pub available: AmountText,
     /// Sum of open holds (transfers in progress).
-    pub held: String,
+    pub held: AmountText,
     /// How far below zero `available` may go.
-    pub overdraft_limit: String,
+    pub overdraft_limit: AmountText,
     /// Client metadata, `null` when none was given.
     pub metadata: Option<serde_json::Value>,
     /// Number of transfers and entries ever applied to the account.
@@ -91,10 +91,10 @@ impl From<&AccountView> for AccountResponse {
         AccountResponse {
             id: v.account_id.to_string(),
             currency: v.currency.code().to_owned(),
-            balance: format_minor(v.balance_minor, scale),
-            available: format_minor(v.available_minor, scale),
-            held: format_minor(v.held_minor, scale),
-            overdraft_limit: format_minor(v.overdraft_limit_minor, scale),
+            balance: AmountText::new(v.balance_minor, scale),
+            available: AmountText::new(v.available_minor, scale),
+            held: AmountText::new(v.held_minor, scale),
+            overdraft_limit: AmountText::new(v.overdraft_limit_minor, scale),
             // The gateway stores only what it serialized itself, so it parses back.
             metadata: v
                 .metadata_opt
@@ -161,7 +161,7 @@ pub struct TransferResponse {
     /// The destination account.
     pub to: String,
     /// The amount.
-    pub amount: String,
+    pub amount: AmountText,
     /// ISO 4217 code.
     pub currency: String,
     /// Free text, when given.
@@ -233,7 +233,7 @@ pub struct EntryResponse {
     /// `committed`, `pending` or `rejected`.
     pub status: StatusDto,
     /// The amount.
-    pub amount: String,
+    pub amount: AmountText,
     /// The account's currency.
     pub currency: String,
     /// Free text, when given.
@@ -241,7 +241,7 @@ pub struct EntryResponse {
     pub description: Option<String>,
     /// The account's posted balance right after this entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance_after: Option<String>,
+    pub balance_after: Option<AmountText>,
     /// When the ledger accepted it (RFC 3339 UTC).
     pub created_at: String,
     /// For a rejected entry: the stable code of the reason.
@@ -290,15 +290,15 @@ pub struct MovementDto {
     /// The transfer or entry ID.
     pub id: String,
     /// `transfer` or `entry`.
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     /// `in` (money came in) or `out`.
-    pub direction: String,
+    pub direction: Cow<'static, str>,
     /// The other account of a transfer.
     pub counterparty: Option<String>,
     /// The amount (positive).
-    pub amount: String,
+    pub amount: AmountText,
     /// The account's posted balance right after this movement.
-    pub balance_after: String,
+    pub balance_after: AmountText,
     /// Free text, when given.
     pub description: Option<String>,
     /// When it was applied to this account (RFC 3339 UTC).
@@ -326,15 +326,15 @@ pub struct DayDto {
     /// `YYYY-MM-DD` (UTC).
     pub date: String,
     /// Posted balance at the start of the day.
-    pub opening_balance: String,
+    pub opening_balance: AmountText,
     /// Money in that day.
-    pub credits: String,
+    pub credits: AmountText,
     /// Money out that day.
-    pub debits: String,
+    pub debits: AmountText,
     /// Number of movements that day.
     pub movements: u64,
     /// Posted balance at the end of the day.
-    pub closing_balance: String,
+    pub closing_balance: AmountText,
 }
 
 /// Answer of `GET /v1/accounts/{id}/daily`.
@@ -365,7 +365,7 @@ pub fn transfer_response(m: &MovementView) -> Option<TransferResponse> {
         status: m.status.into(),
         from: t.debit_account_id.to_string(),
         to: t.credit_account_id.to_string(),
-        amount: format_minor(t.amount_minor, t.currency.scale()),
+        amount: AmountText::new(t.amount_minor, t.currency.scale()),
         currency: t.currency.code().to_owned(),
         description: t.description_opt.clone(),
         created_at: rfc3339(m.created_at),
@@ -384,10 +384,10 @@ pub fn entry_response(m: &MovementView, currency: Currency) -> Option<EntryRespo
         account: e.account_id.to_string(),
         entry_type: e.kind.into(),
         status: m.status.into(),
-        amount: format_minor(e.amount_minor, scale),
+        amount: AmountText::new(e.amount_minor, scale),
         currency: currency.code().to_owned(),
         description: e.description_opt.clone(),
-        balance_after: m.balance_after_minor_opt.map(|b| format_minor(b, scale)),
+        balance_after: m.balance_after_minor_opt.map(|b| AmountText::new(b, scale)),
         created_at: rfc3339(m.created_at),
         error_code: m.rejection_opt.as_ref().map(|r| r.code().to_owned()),
     })
@@ -407,15 +407,15 @@ pub fn rejected_movement_error(m: &MovementView) -> Option<ApiError> {
 pub fn movement_dto(row: &MovementRow, scale: u32) -> MovementDto {
     MovementDto {
         id: row.movement_id.to_string(),
-        kind: if row.is_transfer { "transfer" } else { "entry" }.to_owned(),
+        kind: Cow::Borrowed(if row.is_transfer { "transfer" } else { "entry" }),
         direction: match row.direction {
             Direction::In => "in",
             Direction::Out => "out",
         }
-        .to_owned(),
+        .into(),
         counterparty: row.counterparty_opt.as_ref().map(|a| a.to_string()),
-        amount: format_minor(row.amount_minor, scale),
-        balance_after: format_minor(row.balance_after_minor, scale),
+        amount: AmountText::new(row.amount_minor, scale),
+        balance_after: AmountText::new(row.balance_after_minor, scale),
         description: row.description_opt.clone(),
         created_at: rfc3339(row.at),
     }
@@ -448,11 +448,11 @@ pub fn daily_response(report: &DailyReport) -> DailyResponse {
             .iter()
             .map(|d| DayDto {
                 date: date(d.day),
-                opening_balance: format_minor(d.opening_minor, scale),
-                credits: format_minor(d.credits_minor, scale),
-                debits: format_minor(d.debits_minor, scale),
+                opening_balance: AmountText::new(d.opening_minor, scale),
+                credits: AmountText::new(d.credits_minor, scale),
+                debits: AmountText::new(d.debits_minor, scale),
                 movements: d.num_movements,
-                closing_balance: format_minor(d.closing_minor, scale),
+                closing_balance: AmountText::new(d.closing_minor, scale),
             })
             .collect(),
     }

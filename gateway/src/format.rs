@@ -7,8 +7,6 @@
 //! positive for transfers and entries, and at most `i64::MAX` minor units. Parsing goes through
 //! `rust_decimal` as DESIGN.md decision 7 asks; formatting is plain integer arithmetic.
 
-use std::fmt::Write;
-
 use rust_decimal::{prelude::ToPrimitive, Decimal};
 use saldo_engine::types::{Day, Timestamp};
 
@@ -88,45 +86,161 @@ pub fn parse_minor(s: &str, scale: u32) -> Result<i64, AmountError> {
 
 /// Returns the decimal string of `minor` units in a currency of `scale` (`-150, 2` → `"-1.50"`).
 pub fn format_minor(minor: i64, scale: u32) -> String {
-    assert!(scale <= 4, "ISO 4217 scales are 0 to 4");
-    let mut out = String::with_capacity(24);
-    if minor < 0 {
-        out.push('-');
+    AmountText::new(minor, scale).as_str().to_owned()
+}
+
+/// Longest formatted amount: a sign, the 19 digits of `i64::MIN` and a decimal point.
+const AMOUNT_TEXT_BYTES_MAX: usize = 24;
+
+/// A formatted amount kept inline (no heap allocation): answers carry many of them, and the
+/// daily report is read a lot. Serializes as a JSON string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AmountText {
+    /// Bytes used in `buf`.
+    len: u8,
+    /// ASCII: `-?[0-9]+(\.[0-9]+)?`.
+    buf: [u8; AMOUNT_TEXT_BYTES_MAX],
+}
+
+impl AmountText {
+    /// Returns the decimal form of `minor` units in a currency of `scale`.
+    pub fn new(minor: i64, scale: u32) -> AmountText {
+        assert!(scale <= 4, "ISO 4217 scales are 0 to 4");
+        let scale = scale as usize;
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        let mut n = minor.unsigned_abs();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // At least one digit before the point ("0.05"); `digits` is pre-filled with zeros.
+        start = start.min(digits.len() - scale - 1);
+        let int_digits = digits.len() - start - scale;
+        let mut text = AmountText {
+            len: 0,
+            buf: [0; AMOUNT_TEXT_BYTES_MAX],
+        };
+        if minor < 0 {
+            text.push(b"-");
+        }
+        text.push(&digits[start..start + int_digits]);
+        if scale > 0 {
+            text.push(b".");
+            text.push(&digits[start + int_digits..]);
+        }
+        text
     }
-    let abs = minor.unsigned_abs();
-    if scale == 0 {
-        let _ = write!(out, "{abs}");
-        return out;
+
+    fn push(&mut self, bytes: &[u8]) {
+        let len = self.len as usize;
+        self.buf[len..len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
     }
-    let unit = 10_u64.pow(scale);
-    let _ = write!(
-        out,
-        "{}.{:0width$}",
-        abs / unit,
-        abs % unit,
-        width = scale as usize
-    );
-    out
+
+    /// Returns the text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).expect("only ASCII is pushed")
+    }
+}
+
+impl std::ops::Deref for AmountText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for AmountText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for AmountText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for AmountText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for AmountText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AmountText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        if s.len() > AMOUNT_TEXT_BYTES_MAX || !s.is_ascii() {
+            return Err(serde::de::Error::custom("not an amount"));
+        }
+        let mut text = AmountText {
+            len: 0,
+            buf: [0; AMOUNT_TEXT_BYTES_MAX],
+        };
+        text.push(s.as_bytes());
+        Ok(text)
+    }
+}
+
+fn push_digits(out: &mut String, value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut n = value;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    start = start.min(digits.len() - width.min(digits.len()));
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 /// Returns `ts` as RFC 3339 in UTC with microseconds (`2026-01-31T12:00:00.000001Z`).
 pub fn rfc3339(ts: Timestamp) -> String {
-    let day = ts.day();
-    let (y, m, d) = day.to_ymd();
+    let mut out = date(ts.day());
+    out.reserve(17);
     let micros_of_day = ts.0 % Timestamp::DAY_MICROS;
     let secs = micros_of_day / 1_000_000;
-    let micros = micros_of_day % 1_000_000;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    out.push('T');
+    push_digits(&mut out, secs / 3_600, 2);
+    out.push(':');
+    push_digits(&mut out, secs / 60 % 60, 2);
+    out.push(':');
+    push_digits(&mut out, secs % 60, 2);
+    out.push('.');
+    push_digits(&mut out, micros_of_day % 1_000_000, 6);
+    out.push('Z');
+    out
 }
 
 /// Returns the `YYYY-MM-DD` form of a day.
 pub fn date(day: Day) -> String {
-    day.to_string()
+    let (y, m, d) = day.to_ymd();
+    if !(0..=9999).contains(&y) {
+        return day.to_string();
+    }
+    let mut out = String::with_capacity(27);
+    push_digits(&mut out, y as u64, 4);
+    out.push('-');
+    push_digits(&mut out, u64::from(m), 2);
+    out.push('-');
+    push_digits(&mut out, u64::from(d), 2);
+    out
 }
 
 #[cfg(test)]
@@ -195,6 +309,43 @@ mod tests {
                     Ok(minor)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn amount_text_matches_rust_decimal_formatting() {
+        for minor in [
+            0_i64,
+            1,
+            -1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            -12_345,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            for scale in 0..=4 {
+                let expected = Decimal::new(minor, scale).to_string();
+                assert_eq!(
+                    AmountText::new(minor, scale).as_str(),
+                    expected,
+                    "{minor} {scale}"
+                );
+            }
+        }
+        let json = serde_json::to_string(&AmountText::new(-150, 2)).expect("serializes");
+        assert_eq!(json, "\"-1.50\"");
+        let back: AmountText = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, "-1.50");
+    }
+
+    #[test]
+    fn dates_format_like_the_engine() {
+        for day in [0, 1, 59, 365, 10_957, 20_454, 2_932_896] {
+            assert_eq!(date(Day(day)), Day(day).to_string());
         }
     }
 
