@@ -39,9 +39,9 @@ pub struct Counts {
     pub total: u64,
     /// Answered 2xx.
     pub ok: u64,
-    /// Answered 4xx (business rejections and invalid requests).
+    /// Answered 4xx other than 429 (business rejections and invalid requests).
     pub rejected: u64,
-    /// Answered 5xx or failed in transport.
+    /// Answered 5xx or 429, or failed in transport.
     pub errors: u64,
 }
 

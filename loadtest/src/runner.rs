@@ -32,6 +32,9 @@ use crate::progress::{reporter, SecondSample};
 use crate::stats::{Class, Recorder};
 use crate::workload::{OpKind, Plan, Workload};
 
+/// Pause after a failed connect before the worker goes on.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
 /// Everything workers share.
 pub struct Context {
     /// Where requests go.
@@ -349,9 +352,16 @@ impl Worker {
         } else {
             "/v1/transfers"
         };
-        self.client
+        let reply = self
+            .client
             .call_into(method, path, self.body.as_bytes(), &mut self.response)
-            .await
+            .await;
+        if reply == Err("connect") {
+            // A server that refuses connections would otherwise turn a closed loop into a
+            // busy loop of connect calls; the pause is part of the failed request's latency.
+            tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+        }
+        reply
     }
 
     fn record(
@@ -617,6 +627,8 @@ pub fn classify(reply: Result<u16, TransportError>, body: &[u8]) -> (Cow<'static
     };
     let class = match status {
         200..=299 => return (Cow::Borrowed("ok"), Class::Ok),
+        // Load shedding is an error, not a business answer: it must count against objectives.
+        429 => Class::Error,
         400..=499 => Class::Rejected,
         _ => Class::Error,
     };
@@ -711,6 +723,8 @@ mod tests {
             classify(Ok(503), br#"{"code":"unavailable"}"#).1,
             Class::Error
         );
+        let shed = classify(Ok(429), br#"{"code":"rate_limited"}"#);
+        assert_eq!(shed, (Cow::Borrowed("rate_limited"), Class::Error));
         assert_eq!(classify(Ok(404), b"not json").0, "http_404");
         assert_eq!(classify(Err("timeout"), b"").0, "timeout");
     }

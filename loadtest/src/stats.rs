@@ -18,9 +18,11 @@ use crate::workload::OpKind;
 pub enum Class {
     /// A 2xx answer.
     Ok,
-    /// A 4xx answer: a business rejection or an invalid request, an expected outcome.
+    /// A 4xx answer other than 429: a business rejection or an invalid request, an expected
+    /// outcome.
     Rejected,
-    /// A 5xx answer or a transport failure (connect, timeout, broken connection).
+    /// A 5xx or 429 answer (the server shedding load), or a transport failure (connect,
+    /// timeout, broken connection).
     Error,
 }
 
