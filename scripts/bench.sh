@@ -31,7 +31,7 @@ else
   OPEN_DURATION=60s SWEEP_STEP=10s SWEEP_STEPS_MAX=16 BATCH_DURATION=30s CEILING_DURATION=10s
 fi
 OPEN_RATE=${BENCH_OPEN_RATE:-6000}
-SWEEP_START=${BENCH_SWEEP_START:-1000}
+SWEEP_START=${BENCH_SWEEP_START:-500}
 BATCH_SIZE=${BENCH_BATCH_SIZE:-2000}
 ACCOUNTS=${BENCH_ACCOUNTS:-10000}
 
@@ -246,7 +246,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "## Reading these numbers"
   echo
   echo "- Latency is measured from each request's scheduled time in open loop (no coordinated"
-  echo "  omission) and from its send in closed loop. \`errors\` are 5xx and transport failures."
+  echo "  omission) and from its send in closed loop. \`errors\` are 5xx, 429 and transport"
+  echo "  failures."
   echo "- Runs 4a and 4b measure the generator itself: 4b is its ceiling on this machine with"
   echo "  nearly all work on the client side; if a server figure approaches it, the client is"
   echo "  the limit, not the server. \`generator CPU\` is the share of its one thread the"
