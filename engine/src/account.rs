@@ -578,3 +578,182 @@ impl AccountState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::arithmetic_side_effects)]
+
+    use super::*;
+
+    fn account(overdraft: i64) -> AccountState {
+        let cmd = OpenAccount {
+            account_id: AccountId::new("a").unwrap(),
+            currency: Currency::new("BRL").unwrap(),
+            overdraft_limit_minor: overdraft,
+            metadata_opt: None,
+        };
+        AccountState::open(&cmd, Timestamp(10))
+    }
+
+    fn entry(id: &str, kind: EntryKind, amount: i64) -> AccountCommand {
+        AccountCommand::Entry(Entry {
+            entry_id: MovementId::new(id).unwrap(),
+            account_id: AccountId::new("a").unwrap(),
+            kind,
+            amount_minor: amount,
+            description_opt: None,
+        })
+    }
+
+    fn transfer(id: &str, amount: i64) -> Transfer {
+        Transfer {
+            transfer_id: MovementId::new(id).unwrap(),
+            debit_account_id: AccountId::new("a").unwrap(),
+            credit_account_id: AccountId::new("b").unwrap(),
+            amount_minor: amount,
+            currency: Currency::new("BRL").unwrap(),
+            description_opt: None,
+        }
+    }
+
+    fn run(a: &mut AccountState, cmd: AccountCommand, at: u64) -> Result<(), Rejection> {
+        let ev = a.decide(&cmd, Timestamp(at))?;
+        a.apply(&ev, 8);
+        Ok(())
+    }
+
+    #[test]
+    fn a_hold_reserves_funds_until_commit_or_release() {
+        let mut a = account(0);
+        run(&mut a, entry("c", EntryKind::Credit, 100), 20).unwrap();
+        run(&mut a, AccountCommand::Hold(transfer("t1", 70), None), 30).unwrap();
+        assert_eq!((a.balance_minor(), a.held_minor()), (100, 70));
+        assert_eq!(
+            run(&mut a, AccountCommand::Hold(transfer("t2", 31), None), 31),
+            Err(Rejection::InsufficientFunds)
+        );
+        assert_eq!(
+            run(&mut a, entry("d", EntryKind::Debit, 31), 32),
+            Err(Rejection::InsufficientFunds)
+        );
+        run(
+            &mut a,
+            AccountCommand::Commit(MovementId::new("t1").unwrap()),
+            40,
+        )
+        .unwrap();
+        assert_eq!((a.balance_minor(), a.held_minor()), (30, 0));
+        run(&mut a, AccountCommand::Hold(transfer("t3", 30), None), 50).unwrap();
+        run(
+            &mut a,
+            AccountCommand::Release(MovementId::new("t3").unwrap(), Rejection::AccountNotFound),
+            60,
+        )
+        .unwrap();
+        assert_eq!((a.balance_minor(), a.held_minor()), (30, 0));
+        assert_eq!(
+            run(
+                &mut a,
+                AccountCommand::Commit(MovementId::new("t3").unwrap()),
+                70
+            ),
+            Err(Rejection::MovementNotFound),
+            "a released hold cannot be committed"
+        );
+    }
+
+    #[test]
+    fn the_overdraft_limit_is_the_floor_of_the_available_balance() {
+        let mut a = account(50);
+        run(&mut a, entry("d1", EntryKind::Debit, 50), 20).unwrap();
+        assert_eq!(a.balance_minor(), -50);
+        assert_eq!(
+            run(&mut a, entry("d2", EntryKind::Debit, 1), 30),
+            Err(Rejection::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn amounts_must_be_positive_in_the_account_currency_and_not_overflow() {
+        let mut a = account(0);
+        assert_eq!(
+            run(&mut a, entry("z", EntryKind::Credit, 0), 20),
+            Err(Rejection::InvalidAmount)
+        );
+        assert_eq!(
+            run(&mut a, entry("n", EntryKind::Credit, -5), 20),
+            Err(Rejection::InvalidAmount)
+        );
+        run(&mut a, entry("max", EntryKind::Credit, i64::MAX), 20).unwrap();
+        assert_eq!(
+            run(&mut a, entry("over", EntryKind::Credit, 1), 20),
+            Err(Rejection::InvalidAmount)
+        );
+        let mut usd = transfer("u", 1);
+        usd.currency = Currency::new("USD").unwrap();
+        assert_eq!(
+            run(&mut a, AccountCommand::Hold(usd, None), 30),
+            Err(Rejection::CurrencyMismatch)
+        );
+    }
+
+    #[test]
+    fn daily_rows_cover_every_day_and_close_on_the_balance() {
+        let mut a = account(0);
+        let day = Timestamp::DAY_MICROS;
+        run(&mut a, entry("c1", EntryKind::Credit, 100), day * 10 + 5).unwrap();
+        run(&mut a, entry("d1", EntryKind::Debit, 30), day * 10 + 6).unwrap();
+        run(&mut a, entry("c2", EntryKind::Credit, 5), day * 12 + 1).unwrap();
+        let rows = a.daily(Day(9), Day(13));
+        let summary: Vec<(i32, i64, i64, i64, u64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.day.0,
+                    r.opening_minor,
+                    r.credits_minor,
+                    r.debits_minor,
+                    r.num_movements,
+                    r.closing_minor,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (9, 0, 0, 0, 0, 0),
+                (10, 0, 100, 30, 2, 70),
+                (11, 70, 0, 0, 0, 70),
+                (12, 70, 5, 0, 1, 75),
+                (13, 75, 0, 0, 0, 75)
+            ]
+        );
+        assert_eq!(rows.last().unwrap().closing_minor, a.balance_minor());
+    }
+
+    #[test]
+    fn history_keeps_the_newest_window_with_running_balances() {
+        let mut a = account(0);
+        for i in 0..12 {
+            run(
+                &mut a,
+                entry(&format!("c{i}"), EntryKind::Credit, 10),
+                20 + i,
+            )
+            .unwrap();
+        }
+        let page = a.movements(100, None);
+        assert_eq!(page.rows.len(), 8, "the window is 8");
+        assert_eq!(page.rows[0].balance_after_minor, 120);
+        assert_eq!(page.rows[0].seq, 12);
+        assert!(page.older_rows_in_stream);
+    }
+
+    #[test]
+    #[should_panic(expected = "time goes forward")]
+    fn time_going_backwards_is_a_bug() {
+        let mut a = account(0);
+        run(&mut a, entry("c1", EntryKind::Credit, 10), 100).unwrap();
+        run(&mut a, entry("c2", EntryKind::Credit, 10), 50).unwrap();
+    }
+}

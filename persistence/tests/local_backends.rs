@@ -111,3 +111,31 @@ async fn a_memory_record_altered_after_the_fact_is_detected_by_readers() {
         Err(WalError::Corrupted { .. })
     ));
 }
+
+#[tokio::test]
+async fn segments_rotate_reopen_and_prune_only_what_is_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalFileWal::open_with_segment_bytes(dir.path(), true, 400).unwrap();
+    testsuite::append_records(&wal, 2, 30, 2).await;
+    let shard_dir = dir.path().join("shard-00002");
+    let count = || fs::read_dir(&shard_dir).unwrap().count();
+    let segments = count();
+    assert!(segments >= 5, "small segments rotate: {segments}");
+    drop(wal);
+    let wal = LocalFileWal::open_with_segment_bytes(dir.path(), true, 400).unwrap();
+    assert_eq!(
+        wal.read(2, 0, 1_000).await.unwrap().len(),
+        30,
+        "every segment is read back in order"
+    );
+    wal.prune(2, 30).await.unwrap();
+    assert!(count() < segments, "covered segments are deleted");
+    let rest = wal.read(2, 30, 1_000).await.unwrap();
+    assert_eq!(
+        rest.first().map(|r| r.first_lsn),
+        Some(31),
+        "nothing above the pruned position is lost"
+    );
+    assert_eq!(rest.last().map(|r| r.last_lsn), Some(60));
+    testsuite::append_records(&wal, 2, 1, 1).await;
+}

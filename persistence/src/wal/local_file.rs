@@ -67,6 +67,8 @@ pub struct LocalFileWal {
     dir: PathBuf,
     /// Whether appends are synced to disk before they return. Off only for experiments.
     fsync: bool,
+    /// Size at which a new segment starts.
+    segment_bytes_target: u64,
     shards: Mutex<HashMap<u32, Arc<Mutex<ShardLog>>>>,
 }
 
@@ -78,11 +80,21 @@ impl LocalFileWal {
     /// Opens (creating if needed) the log directory. Shards are opened and verified on first
     /// use.
     pub fn open(dir: impl Into<PathBuf>, fsync: bool) -> Result<LocalFileWal, WalError> {
+        LocalFileWal::open_with_segment_bytes(dir, fsync, WAL_SEGMENT_BYTES_TARGET)
+    }
+
+    /// Opens the log directory with a chosen segment size (tests use small segments).
+    pub fn open_with_segment_bytes(
+        dir: impl Into<PathBuf>,
+        fsync: bool,
+        segment_bytes_target: u64,
+    ) -> Result<LocalFileWal, WalError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err)?;
         Ok(LocalFileWal {
             dir,
             fsync,
+            segment_bytes_target,
             shards: Mutex::new(HashMap::new()),
         })
     }
@@ -220,7 +232,13 @@ impl ShardLog {
         Ok(())
     }
 
-    fn append(&mut self, shard: u32, record: &EncodedRecord, fsync: bool) -> Result<(), WalError> {
+    fn append(
+        &mut self,
+        shard: u32,
+        record: &EncodedRecord,
+        fsync: bool,
+        segment_bytes_target: u64,
+    ) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Unavailable(
                 "stream shard poisoned by an earlier write failure".into(),
@@ -245,19 +263,24 @@ impl ShardLog {
                 reason: "prev hash is not the tail's hash",
             });
         }
-        let result = self.write(record, fsync);
+        let result = self.write(record, fsync, segment_bytes_target);
         if result.is_err() {
             self.poisoned = true;
         }
         result
     }
 
-    fn write(&mut self, record: &EncodedRecord, fsync: bool) -> Result<(), WalError> {
+    fn write(
+        &mut self,
+        record: &EncodedRecord,
+        fsync: bool,
+        segment_bytes_target: u64,
+    ) -> Result<(), WalError> {
         let rotate = match self.segments.last() {
             None => true,
             Some(seg) => {
                 seg.size_bytes > 0
-                    && seg.size_bytes + record.bytes.len() as u64 > WAL_SEGMENT_BYTES_TARGET
+                    && seg.size_bytes + record.bytes.len() as u64 > segment_bytes_target
             }
         };
         if rotate {
@@ -351,8 +374,8 @@ fn valid_record_after(bytes: &[u8], from: usize) -> bool {
 impl Wal for LocalFileWal {
     async fn append(&self, shard: u32, record: EncodedRecord) -> Result<(), WalError> {
         let log = self.shard(shard)?;
-        let fsync = self.fsync;
-        tokio::task::spawn_blocking(move || log.lock().append(shard, &record, fsync))
+        let (fsync, segment_bytes) = (self.fsync, self.segment_bytes_target);
+        tokio::task::spawn_blocking(move || log.lock().append(shard, &record, fsync, segment_bytes))
             .await
             .map_err(|e| WalError::Unavailable(Box::new(e)))?
     }
