@@ -253,11 +253,10 @@ fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
     }
 }
 
+/// An overlong description is a malformed request (`InvalidId` maps to `invalid_request`).
 fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     match d {
-        Some(d) if d.len() > DESCRIPTION_BYTES_MAX => {
-            Err(Rejection::InvalidAmount).map_err(|_| Rejection::InvalidId)
-        }
+        Some(d) if d.len() > DESCRIPTION_BYTES_MAX => Err(Rejection::InvalidId),
         _ => Ok(()),
     }
 }
