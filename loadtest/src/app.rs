@@ -21,7 +21,7 @@ use crate::runner::{run_phase, Acks, Context, Pacing, PhaseResult};
 use crate::schedule::{Sweep, SweepPlan, Timetable};
 use crate::stats::{LatencySummary, Recorder};
 use crate::verify::{verify, Verification};
-use crate::workload::{parse_minor, AccountChoice, Mix, Workload};
+use crate::workload::{parse_minor, AccountChoice, Mix, ShardPlan, Workload};
 
 /// Exit code when verification failed.
 pub const EXIT_VERIFICATION_FAILED: u8 = 1;
@@ -393,9 +393,10 @@ fn build_workload(args: &RunArgs) -> anyhow::Result<Workload> {
         anyhow::ensure!(num_accounts >= 2, "--accounts must be at least 2");
     }
     let run_id = args.run_id.clone().unwrap_or_else(default_run_id);
-    let account_ids = (0..num_accounts)
+    let account_ids: Vec<String> = (0..num_accounts)
         .map(|k| format!("{run_id}-a{k}"))
         .collect();
+    let account_ids_for_shards = account_ids.clone();
     let amount_min_minor = minor(&args.amount_min, args.scale, "--amount-min")?;
     let amount_max_minor = minor(&args.amount_max, args.scale, "--amount-max")?;
     anyhow::ensure!(
@@ -417,6 +418,10 @@ fn build_workload(args: &RunArgs) -> anyhow::Result<Workload> {
         retry_fraction: args.retry_fraction,
         invalid_fraction: args.invalid_fraction,
         daily_range: (report::utc_date(1), report::utc_date(0)),
+        shards_opt: args
+            .cross_shard_fraction
+            .filter(|_| num_accounts >= 2)
+            .map(|fraction| ShardPlan::new(&account_ids_for_shards, args.shards, fraction)),
     })
 }
 

@@ -137,6 +137,13 @@ pub struct RunArgs {
     /// Send batches with `"atomic": true` (every transfer commits or none does).
     #[arg(long)]
     pub batch_atomic: bool,
+    /// Fraction of transfers whose accounts are on different shards (default: whatever the
+    /// account choice gives). Needs the server's shard count, `--shards`.
+    #[arg(long)]
+    pub cross_shard_fraction: Option<f64>,
+    /// The server's shard count (`saldo serve --shards`, a power of two; saldo's default is 8).
+    #[arg(long, default_value_t = 8)]
+    pub shards: u32,
     /// Account choice: `uniform`, `zipf:S` or `hot:FRACTION:PROBABILITY`.
     #[arg(long, default_value = "uniform")]
     pub distribution: String,
@@ -246,6 +253,16 @@ impl RunArgs {
             "--sweep-step"
         );
         ensure!(self.scale <= 6, "--scale is at most 6");
+        ensure!(
+            self.shards.is_power_of_two() && self.shards <= 4_096,
+            "--shards is a power of two up to 4096"
+        );
+        if let Some(fraction) = self.cross_shard_fraction {
+            ensure!(
+                (0.0..=1.0).contains(&fraction),
+                "--cross-shard-fraction is 0..=1"
+            );
+        }
         ensure!(
             self.lookups_max <= ACKS_REMEMBERED_MAX,
             "--lookups-max is at most {ACKS_REMEMBERED_MAX}"

@@ -367,6 +367,57 @@ pub struct Workload {
     pub invalid_fraction: f64,
     /// `from` and `to` of daily reports (`YYYY-MM-DD`), fixed when the run starts.
     pub daily_range: (String, String),
+    /// Shard placement, when transfers must cross shards in a given proportion.
+    pub shards_opt: Option<ShardPlan>,
+}
+
+/// How often transfers cross shards, and where each account lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPlan {
+    /// Probability that a transfer's two accounts are on different shards.
+    pub cross_fraction: f64,
+    /// Shard of each account (index = account number).
+    pub shard_of: Vec<u32>,
+    /// Accounts of each shard.
+    pub accounts_of: Vec<Vec<usize>>,
+}
+
+impl ShardPlan {
+    /// Places accounts as saldo does: `fnv1a_64(id) & (num_shards - 1)` (engine::shard).
+    pub fn new(account_ids: &[String], num_shards: u32, cross_fraction: f64) -> ShardPlan {
+        assert!(
+            num_shards.is_power_of_two(),
+            "saldo's shard count is a power of two"
+        );
+        let shard_of: Vec<u32> = account_ids
+            .iter()
+            .map(|id| {
+                // Masked to fewer bits than u32 holds, so the cast keeps the value.
+                #[allow(clippy::cast_possible_truncation)]
+                let shard = (fnv1a_64(id.as_bytes()) & u64::from(num_shards - 1)) as u32;
+                shard
+            })
+            .collect();
+        let mut accounts_of = vec![Vec::new(); num_shards as usize];
+        for (account, &shard) in shard_of.iter().enumerate() {
+            accounts_of[shard as usize].push(account);
+        }
+        ShardPlan {
+            cross_fraction,
+            shard_of,
+            accounts_of,
+        }
+    }
+}
+
+/// Returns the FNV-1a 64-bit hash saldo routes accounts with (documented in engine::shard).
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 impl Workload {
@@ -423,6 +474,10 @@ impl Workload {
         let num_accounts = self.account_ids.len();
         assert!(num_accounts >= 2, "a transfer needs two accounts");
         let from = self.choice.pick(rng, num_accounts);
+        if let Some(plan) = &self.shards_opt {
+            let cross = rng.gen_bool(plan.cross_fraction);
+            return (from, pick_on_shard(self, plan, rng, from, cross));
+        }
         // Bounded: under a very skewed distribution, fall back to the neighbour.
         for _ in 0..16 {
             let to = self.choice.pick(rng, num_accounts);
@@ -562,6 +617,42 @@ impl Workload {
     }
 }
 
+/// Returns a `to` account for `from`: on another shard when `cross`, else on the same one,
+/// following the account distribution where it can (16 tries), uniformly otherwise.
+fn pick_on_shard(
+    workload: &Workload,
+    plan: &ShardPlan,
+    rng: &mut SmallRng,
+    from: usize,
+    cross: bool,
+) -> usize {
+    let num_accounts = workload.account_ids.len();
+    let from_shard = plan.shard_of[from];
+    let fits = |to: usize| to != from && ((plan.shard_of[to] != from_shard) == cross);
+    for _ in 0..16 {
+        let to = workload.choice.pick(rng, num_accounts);
+        if fits(to) {
+            return to;
+        }
+    }
+    let candidates: Vec<usize> = if cross {
+        (0..num_accounts)
+            .filter(|&to| plan.shard_of[to] != from_shard)
+            .collect()
+    } else {
+        plan.accounts_of[from_shard as usize]
+            .iter()
+            .copied()
+            .filter(|&to| to != from)
+            .collect()
+    };
+    // No account fits (one shard only, or a shard with one account): any other account.
+    if candidates.is_empty() {
+        return (from + 1) % num_accounts;
+    }
+    candidates[rng.gen_range(0..candidates.len())]
+}
+
 /// Returns a well-mixed seed for operation `index` (splitmix64 of the pair).
 pub fn mix_seed(seed: u64, index: u64) -> u64 {
     let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -634,7 +725,32 @@ mod tests {
             retry_fraction: 0.1,
             invalid_fraction: 0.05,
             daily_range: ("2026-01-01".into(), "2026-01-02".into()),
+            shards_opt: None,
         }
+    }
+
+    #[test]
+    fn the_shard_hash_is_saldos_fnv1a() {
+        // The same vectors as engine::shard's test of the documented FNV-1a 64.
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn transfers_cross_shards_in_the_asked_proportion() {
+        let mut w = workload("transfer=1", "zipf:0.8");
+        w.invalid_fraction = 0.0;
+        w.shards_opt = Some(ShardPlan::new(&w.account_ids, 8, 0.25));
+        let plan = w.shards_opt.clone().unwrap();
+        let mut num_cross = 0;
+        for index in 0..8_000 {
+            let Plan::Transfer { from, to, .. } = w.plan(index) else {
+                panic!("transfers only")
+            };
+            assert_ne!(from, to);
+            num_cross += usize::from(plan.shard_of[from] != plan.shard_of[to]);
+        }
+        assert!((1_800..2_200).contains(&num_cross), "{num_cross}");
     }
 
     #[test]

@@ -156,6 +156,8 @@ fn a_mixed_open_loop_run_verifies_and_tampering_makes_verification_fail() {
         "20",
         "--distribution",
         "zipf:1.1",
+        "--cross-shard-fraction",
+        "0.5",
         "--retry-fraction",
         "0.1",
         "--invalid-fraction",
