@@ -827,3 +827,36 @@ async fn the_api_speaks_http2_with_prior_knowledge() {
     assert_eq!(r.status(), 201);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listed_route_is_served() {
+    let (s, _dir) = server().await;
+    for (method, template) in gateway::metrics::ROUTES
+        .iter()
+        .filter(|(m, _)| *m != "OTHER")
+    {
+        let path = template
+            .replace("{entry_id}", "some-entry")
+            .replace("{id}", "some-id");
+        let r = match *method {
+            "GET" => s.get(&path).await,
+            _ => s.post(&path, json!({})).await,
+        };
+        assert_ne!(r.code(), "not_found", "{method} {template}");
+        assert_ne!(r.code(), "method_not_allowed", "{method} {template}");
+        assert!(r.status < 500, "{method} {template}: {}", r.text);
+    }
+    // The batch route shadows the transfer whose ID is `batch`; GET still finds it.
+    s.get("/v1/transfers/batch")
+        .await
+        .assert_problem(404, "transfer_not_found");
+    s.funded_account("nb-1", "5.00").await;
+    s.funded_account("nb-2", "0").await;
+    let r = s
+        .post("/v1/transfers", transfer("batch", "nb-1", "nb-2", "1.00"))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s.get("/v1/transfers/batch").await;
+    assert_eq!((r.status, r.body["id"].as_str()), (200, Some("batch")));
+    s.stop().await;
+}
