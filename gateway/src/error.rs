@@ -314,6 +314,13 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after_s() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        if matches!(self, ApiError::Unauthenticated { .. }) {
+            // RFC 6750: a 401 names the scheme the client should use.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"saldo\""),
+            );
+        }
         response
     }
 }

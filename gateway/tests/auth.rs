@@ -157,9 +157,9 @@ async fn valid_rs256_and_es256_tokens_are_accepted_and_bad_ones_get_401() {
         assert_eq!(r.status, 401, "{what}: {}", r.text);
         r.assert_problem(401, "unauthenticated");
     }
-    call(&s, "GET", "/v1/accounts/a1", None, None)
-        .await
-        .assert_problem(401, "unauthenticated");
+    let r = call(&s, "GET", "/v1/accounts/a1", None, None).await;
+    r.assert_problem(401, "unauthenticated");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"saldo\""));
     let r = s
         .send(
             s.client
