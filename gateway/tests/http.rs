@@ -612,7 +612,6 @@ async fn a_batch_answers_one_result_per_transfer_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the engine answers atomic batches with unavailable (not supported yet); run with --ignored once it does"]
 async fn an_atomic_batch_applies_everything_or_nothing() {
     let (s, _dir) = server().await;
     s.funded_account("at-1", "10.00").await;
