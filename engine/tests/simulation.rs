@@ -54,11 +54,27 @@ struct InFlight {
     stage: Stage,
 }
 
+/// An atomic batch in flight: holds for all, then the decision record, then credits/commits.
+struct BatchFlight {
+    ts: Vec<Transfer>,
+    stage: BatchStage,
+}
+
+enum BatchStage {
+    /// Holds placed (or refused); waiting until every one is durable.
+    AwaitHolds(Vec<(u32, u64, Result<(), Rejection>)>),
+    /// The decision record is appended; waiting until it is durable.
+    AwaitDecision(u32, u64),
+}
+
 struct Sim {
     rng: SmallRng,
     shards: Vec<SimShard>,
     accounts: Vec<AccountId>,
     in_flight: Vec<InFlight>,
+    batches: Vec<BatchFlight>,
+    /// Every atomic batch ever started (its transfer IDs), to check all-or-nothing.
+    batch_members: Vec<Vec<MovementId>>,
     /// Acknowledged outcomes: ID → committed (true) or rejected (false).
     acked: BTreeMap<MovementId, bool>,
     next_id: u64,
@@ -86,6 +102,8 @@ impl Sim {
                 .collect(),
             accounts: Vec::new(),
             in_flight: Vec::new(),
+            batches: Vec::new(),
+            batch_members: Vec::new(),
             acked: BTreeMap::new(),
             next_id: 0,
             now: 1_700_000_000_000_000,
@@ -251,6 +269,110 @@ impl Sim {
         });
     }
 
+    /// Starts an atomic batch of 2–3 transfers in one currency (credit accounts pre-validated).
+    fn start_batch(&mut self) {
+        let brl = Currency::new("BRL").unwrap();
+        let brl_accounts: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|a| self.account_state(a).currency() == brl)
+            .cloned()
+            .collect();
+        let n = self.rng.gen_range(2..=3);
+        let mut ts = Vec::new();
+        for _ in 0..n {
+            let a = self.rng.gen_range(0..brl_accounts.len());
+            let b = (a + self.rng.gen_range(1..brl_accounts.len())) % brl_accounts.len();
+            ts.push(Transfer {
+                transfer_id: self.new_movement_id(),
+                debit_account_id: brl_accounts[a].clone(),
+                credit_account_id: brl_accounts[b].clone(),
+                amount_minor: self.rng.gen_range(1..600),
+                currency: brl,
+                description_opt: None,
+            });
+        }
+        let batch_id = ts[0].transfer_id.clone();
+        let mut holds = Vec::new();
+        for t in &ts {
+            let (r, lsn) = self.exec(
+                &t.debit_account_id,
+                AccountCommand::Hold(t.clone(), Some(batch_id.clone())),
+            );
+            holds.push((shard_of_account(&t.debit_account_id), lsn.unwrap(), r));
+        }
+        self.batch_members
+            .push(ts.iter().map(|t| t.transfer_id.clone()).collect());
+        self.batches.push(BatchFlight {
+            ts,
+            stage: BatchStage::AwaitHolds(holds),
+        });
+    }
+
+    /// Moves one batch one step, obeying the durability rules of the batch protocol.
+    fn advance_batch(&mut self, i: usize) {
+        let durable =
+            |sim: &Sim, shard: u32, lsn: u64| sim.shards[shard as usize].durable_lsn >= lsn;
+        match &self.batches[i].stage {
+            BatchStage::AwaitHolds(holds) => {
+                if !holds.iter().all(|(s, lsn, _)| durable(self, *s, *lsn)) {
+                    return;
+                }
+                let holds = holds.clone();
+                let ts = self.batches[i].ts.clone();
+                if holds.iter().any(|(_, _, r)| r.is_err()) {
+                    // Abort: release every placed hold; each transfer's outcome is final once
+                    // its record is durable.
+                    self.batches.swap_remove(i);
+                    for (t, (s, lsn, r)) in ts.into_iter().zip(holds) {
+                        let (stage_shard, stage_lsn, outcome) = match r {
+                            Ok(()) => {
+                                let (rr, l) = self.exec(
+                                    &t.debit_account_id,
+                                    AccountCommand::Release(
+                                        t.transfer_id.clone(),
+                                        Rejection::BatchAborted,
+                                    ),
+                                );
+                                rr.expect("the hold is open");
+                                (s, l.unwrap(), Err(Rejection::BatchAborted))
+                            }
+                            Err(r) => (s, lsn, Err(r)),
+                        };
+                        self.in_flight.push(InFlight {
+                            t,
+                            stage: Stage::AwaitFinal(stage_shard, stage_lsn, outcome),
+                        });
+                    }
+                    return;
+                }
+                let home = shard_of_account(&ts[0].debit_account_id);
+                let at = self.tick();
+                let lsn = self.append(
+                    home,
+                    Event::BatchCommitted {
+                        batch_id: ts[0].transfer_id.clone(),
+                        transfer_ids: ts.iter().map(|t| t.transfer_id.clone()).collect(),
+                        at,
+                    },
+                );
+                self.batches[i].stage = BatchStage::AwaitDecision(home, lsn);
+            }
+            BatchStage::AwaitDecision(home, lsn) => {
+                if !durable(self, *home, *lsn) {
+                    return;
+                }
+                let b = self.batches.swap_remove(i);
+                for t in b.ts {
+                    self.in_flight.push(InFlight {
+                        t,
+                        stage: Stage::Credit,
+                    });
+                }
+            }
+        }
+    }
+
     fn post_entry(&mut self) {
         let account_id = self.accounts[self.rng.gen_range(0..NUM_ACCOUNTS)].clone();
         let kind = if self.rng.gen_bool(0.6) {
@@ -359,6 +481,7 @@ impl Sim {
             self.sync(s, true);
         }
         self.in_flight.clear();
+        self.batches.clear();
         let states: Vec<ShardState> = (0..NUM_SHARDS).map(|s| self.restore(s)).collect();
         for (sh, st) in self.shards.iter_mut().zip(states) {
             sh.live = st;
@@ -369,13 +492,35 @@ impl Sim {
             .iter()
             .flat_map(|s| s.live.credited.iter().cloned())
             .collect();
-        let open: Vec<Transfer> = self
+        let decided: HashSet<MovementId> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.live.batches_committed.iter().cloned())
+            .collect();
+        let open: Vec<saldo_engine::account::Hold> = self
             .shards
             .iter()
             .flat_map(|s| s.live.open_holds())
-            .map(|h| h.transfer)
             .collect();
-        for t in open {
+        for hold in open {
+            let t = hold.transfer;
+            if hold
+                .batch_opt
+                .as_ref()
+                .is_some_and(|b| !decided.contains(b))
+            {
+                // An undecided atomic batch: none of it may take effect.
+                assert!(
+                    !credited.contains(&t.transfer_id),
+                    "credited before the batch was decided"
+                );
+                let (r, _) = self.exec(
+                    &t.debit_account_id,
+                    AccountCommand::Release(t.transfer_id.clone(), Rejection::BatchAborted),
+                );
+                r.expect("open hold");
+                continue;
+            }
             if !credited.contains(&t.transfer_id) {
                 let (r, lsn) = self.exec(&t.credit_account_id, AccountCommand::Credit(t.clone()));
                 r.expect("credit accounts were pre-validated");
@@ -461,6 +606,21 @@ impl Sim {
             assert_eq!(balances, external + in_transit, "I1: conservation of {cur}");
         }
         if quiescent {
+            // Atomic batches: all committed or none.
+            for members in &self.batch_members {
+                let committed = members
+                    .iter()
+                    .filter(|id| {
+                        by_id
+                            .get(id)
+                            .is_some_and(|m| m.status == MovementStatus::Committed)
+                    })
+                    .count();
+                assert!(
+                    committed == 0 || committed == members.len(),
+                    "atomic batch {members:?} half applied"
+                );
+            }
             assert!(
                 credited_open.is_empty(),
                 "every hold is committed or released after recovery"
@@ -494,11 +654,16 @@ impl Sim {
     fn run(&mut self, steps: usize) {
         for _ in 0..steps {
             match self.rng.gen_range(0..100) {
-                0..=24 => self.start_transfer(),
+                0..=20 => self.start_transfer(),
+                21..=24 => self.start_batch(),
                 25..=34 => self.post_entry(),
-                35..=74 if !self.in_flight.is_empty() => {
+                35..=64 if !self.in_flight.is_empty() => {
                     let i = self.rng.gen_range(0..self.in_flight.len());
                     self.advance(i);
+                }
+                65..=74 if !self.batches.is_empty() => {
+                    let i = self.rng.gen_range(0..self.batches.len());
+                    self.advance_batch(i);
                 }
                 75..=91 => {
                     let s = self.rng.gen_range(0..NUM_SHARDS);
