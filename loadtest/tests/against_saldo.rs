@@ -1,7 +1,8 @@
 //! Runs the generator against a real `saldo serve` and proves its oracle can fail.
 //!
-//! The server binary is `$SALDO_BIN`, or else `<workspace>/target/debug/saldo`, which
-//! `cargo test --workspace` builds before running tests. A missing binary fails the test with
+//! The server binary is `$SALDO_BIN`, or else the `saldo` built beside this test (in
+//! `<workspace>/target/debug/` for `cargo test --workspace`, which builds every binary of the
+//! workspace before running tests). A missing binary fails the test with
 //! the command that builds it: this test is never skipped silently. The server listens on
 //! 127.0.0.1 on a free port with a temporary data dir and is killed by PID when the test ends.
 //! Every load is bounded (a few seconds); nothing here asserts on timing.
@@ -32,6 +33,14 @@ impl Drop for Server {
 fn saldo_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("SALDO_BIN") {
         return PathBuf::from(path);
+    }
+    // This test runs from `<target>/<profile>/deps/`; the workspace's binaries of the same
+    // build sit in `<target>/<profile>/`, whatever the profile or CARGO_TARGET_DIR.
+    let beside_opt = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("saldo")));
+    if let Some(beside) = beside_opt.filter(|path| path.exists()) {
+        return beside;
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || {
