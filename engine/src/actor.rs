@@ -94,6 +94,8 @@ pub(crate) enum AccountReply {
     /// A command ran: `Ok(event)` applied, or the rejection. The ticket (when something was
     /// recorded) says when it is durable.
     Executed {
+        /// The time of the recorded event (when something was recorded).
+        at: Timestamp,
         result: Result<Event, Rejection>,
         ticket_opt: Option<Ticket>,
     },
@@ -145,6 +147,7 @@ impl Message<AccountMsg> for AccountActor {
                 };
                 let Some(event) = event else {
                     return AccountReply::Executed {
+                        at: now,
                         result,
                         ticket_opt: None,
                     };
@@ -158,6 +161,7 @@ impl Message<AccountMsg> for AccountActor {
                 }
                 self.last_lsn = ticket.lsn;
                 AccountReply::Executed {
+                    at: now,
                     result,
                     ticket_opt: Some(ticket),
                 }

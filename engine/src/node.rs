@@ -60,7 +60,6 @@ pub(crate) struct ShardCore {
 /// A transfer or entry known to the node.
 struct MovementCell {
     body: MovementBody,
-    created_at: Timestamp,
     state: Mutex<CellState>,
     done: Notify,
 }
@@ -70,6 +69,9 @@ struct CellState {
     status: MovementStatus,
     rejection_opt: Option<Rejection>,
     balance_after_minor_opt: Option<i64>,
+    /// Time of the first record of the movement (the claim's time until then), so that the
+    /// answer is the same before and after a restart.
+    created_at: Timestamp,
     /// The claim was dropped before anything was recorded (infrastructure failure).
     abandoned: bool,
 }
@@ -81,9 +83,14 @@ impl MovementCell {
             body: self.body.clone(),
             status: s.status,
             rejection_opt: s.rejection_opt,
-            created_at: self.created_at,
+            created_at: s.created_at,
             balance_after_minor_opt: s.balance_after_minor_opt,
         }
+    }
+
+    /// Sets the creation time to that of the movement's first record.
+    fn recorded_at(&self, at: Timestamp) {
+        self.state.lock().created_at = at;
     }
 
     fn finish(
@@ -157,8 +164,8 @@ impl MovementTable {
         }
         let cell = Arc::new(MovementCell {
             body: body.clone(),
-            created_at: now,
             state: Mutex::new(CellState {
+                created_at: now,
                 status: MovementStatus::Pending,
                 rejection_opt: None,
                 balance_after_minor_opt: None,
@@ -172,8 +179,8 @@ impl MovementTable {
     fn insert_restored(&self, id: MovementId, rec: MovementRecord) {
         let cell = Arc::new(MovementCell {
             body: rec.body,
-            created_at: rec.created_at,
             state: Mutex::new(CellState {
+                created_at: rec.created_at,
                 status: rec.status,
                 rejection_opt: rec.rejection_opt,
                 balance_after_minor_opt: rec.balance_after_minor_opt,
@@ -189,6 +196,16 @@ impl MovementTable {
         cell.done.notify_waiters();
         self.stripe(id).lock().remove(id);
     }
+}
+
+/// What `try_open` found or did.
+enum OpenStep {
+    /// The account exists with the same parameters (its actor is live or not).
+    Exists { active: bool },
+    /// The opening is recorded; durable once the ticket says so.
+    Created(AccountView, crate::log::Ticket),
+    /// The shard's group commit is full: wait for room and try again.
+    Full,
 }
 
 /// The node.
@@ -521,8 +538,28 @@ impl Node {
         id: &AccountId,
         cmd: AccountCommand,
     ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
+        self.exec_at(id, cmd, None).await
+    }
+
+    /// Runs one phase; when it records the movement's first event, sets the cell's creation
+    /// time to that event's time.
+    async fn exec_at(
+        &self,
+        id: &AccountId,
+        cmd: AccountCommand,
+        first_record_of_opt: Option<&MovementCell>,
+    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
         match self.ask(id, AccountMsg::Exec(cmd)).await? {
-            AccountReply::Executed { result, ticket_opt } => Ok((result, ticket_opt)),
+            AccountReply::Executed {
+                result,
+                ticket_opt,
+                at,
+            } => {
+                if let (Some(cell), Some(_)) = (first_record_of_opt, &ticket_opt) {
+                    cell.recorded_at(at);
+                }
+                Ok((result, ticket_opt))
+            }
             _ => unreachable!("exec replies Executed"),
         }
     }
@@ -549,43 +586,48 @@ impl Node {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let mut slots = shard.slots.lock();
-                if let Some(slot) = slots.get(&cmd.account_id) {
-                    let same = match slot {
-                        Slot::Passive(s, _) => s.same_opening(&cmd),
-                        Slot::Active(..) => {
-                            drop(slots);
-                            return self.open_existing(cmd).await;
-                        }
-                    };
-                    drop(slots);
-                    if !same {
-                        return Err(Rejection::AccountExists.into());
-                    }
-                    return Ok((self.account(&cmd.account_id).await?, false));
+            // Decide under the lock, act (await) after it is released.
+            match Self::try_open(shard, &cmd)? {
+                OpenStep::Exists { active: true } => return self.open_existing(cmd).await,
+                OpenStep::Exists { active: false } => {
+                    return Ok((self.account(&cmd.account_id).await?, false))
                 }
-                let at = Timestamp::now();
-                let event = Event::AccountOpened {
-                    cmd: cmd.clone(),
-                    at,
-                };
-                match shard.log.try_append(&event)? {
-                    TryAppend::Appended(ticket) => {
-                        let state = AccountState::open(&cmd, at);
-                        let view = state.view();
-                        slots.insert(
-                            cmd.account_id.clone(),
-                            Slot::Passive(Box::new(state), ticket.lsn),
-                        );
-                        drop(slots);
-                        ticket.durable().await?;
-                        return Ok((view, true));
-                    }
-                    TryAppend::Full => {}
+                OpenStep::Created(view, ticket) => {
+                    ticket.durable().await?;
+                    return Ok((view, true));
                 }
+                OpenStep::Full => room.await,
             }
-            room.await;
+        }
+    }
+
+    /// The synchronous part of opening an account: under the shard lock, either finds the
+    /// account (same parameters, or `AccountExists`) or records its opening.
+    fn try_open(shard: &ShardCore, cmd: &OpenAccount) -> Result<OpenStep, LedgerError> {
+        let mut slots = shard.slots.lock();
+        if let Some(slot) = slots.get(&cmd.account_id) {
+            return match slot {
+                Slot::Passive(s, _) if !s.same_opening(cmd) => Err(Rejection::AccountExists.into()),
+                Slot::Passive(..) => Ok(OpenStep::Exists { active: false }),
+                Slot::Active(..) => Ok(OpenStep::Exists { active: true }),
+            };
+        }
+        let at = Timestamp::now();
+        let event = Event::AccountOpened {
+            cmd: cmd.clone(),
+            at,
+        };
+        match shard.log.try_append(&event)? {
+            TryAppend::Appended(ticket) => {
+                let state = AccountState::open(cmd, at);
+                let view = state.view();
+                slots.insert(
+                    cmd.account_id.clone(),
+                    Slot::Passive(Box::new(state), ticket.lsn),
+                );
+                Ok(OpenStep::Created(view, ticket))
+            }
+            TryAppend::Full => Ok(OpenStep::Full),
         }
     }
 
@@ -777,7 +819,7 @@ impl Node {
             Ok(cell) => cell,
             Err(outcome) => return outcome,
         };
-        match self.drive_transfer(&t).await {
+        match self.drive_transfer(&t, &cell).await {
             Ok(status) => {
                 self.finish_cell(&cell, status);
                 Self::posted(&cell)
@@ -795,14 +837,26 @@ impl Node {
 
     /// Records a node-level decision (a refusal decided before any account acted, or a batch
     /// decision) on an account's home shard and waits until it is durable.
-    async fn record_rejection(&self, home: &AccountId, event: Event) -> Result<(), LedgerError> {
+    async fn record_rejection(
+        &self,
+        home: &AccountId,
+        event: Event,
+        cell_opt: Option<&MovementCell>,
+    ) -> Result<(), LedgerError> {
+        if let Some(cell) = cell_opt {
+            cell.recorded_at(event.at());
+        }
         let ticket = self.shard(home).log.append(&event).await?;
         ticket.durable().await?;
         Ok(())
     }
 
     /// Runs phases 2–6 of the protocol; returns the final status (Ok: committed).
-    async fn drive_transfer(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
+    async fn drive_transfer(
+        &self,
+        t: &Transfer,
+        cell: &MovementCell,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
         let reject_early = |reason: Rejection| Event::TransferRejected {
             transfer: t.clone(),
             reason,
@@ -816,6 +870,7 @@ impl Node {
                 self.record_rejection(
                     &t.debit_account_id,
                     reject_early(Rejection::AccountNotFound),
+                    Some(cell),
                 )
                 .await?;
                 return Ok(Err(Rejection::AccountNotFound));
@@ -824,6 +879,7 @@ impl Node {
                 self.record_rejection(
                     &t.debit_account_id,
                     reject_early(Rejection::CurrencyMismatch),
+                    Some(cell),
                 )
                 .await?;
                 return Ok(Err(Rejection::CurrencyMismatch));
@@ -831,13 +887,18 @@ impl Node {
             Some(_) => {}
         }
         let (hold, ticket_opt) = match self
-            .exec(&t.debit_account_id, AccountCommand::Hold(t.clone(), None))
+            .exec_at(
+                &t.debit_account_id,
+                AccountCommand::Hold(t.clone(), None),
+                Some(cell),
+            )
             .await
         {
             Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
                 self.record_rejection(
                     &t.debit_account_id,
                     reject_early(Rejection::AccountNotFound),
+                    Some(cell),
                 )
                 .await?;
                 return Ok(Err(Rejection::AccountNotFound));
@@ -1048,7 +1109,7 @@ impl Node {
         }
         let cells: Vec<Arc<MovementCell>> =
             cells.into_iter().map(|c| c.expect("all new")).collect();
-        match self.run_atomic(&cmds).await {
+        match self.run_atomic(&cmds, &cells).await {
             Ok(statuses) => cmds
                 .iter()
                 .zip(&cells)
@@ -1073,6 +1134,7 @@ impl Node {
     async fn run_atomic(
         &self,
         cmds: &[Transfer],
+        cells: &[Arc<MovementCell>],
     ) -> Result<Vec<Result<(), Rejection>>, LedgerError> {
         let batch_id = cmds[0].transfer_id.clone();
         let now = Timestamp::now();
@@ -1100,15 +1162,16 @@ impl Node {
                     reason: r.clone(),
                     at: now,
                 };
-                self.record_rejection(&t.debit_account_id, ev).await?;
+                self.record_rejection(&t.debit_account_id, ev, Some(&cells[i]))
+                    .await?;
                 out.push(Err(r));
             }
             return Ok(out);
         }
         // Phase 1 for all, durable before anything else happens.
-        let holds = futures::future::join_all(cmds.iter().map(|t| {
+        let holds = futures::future::join_all(cmds.iter().zip(cells).map(|(t, cell)| {
             let cmd = AccountCommand::Hold(t.clone(), Some(batch_id.clone()));
-            async move { self.exec(&t.debit_account_id, cmd).await }
+            async move { self.exec_at(&t.debit_account_id, cmd, Some(cell)).await }
         }))
         .await;
         let mut placed = vec![false; cmds.len()];
@@ -1132,7 +1195,8 @@ impl Node {
                         reason: Rejection::AccountNotFound,
                         at: now,
                     };
-                    self.record_rejection(&t.debit_account_id, ev).await?;
+                    self.record_rejection(&t.debit_account_id, ev, Some(&cells[i]))
+                        .await?;
                     refused[i] = Some(Rejection::AccountNotFound);
                 }
                 Err(e) => failure_opt = Some(e),
@@ -1158,7 +1222,7 @@ impl Node {
             transfer_ids: cmds.iter().map(|t| t.transfer_id.clone()).collect(),
             at: now,
         };
-        self.record_rejection(&cmds[0].debit_account_id, decision)
+        self.record_rejection(&cmds[0].debit_account_id, decision, None)
             .await?;
         let finished =
             futures::future::join_all(cmds.iter().map(|t| self.credit_then_commit(t, true))).await;
@@ -1187,7 +1251,7 @@ impl Node {
         };
         let result = async {
             match self
-                .exec(&e.account_id, AccountCommand::Entry(e.clone()))
+                .exec_at(&e.account_id, AccountCommand::Entry(e.clone()), Some(&cell))
                 .await
             {
                 Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
@@ -1196,7 +1260,8 @@ impl Node {
                         reason: Rejection::AccountNotFound,
                         at: Timestamp::now(),
                     };
-                    self.record_rejection(&e.account_id, ev).await?;
+                    self.record_rejection(&e.account_id, ev, Some(&cell))
+                        .await?;
                     Ok(Err(Rejection::AccountNotFound))
                 }
                 Err(other) => Err(other),

@@ -612,3 +612,50 @@ async fn recovery_releases_an_undecided_atomic_batch_and_finishes_a_decided_one(
         }
     }
 }
+
+#[tokio::test]
+async fn a_movement_answers_the_same_creation_time_before_and_after_a_restart() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(4)).await;
+    let (a, b, _) = names(&l);
+    open_account(&l, &a, 0).await;
+    open_account(&l, &b, 0).await;
+    let e = credit(&l, "seed", &a, 100).await.unwrap();
+    let t = l.transfer(transfer("t", &a, &b, 10)).await.unwrap();
+    let r = l.transfer(transfer("r", &a, &b, 1_000)).await.unwrap_err();
+    assert_eq!(r, LedgerError::Rejected(Rejection::InsufficientFunds));
+    let r_view = l.movement(&mid("r")).await.unwrap();
+    l.shutdown().await;
+    drop(l);
+    let l = open(&wal, &snaps, config(4)).await;
+    assert_eq!(
+        l.movement(&mid("seed")).await.unwrap().created_at,
+        e.movement.created_at
+    );
+    assert_eq!(
+        l.movement(&mid("t")).await.unwrap().created_at,
+        t.movement.created_at
+    );
+    assert_eq!(
+        l.movement(&mid("r")).await.unwrap().created_at,
+        r_view.created_at
+    );
+}
+
+/// Compile-time check: every public future can be spawned (is `Send`).
+#[allow(dead_code)]
+fn public_futures_are_send(l: Ledger, cmd: OpenAccount, t: Transfer, e: Entry) {
+    fn is_send<T: Send>(_: T) {}
+    let (a, m) = (id("a"), mid("m"));
+    is_send(l.open_account(cmd));
+    is_send(l.account(&a));
+    is_send(l.transfer(t.clone()));
+    is_send(l.transfer_batch(vec![t], true));
+    is_send(l.post_entry(e));
+    is_send(l.movement(&m));
+    is_send(l.movements(&a, 10, None));
+    is_send(l.daily(&a, Day(0), Day(1)));
+    is_send(l.snapshot_now());
+    is_send(l.state_checksum());
+    is_send(l.shutdown());
+}

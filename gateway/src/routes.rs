@@ -250,22 +250,12 @@ pub async fn open_account(
     Ok(response)
 }
 
-/// Runs `Ledger::open_account`, whose future is not `Send` in this engine version (it holds a
-/// lock guard across an await), so it cannot run inside an axum handler directly. It runs on
-/// the blocking pool, driven by the same runtime (the engine's tasks still go to the runtime's
-/// workers). Opening accounts is rare next to transfers, so the extra thread hop is cheap.
+/// Runs `Ledger::open_account`.
 async fn open_account_on_ledger(
     ledger: saldo_engine::Ledger,
     cmd: OpenAccount,
 ) -> Result<(saldo_engine::types::AccountView, bool), ApiError> {
-    let handle = tokio::runtime::Handle::current();
-    let result = tokio::task::spawn_blocking(move || handle.block_on(ledger.open_account(cmd)))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "open_account task failed");
-            ApiError::Internal
-        })?;
-    Ok(result?)
+    Ok(ledger.open_account(cmd).await?)
 }
 
 /// `GET /v1/accounts/{id}`.

@@ -79,7 +79,6 @@ fn without_created_at(body: &serde_json::Value) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine: a restored movement's created_at is its event time, not the time first answered"]
 async fn a_replay_after_a_restart_answers_the_original_created_at() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = test_config(dir.path());
