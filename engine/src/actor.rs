@@ -12,7 +12,10 @@
 //! reply values; a handler never fails, because an `Err` reply to a `tell` stops a kameo actor.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -36,8 +39,21 @@ use crate::{
 pub(crate) enum Slot {
     /// Not live: the state itself, and the LSN of its latest event.
     Passive(Box<AccountState>, Lsn),
-    /// Live: the actor owns the state. The currency is kept here for routing checks.
-    Active(ActorRef<AccountActor>, crate::types::Currency),
+    /// Live: the actor owns the state. The currency is kept here for routing checks, and the
+    /// time of the actor's last message (ms, see [`coarse_now_ms`]) so that the reaper finds
+    /// idle actors without messaging every live one.
+    Active(
+        ActorRef<AccountActor>,
+        crate::types::Currency,
+        Arc<AtomicU64>,
+    ),
+}
+
+/// Returns milliseconds since the first call in this process (a monotonic, cheap clock for
+/// idleness, never for money).
+pub(crate) fn coarse_now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A live account.
@@ -47,22 +63,23 @@ pub(crate) struct AccountActor {
     /// LSN of the latest event applied (reads wait until it is durable).
     last_lsn: Lsn,
     shard: Arc<ShardCore>,
-    last_active: Instant,
+    /// Shared with the shard's slot: when the actor last handled a message (ms).
+    last_active_ms: Arc<AtomicU64>,
 }
 
 impl Actor for AccountActor {
-    type Args = (AccountState, Lsn, Arc<ShardCore>);
+    type Args = (AccountState, Lsn, Arc<ShardCore>, Arc<AtomicU64>);
     type Error = Infallible;
 
     async fn on_start(
-        (state, last_lsn, shard): Self::Args,
+        (state, last_lsn, shard, last_active_ms): Self::Args,
         _: ActorRef<Self>,
     ) -> Result<Self, Self::Error> {
         Ok(AccountActor {
             state_opt: Some(state),
             last_lsn,
             shard,
-            last_active: Instant::now(),
+            last_active_ms,
         })
     }
 }
@@ -120,7 +137,8 @@ impl Message<AccountMsg> for AccountActor {
             return AccountReply::Moved;
         };
         if !matches!(msg, AccountMsg::Passivate { .. }) {
-            self.last_active = Instant::now();
+            self.last_active_ms
+                .store(coarse_now_ms(), Ordering::Relaxed);
         }
         match msg {
             AccountMsg::Exec(cmd) => {
@@ -175,7 +193,9 @@ impl Message<AccountMsg> for AccountActor {
             }
             AccountMsg::State => AccountReply::State(Box::new(state.clone())),
             AccountMsg::Passivate { idle } => {
-                if self.last_active.elapsed() < idle {
+                let idle_ms =
+                    coarse_now_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
+                if Duration::from_millis(idle_ms) < idle {
                     return AccountReply::Passivated(false);
                 }
                 let state = self.state_opt.take().expect("checked above");

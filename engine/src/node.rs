@@ -26,6 +26,7 @@ use std::{
 };
 
 use futures::StreamExt;
+use hashbrown::HashMap as FastMap;
 use kameo::{actor::Spawn, error::SendError, mailbox};
 use parking_lot::Mutex;
 use saldo_persistence::{Lsn, SnapshotStore, Wal};
@@ -49,7 +50,8 @@ use crate::{
 /// One shard of a node.
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
-    pub(crate) slots: Mutex<HashMap<AccountId, Slot>>,
+    /// Accounts of the shard (foldhash: fast, and seeded per process against flooding).
+    pub(crate) slots: Mutex<FastMap<AccountId, Slot>>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) live_actors: AtomicU64,
     pub(crate) movements_window: usize,
@@ -134,7 +136,7 @@ const MOVEMENT_STRIPES: usize = 64;
 
 /// Every transfer and entry ID the node knows: one namespace, striped to spread contention.
 struct MovementTable {
-    stripes: Vec<Mutex<HashMap<MovementId, Arc<MovementCell>>>>,
+    stripes: Vec<Mutex<FastMap<MovementId, Arc<MovementCell>>>>,
 }
 
 enum Claim {
@@ -146,11 +148,11 @@ impl MovementTable {
     fn new() -> MovementTable {
         MovementTable {
             stripes: (0..MOVEMENT_STRIPES)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(FastMap::new()))
                 .collect(),
         }
     }
-    fn stripe(&self, id: &MovementId) -> &Mutex<HashMap<MovementId, Arc<MovementCell>>> {
+    fn stripe(&self, id: &MovementId) -> &Mutex<FastMap<MovementId, Arc<MovementCell>>> {
         &self.stripes
             [(crate::shard::fnv1a_64(id.as_str().as_bytes()) % MOVEMENT_STRIPES as u64) as usize]
     }
@@ -282,18 +284,22 @@ impl ShardCore {
     /// Returns a live actor for the account, activating it if needed; `None` if unknown.
     fn activate(self: &Arc<Self>, id: &AccountId) -> Option<kameo::actor::ActorRef<AccountActor>> {
         let mut slots = self.slots.lock();
-        if let Slot::Active(r, _) = slots.get(id)? {
+        if let Slot::Active(r, _, _) = slots.get(id)? {
             return Some(r.clone());
         }
         let Some(Slot::Passive(state, lsn)) = slots.remove(id) else {
             unreachable!("checked above")
         };
         let currency = state.currency();
+        let last_active_ms = Arc::new(AtomicU64::new(crate::actor::coarse_now_ms()));
         let actor = AccountActor::spawn_with_mailbox(
-            (*state, lsn, self.clone()),
+            (*state, lsn, self.clone(), last_active_ms.clone()),
             mailbox::bounded(ACCOUNT_MAILBOX),
         );
-        slots.insert(id.clone(), Slot::Active(actor.clone(), currency));
+        slots.insert(
+            id.clone(),
+            Slot::Active(actor.clone(), currency, last_active_ms),
+        );
         self.live_actors.fetch_add(1, Ordering::Relaxed);
         Some(actor)
     }
@@ -302,7 +308,7 @@ impl ShardCore {
     fn currency_of(&self, id: &AccountId) -> Option<Currency> {
         match self.slots.lock().get(id)? {
             Slot::Passive(s, _) => Some(s.currency()),
-            Slot::Active(_, c) => Some(*c),
+            Slot::Active(_, c, _) => Some(*c),
         }
     }
 }
@@ -345,8 +351,8 @@ impl Node {
                     // free the fold's map at once: keeps the peak (and the heap) small.
                     let mut state = state;
                     let holds = state.open_holds();
-                    let mut slots: HashMap<AccountId, Slot> =
-                        HashMap::with_capacity(state.accounts.len());
+                    let mut slots: FastMap<AccountId, Slot> =
+                        FastMap::with_capacity(state.accounts.len());
                     for (id, a) in state.accounts.drain() {
                         slots.insert(id, Slot::Passive(Box::new(a), 0));
                     }
@@ -1374,7 +1380,15 @@ impl Node {
                 .lock()
                 .values()
                 .filter_map(|s| match s {
-                    Slot::Active(r, _) => Some(r.clone()),
+                    // Only actors idle long enough get a message.
+                    Slot::Active(r, _, last)
+                        if crate::actor::coarse_now_ms()
+                            .saturating_sub(last.load(Ordering::Relaxed))
+                            >= self.config.passivate_after_ms =>
+                    {
+                        Some(r.clone())
+                    }
+                    Slot::Active(..) => None,
                     Slot::Passive(..) => None,
                 })
                 .collect();
