@@ -21,11 +21,16 @@ use saldo_persistence::{
 };
 
 const ACCOUNTS: usize = 100_000;
-const SHARDS: u32 = 8;
+const SHARDS_DEFAULT: u32 = 8;
+
+/// Shards of the node under test (`-- --shards N`).
+fn shards() -> u32 {
+    arg("--shards", u64::from(SHARDS_DEFAULT)) as u32
+}
 
 fn config(in_flight_max: usize) -> EngineConfig {
     EngineConfig {
-        num_shards: SHARDS,
+        num_shards: shards(),
         node_epoch: 1,
         movements_window: 16,
         passivate_after_ms: 30_000,
@@ -222,10 +227,10 @@ async fn restore_and_memory(n: usize, with_entries: bool) -> (Duration, f64, u64
         let wal = LocalFileWal::open(dir.path().join("wal"), false).unwrap();
         let brl = Currency::new("BRL").unwrap();
         let at = Timestamp(1_700_000_000_000_000);
-        let mut per_shard: Vec<Vec<Event>> = vec![Vec::new(); SHARDS as usize];
+        let mut per_shard: Vec<Vec<Event>> = vec![Vec::new(); shards() as usize];
         for i in 0..n {
             let id = aid(i);
-            let s = saldo_engine::shard::shard_of(id.as_str(), SHARDS) as usize;
+            let s = saldo_engine::shard::shard_of(id.as_str(), shards()) as usize;
             per_shard[s].push(Event::AccountOpened {
                 cmd: OpenAccount {
                     account_id: id.clone(),
@@ -295,7 +300,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        println!("# saldo engine bench — {} cores, file stream with fsync on, {ACCOUNTS} accounts, {SHARDS} shards\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!("# saldo engine bench — {} cores, file stream with fsync on, {ACCOUNTS} accounts, {} shards\n", std::thread::available_parallelism().map_or(0, |n| n.get()), shards());
         if let Some(i) = std::env::args().position(|a| a == "--probe") {
             // Child mode: one measurement in a fresh process, so that no freed heap of an
             // earlier measurement hides what this one takes.
@@ -327,7 +332,7 @@ fn main() {
         let started = Instant::now();
         let ledger = setup(dir.path()).await;
         println!("set-up: {ACCOUNTS} accounts opened and funded in {:.1} s\n", started.elapsed().as_secs_f64());
-        let mut by_shard = vec![Vec::new(); SHARDS as usize];
+        let mut by_shard = vec![Vec::new(); shards() as usize];
         for i in 0..ACCOUNTS {
             by_shard[ledger.shard_of(&aid(i)) as usize].push(i);
         }

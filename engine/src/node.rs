@@ -1364,8 +1364,19 @@ impl Node {
                         t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
                     });
                 if due_by_count || due_by_time {
-                    if let Err(e) = self.snapshot_shard(shard).await {
-                        tracing::warn!(shard = shard.id, error = %e, "snapshot failed; will retry");
+                    // Folding a shard's stream is CPU-bound: run it on a blocking-pool thread
+                    // so that it never holds one of the runtime's workers (with two cores,
+                    // that would stall half the request path for the whole fold).
+                    let (node, shard) = (self.clone(), shard.clone());
+                    let handle = tokio::runtime::Handle::current();
+                    let result = tokio::task::spawn_blocking(move || {
+                        handle.block_on(async { node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e)) })
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err((shard, e))) => tracing::warn!(shard, error = %e, "snapshot failed; will retry"),
+                        Err(e) => tracing::warn!(error = %e, "snapshot task failed; will retry"),
                     }
                 }
             }

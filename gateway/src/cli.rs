@@ -38,7 +38,7 @@ pub struct ServeArgs {
     /// Directory of the stream and snapshots [default: ./data].
     #[arg(long, env = "SALDO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Number of logical shards, a power of two [default: 8].
+    /// Number of logical shards, a power of two [default: 2].
     #[arg(long, env = "SALDO_SHARDS")]
     pub shards: Option<u32>,
     /// fsync each group commit [default: true].

@@ -18,7 +18,7 @@
 //! jwks_url = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_XXXX/.well-known/jwks.json"
 //!
 //! [engine]
-//! shards = 8
+//! shards = 2
 //!
 //! [limits]
 //! rate_limit_per_s = 1000
@@ -176,7 +176,10 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            shards: 8,
+            // Two shards: on one small node, each shard's group commit costs an fsync cycle,
+            // and two measured about twice as fast as eight (docs/BENCHMARKS.md). A cluster
+            // that will spread shards over nodes chooses more when it creates its data dir.
+            shards: 2,
             node_epoch: 1,
             movements_window: 100,
             passivate_after_ms: 30_000,

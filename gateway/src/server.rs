@@ -72,6 +72,80 @@ pub enum GatewayError {
     /// The HTTP server failed.
     #[error("http server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The data directory was written with another shard count: routing would change and
+    /// accounts would go missing.
+    #[error(
+        "{path} was created with {on_disk} shards but --shards is {configured}; \
+         start with --shards {on_disk} (the shard count is fixed for the life of a data directory)"
+    )]
+    ShardCountMismatch {
+        /// The layout file.
+        path: std::path::PathBuf,
+        /// Shards recorded in the data directory.
+        on_disk: u32,
+        /// Shards asked for.
+        configured: u32,
+    },
+}
+
+/// Name of the file that records a data directory's shard count.
+const LAYOUT_FILE: &str = "layout.json";
+
+/// Checks the shard count against the one the data directory was created with, recording it
+/// on first use. A directory without the file but with shard streams (older layout) must have
+/// no stream above the configured count.
+fn check_layout(
+    data_dir: &std::path::Path,
+    wal: &LocalFileWal,
+    shards: u32,
+) -> Result<(), GatewayError> {
+    let path = data_dir.join(LAYOUT_FILE);
+    let io = |source| GatewayError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let on_disk = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("shards").and_then(serde_json::Value::as_u64))
+                .ok_or_else(|| {
+                    io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unreadable layout file",
+                    ))
+                })? as u32;
+            if on_disk != shards {
+                return Err(GatewayError::ShardCountMismatch {
+                    path,
+                    on_disk,
+                    configured: shards,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let highest_opt = wal
+                .shards_on_disk()
+                .map_err(GatewayError::Wal)?
+                .last()
+                .copied();
+            if let Some(highest) = highest_opt.filter(|&h| h >= shards) {
+                return Err(GatewayError::ShardCountMismatch {
+                    path,
+                    on_disk: highest + 1,
+                    configured: shards,
+                });
+            }
+            let tmp = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{{\"shards\": {shards}}}\n")).map_err(io)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Returns the router of the API over `state`, with the console without single sign-on.
@@ -222,8 +296,10 @@ pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
         })?;
     }
     let (wal_dir, snapshots_dir, fsync) = (config.wal_dir(), config.snapshots_dir(), config.fsync);
+    let (data_dir, shards) = (config.data_dir.clone(), config.engine.shards);
     let (wal, snapshots) = tokio::task::spawn_blocking(move || {
         let wal = LocalFileWal::open(wal_dir, fsync).map_err(GatewayError::Wal)?;
+        check_layout(&data_dir, &wal, shards)?;
         let snapshots =
             LocalDirSnapshotStore::open(snapshots_dir).map_err(GatewayError::Snapshots)?;
         Ok::<_, GatewayError>((wal, snapshots))

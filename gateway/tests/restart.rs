@@ -93,3 +93,30 @@ async fn a_replay_after_a_restart_answers_the_original_created_at() {
     assert_eq!(s.post("/v1/transfers", t).await.body, original);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_refuses_another_shard_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = test_config(dir.path());
+    let ledger = gateway::server::open_ledger(&config)
+        .await
+        .expect("first start records 4 shards");
+    ledger.shutdown().await;
+    drop(ledger);
+    let mut other = test_config(dir.path());
+    other.engine.shards = 2;
+    let err = gateway::server::open_ledger(&other)
+        .await
+        .err()
+        .expect("another count is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("created with 4 shards") && text.contains("--shards 4"),
+        "{text}"
+    );
+    // The original count still opens.
+    let again = gateway::server::open_ledger(&config)
+        .await
+        .expect("same count opens");
+    again.shutdown().await;
+}
