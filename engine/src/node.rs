@@ -1370,12 +1370,16 @@ impl Node {
                     let (node, shard) = (self.clone(), shard.clone());
                     let handle = tokio::runtime::Handle::current();
                     let result = tokio::task::spawn_blocking(move || {
-                        handle.block_on(async { node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e)) })
+                        handle.block_on(async {
+                            node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e))
+                        })
                     })
                     .await;
                     match result {
                         Ok(Ok(())) => {}
-                        Ok(Err((shard, e))) => tracing::warn!(shard, error = %e, "snapshot failed; will retry"),
+                        Ok(Err((shard, e))) => {
+                            tracing::warn!(shard, error = %e, "snapshot failed; will retry")
+                        }
                         Err(e) => tracing::warn!(error = %e, "snapshot task failed; will retry"),
                     }
                 }
