@@ -44,7 +44,6 @@ mod stats;
 pub mod types;
 
 pub use ledger::{EngineConfig, Ledger, LedgerStats};
-pub use node::fold_shard;
 pub use types::*;
 
 /// An infrastructure failure of the engine (start-up, restore, snapshots).

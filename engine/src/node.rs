@@ -42,7 +42,7 @@ use crate::{
     log::{ShardLog, TryAppend},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
-    state::{MovementRecord, ShardState},
+    state::MovementRecord,
     types::*,
     EngineError,
 };
@@ -55,8 +55,8 @@ pub(crate) struct ShardCore {
     pub(crate) log: Arc<ShardLog>,
     pub(crate) live_actors: AtomicU64,
     pub(crate) movements_window: usize,
-    /// LSN and time (µs) of the newest snapshot.
-    last_snapshot: Mutex<(Lsn, Option<Instant>, u64)>,
+    /// LSN and time of the newest snapshot.
+    last_snapshot: Mutex<(Lsn, Option<Instant>)>,
 }
 
 /// A transfer or entry known to the node.
@@ -409,7 +409,7 @@ impl Node {
                 log,
                 live_actors: AtomicU64::new(0),
                 movements_window: node.config.movements_window,
-                last_snapshot: Mutex::new((state.lsn, None, 0)),
+                last_snapshot: Mutex::new((state.lsn, None)),
             }));
         }
         let node = Arc::new(node);
@@ -759,27 +759,25 @@ impl Node {
     ) -> Result<Arc<MovementCell>, Result<Posted, LedgerError>> {
         match self.movements.claim(id, body, Timestamp::now()) {
             Claim::New(cell) => Ok(cell),
-            Claim::Existing(cell) => {
-                let fields = body_diff(&cell.body, body);
-                if !fields.is_empty() {
-                    return Err(Err(Rejection::IdConflict {
-                        fields: fields.into_iter().map(String::from).collect(),
-                    }
-                    .into()));
-                }
-                // A replay answers what the original answered: the movement, or its rejection.
-                Err(cell.settled().await.and_then(|movement| {
-                    match (&movement.status, &movement.rejection_opt) {
-                        (MovementStatus::Rejected, Some(r)) => {
-                            Err(LedgerError::Rejected(r.clone()))
-                        }
-                        _ => Ok(Posted {
-                            movement,
-                            replayed: true,
-                        }),
-                    }
-                }))
-            }
+            Claim::Existing(cell) => Err(Self::replay(&cell, body).await),
+        }
+    }
+
+    /// Answers a request whose ID is already known: what the original answered (the movement,
+    /// or its rejection) when the content is the same, else a conflict naming the fields.
+    async fn replay(cell: &MovementCell, body: &MovementBody) -> Result<Posted, LedgerError> {
+        let fields = body_diff(&cell.body, body);
+        if !fields.is_empty() {
+            let fields = fields.into_iter().map(String::from).collect();
+            return Err(Rejection::IdConflict { fields }.into());
+        }
+        let movement = cell.settled().await?;
+        match (&movement.status, &movement.rejection_opt) {
+            (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
+            _ => Ok(Posted {
+                movement,
+                replayed: true,
+            }),
         }
     }
 
@@ -1090,26 +1088,7 @@ impl Node {
             }
             let mut out: Vec<Result<Posted, LedgerError>> = (0..n).map(|_| aborted()).collect();
             for (i, cell) in existing {
-                let body = MovementBody::Transfer(cmds[i].clone());
-                let fields = body_diff(&cell.body, &body);
-                out[i] = if fields.is_empty() {
-                    cell.settled()
-                        .await
-                        .and_then(|m| match (&m.status, &m.rejection_opt) {
-                            (MovementStatus::Rejected, Some(r)) => {
-                                Err(LedgerError::Rejected(r.clone()))
-                            }
-                            _ => Ok(Posted {
-                                movement: m,
-                                replayed: true,
-                            }),
-                        })
-                } else {
-                    Err(Rejection::IdConflict {
-                        fields: fields.into_iter().map(String::from).collect(),
-                    }
-                    .into())
-                };
+                out[i] = Self::replay(&cell, &MovementBody::Transfer(cmds[i].clone())).await;
             }
             return out;
         }
@@ -1355,7 +1334,7 @@ impl Node {
                 last_passivation = Instant::now();
             }
             for shard in &self.shards {
-                let (lsn, at_opt, _) = *shard.last_snapshot.lock();
+                let (lsn, at_opt) = *shard.last_snapshot.lock();
                 let durable = shard.log.durable_lsn();
                 let due_by_count = durable.saturating_sub(lsn) >= self.config.snapshot_every_events;
                 let due_by_time = self.config.snapshot_interval_ms > 0
@@ -1426,7 +1405,7 @@ impl Node {
         .await?;
         self.snapshots_total.fetch_add(1, Ordering::Relaxed);
         let state_lsn = meta.lsn;
-        *shard.last_snapshot.lock() = (state_lsn, Some(Instant::now()), Timestamp::now().0);
+        *shard.last_snapshot.lock() = (state_lsn, Some(Instant::now()));
         Ok(())
     }
 
@@ -1468,21 +1447,4 @@ impl Node {
         }
         tracing::info!("ledger stopped; stream flushed");
     }
-}
-
-/// Returns the states of a shard (for tests and tools): a fresh fold of its durable stream.
-pub async fn fold_shard(
-    wal: &dyn Wal,
-    snapshots: &dyn SnapshotStore,
-    shard: u32,
-    movements_window: usize,
-) -> Result<ShardState, EngineError> {
-    restore_shard(
-        wal,
-        snapshots,
-        shard,
-        movements_window,
-        RestoreTarget::Latest,
-    )
-    .await
 }
