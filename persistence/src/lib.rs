@@ -10,6 +10,12 @@
 //!   `wal::memory`: for simulation and tests).
 //! - [`snapshot`]: the [`SnapshotStore`] trait and its backends (`snapshot::local_dir`,
 //!   `snapshot::memory`).
+//! - `aws` (feature `aws`): SDK configuration, bounded retry, compression shared by
+//!   `wal::kinesis` and `snapshot::dynamodb`.
+//! - `emulators` (feature `testsuite`): starts kinesalite / DynamoDB Local for a test.
+//! - `faultproxy` (feature `testsuite`): an HTTP proxy that injects throttling, 5xx, lost
+//!   answers and delays between a backend and its emulator.
+//! - [`metrics`]: samples a backend exposes for the node's `/metrics`.
 //! - [`limits`]: every bound of this crate, with the AWS limits that shape them.
 //! - `testsuite` (feature `testsuite`): conformance suites every backend must pass.
 //!
@@ -25,7 +31,14 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "testsuite")]
+pub mod emulators;
+#[cfg(feature = "testsuite")]
+pub mod faultproxy;
 pub mod limits;
+pub mod metrics;
 pub mod record;
 pub mod snapshot;
 pub mod wal;

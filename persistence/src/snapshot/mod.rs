@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Lsn, RecordHash};
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod local_dir;
 pub mod memory;
 
@@ -80,6 +82,11 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
     /// Returns a human-readable name for logs.
     fn describe(&self) -> String;
+
+    /// Returns the backend's figures for `/metrics`.
+    fn metrics(&self) -> Vec<crate::metrics::MetricSample> {
+        Vec::new()
+    }
 }
 
 /// Returns the manifest describing `data` as a snapshot of `shard` at `lsn`.

@@ -8,6 +8,8 @@ use async_trait::async_trait;
 
 use crate::record::{EncodedRecord, Lsn, Record, RecordHash};
 
+#[cfg(feature = "aws")]
+pub mod kinesis;
 pub mod local_file;
 pub mod memory;
 
@@ -90,4 +92,9 @@ pub trait Wal: Send + Sync + 'static {
 
     /// Returns a human-readable name for logs (`file:/data/wal`).
     fn describe(&self) -> String;
+
+    /// Returns the backend's figures for `/metrics` (put latency, retries, bytes, …).
+    fn metrics(&self) -> Vec<crate::metrics::MetricSample> {
+        Vec::new()
+    }
 }

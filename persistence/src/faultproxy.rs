@@ -1,0 +1,1 @@
+//! Fault-injecting HTTP proxy for the AWS backends' tests (being written).

@@ -1,0 +1,1 @@
+//! DynamoDB snapshot store (being written).

@@ -1,0 +1,1 @@
+//! Kinesis write-ahead stream (being written).
