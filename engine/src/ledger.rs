@@ -66,6 +66,8 @@ pub struct LedgerStats {
     pub snapshot_age_s_opt: Option<u64>,
     /// Snapshots written since start.
     pub snapshots_total: u64,
+    /// The stream's and snapshot store's own figures (Kinesis put latency, retries, …).
+    pub backend: Vec<saldo_persistence::metrics::MetricSample>,
 }
 
 impl Ledger {
@@ -165,6 +167,15 @@ impl Ledger {
     /// Returns a checksum over every account's state (for snapshot + replay ≡ live checks).
     pub async fn state_checksum(&self) -> Result<[u8; 32], crate::EngineError> {
         self.inner.state_checksum().await
+    }
+
+    /// Returns `(lsn, digest)` of one shard's accounts at a moment when its memory equals the
+    /// fold of its durable stream up to `lsn`; `None` when the shard stayed busy (retry).
+    pub async fn shard_checksum(
+        &self,
+        shard: u32,
+    ) -> Result<Option<(saldo_persistence::Lsn, [u8; 32])>, crate::EngineError> {
+        self.inner.shard_checksum(shard).await
     }
 
     /// Stops accepting work, waits for in-flight calls, flushes every shard's stream and stops

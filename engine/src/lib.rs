@@ -62,3 +62,14 @@ pub enum EngineError {
     #[error("restore failed: {0}")]
     Restore(String),
 }
+
+impl EngineError {
+    /// Returns whether retrying may succeed (the backend was unavailable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Wal(e) => e.is_retryable(),
+            EngineError::Snapshot(e) => e.is_retryable(),
+            EngineError::Config(_) | EngineError::Restore(_) => false,
+        }
+    }
+}

@@ -43,3 +43,6 @@ pub const RESTORE_READ_RECORDS: usize = 1_024;
 const _: () = assert!(WAL_BATCH_BYTES_MAX + EVENT_BYTES_MAX + 1024 <= WAL_RECORD_BYTES_MAX);
 const _: () = assert!(SHARDS_MAX.is_power_of_two());
 const _: () = assert!(METADATA_BYTES_MAX + 1024 < EVENT_BYTES_MAX);
+
+/// Tries of `Ledger::shard_checksum` to find its shard quiet (2 ms apart) before giving up.
+pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;

@@ -142,6 +142,11 @@ impl ShardLog {
         self.durable_lsn.load(Ordering::Acquire)
     }
 
+    /// Returns the highest LSN handed out (durable or not).
+    pub(crate) fn assigned_lsn(&self) -> Lsn {
+        self.filling.lock().next_lsn - 1
+    }
+
     /// Appends without waiting; `Full` when the filling batch has no room.
     pub(crate) fn try_append(&self, ev: &Event) -> Result<TryAppend, LedgerError> {
         let mut f = self.filling.lock();

@@ -1291,6 +1291,11 @@ impl Node {
         let mut s = LedgerStats {
             in_flight: (self.config.in_flight_max - self.in_flight.available_permits()) as u64,
             snapshots_total: self.snapshots_total.load(Ordering::Relaxed),
+            backend: {
+                let mut b = self.wal.metrics();
+                b.extend(self.snapshots.metrics());
+                b
+            },
             ..LedgerStats::default()
         };
         let mut oldest_opt: Option<Instant> = None;
@@ -1336,7 +1341,9 @@ impl Node {
             for shard in &self.shards {
                 let (lsn, at_opt) = *shard.last_snapshot.lock();
                 let durable = shard.log.durable_lsn();
-                let due_by_count = durable.saturating_sub(lsn) >= self.config.snapshot_every_events;
+                // 0 turns a trigger off (both 0: a `saldo snapshotter` beside the node does it).
+                let due_by_count = self.config.snapshot_every_events > 0
+                    && durable.saturating_sub(lsn) >= self.config.snapshot_every_events;
                 let due_by_time = self.config.snapshot_interval_ms > 0
                     && durable > lsn
                     && at_opt.is_none_or(|t| {
@@ -1429,6 +1436,42 @@ impl Node {
             }
         }
         Ok(crate::state::digest(&all))
+    }
+
+    /// Returns `(lsn, digest)` of one shard's accounts at a quiet moment: nothing appended but
+    /// not yet durable, and nothing appended while the states were read, so the digest is the
+    /// fold of the stream up to `lsn` (what `saldo shard verify` rebuilds). `None` when the
+    /// shard never went quiet within the attempts.
+    pub(crate) async fn shard_checksum(
+        &self,
+        shard: u32,
+    ) -> Result<Option<(Lsn, [u8; 32])>, EngineError> {
+        let Some(s) = self.shards.get(shard as usize) else {
+            return Err(EngineError::Restore(format!(
+                "shard {shard} is not on this node ({} shards)",
+                self.shards.len()
+            )));
+        };
+        for _ in 0..SHARD_CHECKSUM_ATTEMPTS {
+            let before = s.log.durable_lsn();
+            if s.log.assigned_lsn() != before {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            let ids: Vec<AccountId> = s.slots.lock().keys().cloned().collect();
+            let mut all = Vec::with_capacity(ids.len());
+            for id in ids {
+                all.push(
+                    self.account_state(&id)
+                        .await
+                        .map_err(|e| EngineError::Restore(e.to_string()))?,
+                );
+            }
+            if s.log.assigned_lsn() == before && s.log.durable_lsn() == before {
+                return Ok(Some((before, crate::state::digest(&all))));
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) async fn shutdown(&self) {

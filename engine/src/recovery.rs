@@ -13,6 +13,20 @@ pub enum RestoreTarget {
     Latest,
     /// The state right after this LSN (snapshots above it are not used).
     AtLsn(Lsn),
+    /// The state after the last stream record whose events all happened at or before this
+    /// instant (µs since the Unix epoch); only snapshots taken at or before it are used.
+    AtTime(u64),
+}
+
+/// Where a restore stands, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreProgress {
+    /// The snapshot it started from (0: none).
+    pub snapshot_lsn: Lsn,
+    /// Folded up to here.
+    pub lsn: Lsn,
+    /// The stream's tail when the restore began (the end of a `Latest` restore).
+    pub tail_lsn: Lsn,
 }
 
 /// Returns the shard's state: newest valid snapshot (at or below the target) + stream tail.
@@ -25,13 +39,28 @@ pub async fn restore_shard(
     movements_window: usize,
     target: RestoreTarget,
 ) -> Result<ShardState, EngineError> {
-    let limit = match target {
-        RestoreTarget::Latest => Lsn::MAX,
-        RestoreTarget::AtLsn(lsn) => lsn,
+    restore_shard_with_progress(wal, snapshots, shard, movements_window, target, &mut |_| {}).await
+}
+
+/// [`restore_shard`], calling `progress` after the snapshot is loaded and after each batch of
+/// records (for the operator tool's progress bar).
+pub async fn restore_shard_with_progress(
+    wal: &dyn Wal,
+    snapshots: &dyn SnapshotStore,
+    shard: u32,
+    movements_window: usize,
+    target: RestoreTarget,
+    progress: &mut (dyn FnMut(RestoreProgress) + Send),
+) -> Result<ShardState, EngineError> {
+    let tail_lsn = wal.tail(shard).await?.map_or(0, |t| t.last_lsn);
+    let (limit, time_limit) = match target {
+        RestoreTarget::Latest => (Lsn::MAX, u64::MAX),
+        RestoreTarget::AtLsn(lsn) => (lsn, u64::MAX),
+        RestoreTarget::AtTime(us) => (Lsn::MAX, us),
     };
     let mut state = ShardState::empty(shard, movements_window);
     for meta in snapshots.list(shard).await? {
-        if meta.lsn > limit {
+        if meta.lsn > limit || meta.taken_at_us > time_limit {
             continue;
         }
         let decoded = match snapshots.get(&meta).await {
@@ -54,12 +83,28 @@ pub async fn restore_shard(
             }
         }
     }
+    let snapshot_lsn = state.lsn;
+    let mut report = |state: &ShardState| {
+        progress(RestoreProgress {
+            snapshot_lsn,
+            lsn: state.lsn,
+            tail_lsn,
+        })
+    };
+    report(&state);
     loop {
         let records = wal.read(shard, state.lsn, RESTORE_READ_RECORDS).await?;
         if records.is_empty() {
             break;
         }
         for rec in &records {
+            if time_limit != u64::MAX && rec.last_lsn > state.lsn {
+                let events = crate::event::decode_all(&rec.payload)
+                    .map_err(|e| EngineError::Restore(format!("shard {shard}: {e}")))?;
+                if events.iter().any(|e| e.at().0 > time_limit) {
+                    return Ok(state);
+                }
+            }
             if rec.last_lsn > limit {
                 if rec.first_lsn <= limit {
                     return Err(EngineError::Restore(format!(
@@ -73,6 +118,7 @@ pub async fn restore_shard(
                 .apply_record(rec)
                 .map_err(|e| EngineError::Restore(e.to_string()))?;
         }
+        report(&state);
     }
     if let RestoreTarget::AtLsn(lsn) = target {
         if state.lsn < lsn {

@@ -24,6 +24,11 @@ pub struct Cli {
 pub enum Command {
     /// Runs a ledger node with its HTTP API.
     Serve(Box<ServeArgs>),
+    /// Follows the stream beside the nodes and writes each shard's snapshots (and audits the
+    /// stream as it reads it).
+    Snapshotter(Box<crate::tools::SnapshotterArgs>),
+    /// Operator tools: list shards and snapshots, restore or verify a shard.
+    Shard(Box<crate::tools::ShardArgs>),
 }
 
 /// Flags of `saldo serve`; each overrides the config file.
@@ -125,6 +130,9 @@ pub struct ServeArgs {
     /// Console sign-in: scopes [default: openid ledger:read ledger:write].
     #[arg(long, env = "SALDO_CONSOLE_OAUTH_SCOPE")]
     pub console_oauth_scope: Option<String>,
+    /// Where the stream and snapshots live.
+    #[command(flatten)]
+    pub storage: crate::storage::StorageArgs,
 }
 
 impl ServeArgs {
@@ -172,6 +180,7 @@ impl ServeArgs {
         let engine = &mut config.engine;
         set(&mut engine.shards, &self.shards);
         set(&mut engine.node_epoch, &self.node_epoch);
+        self.storage.apply(&mut config.storage);
         set(&mut engine.movements_window, &self.movements_window);
         set(&mut engine.passivate_after_ms, &self.passivate_after_ms);
         set(&mut engine.in_flight_max, &self.in_flight_max);

@@ -85,6 +85,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The web console at `/console/`.
     pub console: ConsoleSettings,
+    /// Where the stream and snapshots live (`[storage]`).
+    pub storage: crate::storage::StorageSettings,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             limits: LimitsConfig::default(),
             console: ConsoleSettings::default(),
+            storage: crate::storage::StorageSettings::default(),
         }
     }
 }
@@ -268,6 +271,7 @@ impl Config {
     /// Checks every value and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: String| Err(ConfigError::Invalid(s));
+        self.storage.validate()?;
         let e = &self.engine;
         if e.shards == 0 || !e.shards.is_power_of_two() {
             return invalid(format!("shards must be a power of two, got {}", e.shards));

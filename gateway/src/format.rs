@@ -228,6 +228,65 @@ pub fn rfc3339(ts: Timestamp) -> String {
     out
 }
 
+/// Parses an RFC 3339 instant (`2026-11-23T10:00:00Z`, fractional seconds up to µs, `Z` or a
+/// `±HH:MM` offset); `None` when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let day = Day::from_ymd(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0u64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        if frac.is_empty() || frac.len() > 6 {
+            return None;
+        }
+        micros = frac.parse::<u64>().ok()? * 10u64.pow(6 - frac.len() as u32);
+    }
+    let offset_s: i64 = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let oh = num(i + 1..i + 3)? as i64;
+            let om = num(i + 4..i + 6)? as i64;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let secs = i64::from(day.0) * 86_400 + i64::from(h * 3600 + mi * 60 + sec) - offset_s;
+    let us = u64::try_from(secs)
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(micros)?;
+    Some(Timestamp(us))
+}
+
 /// Returns the `YYYY-MM-DD` form of a day.
 pub fn date(day: Day) -> String {
     let (y, m, d) = day.to_ymd();
@@ -245,6 +304,31 @@ pub fn date(day: Day) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_parses_what_it_prints_and_offsets() {
+        for us in [0u64, 1_700_000_000_123_456, 1_800_000_000_000_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(Timestamp(us))), Some(Timestamp(us)));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-23T10:00:00+01:00"),
+            parse_rfc3339("2026-11-23T09:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-23T10:00:00.5Z").map(|t| t.0 % 1_000_000),
+            Some(500_000)
+        );
+        for bad in [
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "x",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.1234567Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`error`]: [`ApiError`], the one error type, and its problem+json rendering.
 //! - [`metrics`]: lock-free Prometheus registry; [`openapi`]: the OpenAPI 3.1 document.
 //! - [`state`]: shared state; [`limits`]: every bound, with its reason; [`telemetry`]: logs.
+//! - [`storage`]: the stream and snapshot backends (files or Kinesis/DynamoDB), shared by
+//!   every subcommand; [`tools`]: `saldo snapshotter` and `saldo shard …`.
 //! - [`console`]: the merchant web console at `/console/` (embedded static files).
 //!
 //! ## Invariants
@@ -44,7 +46,9 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod telemetry;
+pub mod tools;
 
 pub use config::Config;
 pub use error::ApiError;

@@ -1,5 +1,5 @@
-//! The `saldo` binary: parses flags, loads the configuration, sets up logging and runs the
-//! gateway until SIGINT or SIGTERM.
+//! The `saldo` binary: `saldo serve` runs a node until SIGINT or SIGTERM; `saldo snapshotter`
+//! follows the stream and writes snapshots; `saldo shard …` are the operators' tools.
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,12 +11,27 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.load().context("failed to load the configuration")?;
-            gateway::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
+            let _telemetry =
+                gateway::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("failed to listen on {}", config.listen))?;
             gateway::run(listener, config, gateway::shutdown_signal()).await?;
             Ok(())
+        }
+        Command::Snapshotter(args) => {
+            let _telemetry = gateway::telemetry::init(gateway::config::LogFormat::Text, None)?;
+            gateway::tools::snapshotter(&args).await
+        }
+        Command::Shard(args) => {
+            // Warnings only: the tool's own output goes to stdout (results) and stderr
+            // (progress).
+            if std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", "warn");
+            }
+            let _telemetry = gateway::telemetry::init(gateway::config::LogFormat::Text, None)?;
+            let code = gateway::tools::shard(&args).await?;
+            std::process::exit(code);
         }
     }
 }

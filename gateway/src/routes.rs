@@ -600,6 +600,42 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
     }
 }
 
+/// `GET /v1/admin/shards/{shard}/checksum` (scope `ledger:admin`): the shard's durable
+/// position and a digest of its accounts at that position, for `saldo shard verify --node`.
+pub async fn shard_checksum(
+    State(state): State<AppState>,
+    axum::extract::Path(shard): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let ledger = state.ledger()?;
+    let shard: u32 = shard
+        .parse()
+        .ok()
+        .filter(|&s| s < ledger.num_shards())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "shard",
+                format!(
+                    "shard must be an integer below {} (this node's shard count)",
+                    ledger.num_shards()
+                ),
+            )
+        })?;
+    match ledger.shard_checksum(shard).await {
+        Ok(Some((lsn, digest))) => Ok(axum::Json(serde_json::json!({
+            "shard": shard,
+            "lsn": lsn,
+            "checksum": hex::encode(digest),
+        }))
+        .into_response()),
+        Ok(None) => Err(ApiError::Unavailable {
+            detail: "the shard stayed busy; retry".into(),
+        }),
+        Err(e) => Err(ApiError::Unavailable {
+            detail: format!("checksum failed: {e}").into(),
+        }),
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let stats_opt = state.ledger_opt().map(|l| l.stats());

@@ -26,9 +26,6 @@ use axum::{
     Router,
 };
 use saldo_engine::Ledger;
-use saldo_persistence::{
-    snapshot::local_dir::LocalDirSnapshotStore, wal::local_file::LocalFileWal,
-};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -94,9 +91,9 @@ const LAYOUT_FILE: &str = "layout.json";
 /// Checks the shard count against the one the data directory was created with, recording it
 /// on first use. A directory without the file but with shard streams (older layout) must have
 /// no stream above the configured count.
-fn check_layout(
+pub fn check_layout(
     data_dir: &std::path::Path,
-    wal: &LocalFileWal,
+    shards_on_disk: &[u32],
     shards: u32,
 ) -> Result<(), GatewayError> {
     let path = data_dir.join(LAYOUT_FILE);
@@ -125,11 +122,7 @@ fn check_layout(
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let highest_opt = wal
-                .shards_on_disk()
-                .map_err(GatewayError::Wal)?
-                .last()
-                .copied();
+            let highest_opt = shards_on_disk.last().copied();
             if let Some(highest) = highest_opt.filter(|&h| h >= shards) {
                 return Err(GatewayError::ShardCountMismatch {
                     path,
@@ -171,6 +164,10 @@ pub fn router_with(state: AppState, console: crate::console::ConsoleConfig) -> R
             post(routes::transfer_batch).get(routes::get_transfer_named_batch),
         )
         .route("/v1/transfers/{id}", get(routes::get_transfer))
+        .route(
+            "/v1/admin/shards/{shard}/checksum",
+            get(routes::shard_checksum),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -220,6 +217,7 @@ async fn admit_inner(state: &AppState, mut req: Request, next: Next, matched: bo
             Err(e) => return e.into_response(),
         };
         let scope = match *req.method() {
+            _ if req.uri().path().starts_with("/v1/admin/") => Scope::Admin,
             Method::GET | Method::HEAD => Scope::Read,
             _ => Scope::Write,
         };
@@ -287,26 +285,32 @@ pub async fn authenticator(config: &Config) -> Result<Authenticator, GatewayErro
     }
 }
 
-/// Opens the stream and snapshot store under the data directory and restores the ledger.
+/// Opens the configured stream and snapshot store and restores the ledger.
+///
+/// With the Kinesis stream the owner epoch is at least the start time in ms, so each restart
+/// of a node writes with a higher epoch than any earlier run, and readers ignore a zombie
+/// predecessor's late records (docs/kinesis.md).
 pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
-    for dir in [config.wal_dir(), config.snapshots_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|source| GatewayError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let storage =
+        crate::storage::open_storage(&config.storage, &config.data_dir, config.fsync).await?;
+    check_layout(
+        &config.data_dir,
+        &storage.shards_on_disk,
+        config.engine.shards,
+    )?;
+    let mut engine = config.engine_config();
+    if config.storage.wal == crate::storage::WalBackend::Kinesis {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        engine.node_epoch = engine.node_epoch.max(now_ms);
     }
-    let (wal_dir, snapshots_dir, fsync) = (config.wal_dir(), config.snapshots_dir(), config.fsync);
-    let (data_dir, shards) = (config.data_dir.clone(), config.engine.shards);
-    let (wal, snapshots) = tokio::task::spawn_blocking(move || {
-        let wal = LocalFileWal::open(wal_dir, fsync).map_err(GatewayError::Wal)?;
-        check_layout(&data_dir, &wal, shards)?;
-        let snapshots =
-            LocalDirSnapshotStore::open(snapshots_dir).map_err(GatewayError::Snapshots)?;
-        Ok::<_, GatewayError>((wal, snapshots))
-    })
-    .await
-    .expect("opening the stores does not panic")?;
-    Ledger::open(config.engine_config(), Arc::new(wal), Arc::new(snapshots))
+    tracing::info!(wal = %storage.wal.describe(), snapshots = %storage.snapshots.describe(), epoch = engine.node_epoch, "storage opened");
+    Ledger::open(engine, storage.wal, storage.snapshots)
         .await
         .map_err(GatewayError::Engine)
 }

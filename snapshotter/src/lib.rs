@@ -15,14 +15,20 @@
 //! the oldest snapshot kept, so a corrupt newest snapshot still leaves an older one plus the
 //! stream to restore from.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use saldo_engine::{
     recovery::{restore_shard, write_snapshot, RestoreTarget},
     state::ShardState,
     EngineError,
 };
-use saldo_persistence::{Lsn, SnapshotMeta, SnapshotStore, Wal};
+use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotMeta, SnapshotStore, Wal};
 use tokio_util::sync::CancellationToken;
 
 /// When and how the snapshotter works.
@@ -79,57 +85,242 @@ impl Snapshotter {
         Ok(out)
     }
 
-    /// Runs until `stop`: each tick, snapshots the shards that are due.
+    /// Runs until `stop`: follows every shard's stream (tailing it, not a node's memory),
+    /// folds each record with the engine's own apply — which verifies LSN continuity and the
+    /// hash chain, after the stream verified each record's checksum: a continuous audit — and
+    /// writes a shard's snapshot from the folded state after `every_events` new events or
+    /// `interval` (when anything arrived). A shard whose stream fails the audit stops being
+    /// followed, is counted in [`FollowStats::audit_failures`] and logged as an error; the
+    /// others go on.
     pub async fn run(&self, stop: CancellationToken) {
-        let mut last: Vec<(Lsn, tokio::time::Instant)> = Vec::new();
-        for &shard in &self.config.shards {
-            let lsn = self
+        self.run_with_stats(stop, Arc::new(FollowStats::new(&self.config.shards)))
+            .await
+    }
+
+    /// [`Snapshotter::run`], publishing its progress in `stats` (for `/metrics`).
+    pub async fn run_with_stats(&self, stop: CancellationToken, stats: Arc<FollowStats>) {
+        let mut followed: Vec<Followed> = Vec::new();
+        for (i, &shard) in self.config.shards.iter().enumerate() {
+            let mut failed = false;
+            let state = loop {
+                match restore(
+                    &*self.wal,
+                    &*self.snapshots,
+                    shard,
+                    self.config.movements_window,
+                    RestoreTarget::Latest,
+                )
+                .await
+                {
+                    Ok(state) => break state,
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(shard, error = %e, "cannot restore yet; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(shard, error = %e, "the stream fails the audit; not following this shard");
+                        stats.shards[i]
+                            .audit_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        failed = true;
+                        break ShardState::empty(shard, self.config.movements_window);
+                    }
+                }
+            };
+            let snap_lsn = self
                 .snapshots
                 .list(shard)
                 .await
                 .ok()
                 .and_then(|m| m.first().map(|m| m.lsn))
                 .unwrap_or(0);
-            last.push((lsn, tokio::time::Instant::now()));
+            stats.shards[i]
+                .folded_lsn
+                .store(state.lsn, Ordering::Relaxed);
+            stats.shards[i]
+                .snapshot_lsn
+                .store(snap_lsn, Ordering::Relaxed);
+            followed.push(Followed {
+                state,
+                snapshot_lsn: snap_lsn,
+                snapshot_at: tokio::time::Instant::now(),
+                failed,
+            });
         }
         let tick =
-            (self.config.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            (self.config.interval / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(tick) => {}
-                () = stop.cancelled() => return,
-            }
-            for (i, &shard) in self.config.shards.iter().enumerate() {
-                let tail = match self.wal.tail(shard).await {
-                    Ok(t) => t.map_or(0, |t| t.last_lsn),
-                    Err(e) => {
-                        tracing::warn!(shard, error = %e, "cannot read the stream tail");
-                        continue;
-                    }
-                };
-                let (lsn, at) = last[i];
-                let due = tail.saturating_sub(lsn) >= self.config.every_events
-                    || (tail > lsn && at.elapsed() >= self.config.interval);
-                if !due {
+            let mut caught_up = true;
+            for (i, f) in followed.iter_mut().enumerate() {
+                if f.failed {
                     continue;
                 }
-                match write_snapshot(
-                    &*self.wal,
-                    &*self.snapshots,
-                    shard,
-                    self.config.movements_window,
-                    self.config.keep,
-                )
-                .await
-                {
-                    Ok(meta) => last[i] = (meta.lsn, tokio::time::Instant::now()),
+                let st = &stats.shards[i];
+                let shard = f.state.shard;
+                match self.wal.tail(shard).await {
+                    Ok(t) => st
+                        .tail_lsn
+                        .store(t.map_or(0, |t| t.last_lsn), Ordering::Relaxed),
+                    Err(e) => tracing::warn!(shard, error = %e, "cannot read the stream tail"),
+                }
+                match self.wal.read(shard, f.state.lsn, FOLLOW_READ_RECORDS).await {
+                    Ok(records) => {
+                        if records.len() == FOLLOW_READ_RECORDS {
+                            caught_up = false;
+                        }
+                        for rec in &records {
+                            if let Err(e) = f.state.apply_record(rec) {
+                                tracing::error!(shard, error = %e, "the stream fails the audit; not following this shard");
+                                st.audit_failures.fetch_add(1, Ordering::Relaxed);
+                                f.failed = true;
+                                break;
+                            }
+                            st.records.fetch_add(1, Ordering::Relaxed);
+                            if let Some(at) = last_event_time(rec) {
+                                st.last_event_at_us.store(at, Ordering::Relaxed);
+                            }
+                        }
+                        st.folded_lsn.store(f.state.lsn, Ordering::Relaxed);
+                        let tail = st.tail_lsn.load(Ordering::Relaxed);
+                        if tail < f.state.lsn {
+                            st.tail_lsn.store(f.state.lsn, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(shard, error = %e, "cannot read the stream; retrying")
+                    }
                     Err(e) => {
-                        tracing::warn!(shard, error = %e, "snapshot failed; retrying next tick")
+                        tracing::error!(shard, error = %e, "the stream fails the audit; not following this shard");
+                        st.audit_failures.fetch_add(1, Ordering::Relaxed);
+                        f.failed = true;
                     }
                 }
+                if f.failed {
+                    continue;
+                }
+                let new_events = f.state.lsn.saturating_sub(f.snapshot_lsn);
+                let due = (self.config.every_events > 0 && new_events >= self.config.every_events)
+                    || (new_events > 0 && f.snapshot_at.elapsed() >= self.config.interval);
+                if due {
+                    match self.snapshot_folded(&f.state).await {
+                        Ok(meta) => {
+                            f.snapshot_lsn = meta.lsn;
+                            f.snapshot_at = tokio::time::Instant::now();
+                            st.snapshot_lsn.store(meta.lsn, Ordering::Relaxed);
+                            st.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            st.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(shard, error = %e, "snapshot failed; retrying next tick")
+                        }
+                    }
+                }
+            }
+            if caught_up {
+                tokio::select! {
+                    () = tokio::time::sleep(tick) => {}
+                    () = stop.cancelled() => return,
+                }
+            } else if stop.is_cancelled() {
+                return;
             }
         }
     }
+
+    /// Writes `state` (folded from the stream) as a snapshot, keeps the newest `keep` and
+    /// prunes the stream below the oldest kept one.
+    async fn snapshot_folded(&self, state: &ShardState) -> Result<SnapshotMeta, EngineError> {
+        let data = state.encode();
+        let now_us = saldo_engine::Timestamp::now().0;
+        let meta = meta_for(state.shard, state.lsn, state.record_hash, now_us, &data);
+        self.snapshots.put(meta.clone(), data).await?;
+        self.snapshots
+            .retain(state.shard, self.config.keep.max(1))
+            .await?;
+        if let Some(oldest) = self.snapshots.list(state.shard).await?.last() {
+            self.wal.prune(state.shard, oldest.lsn).await?;
+        }
+        tracing::info!(
+            shard = state.shard,
+            lsn = meta.lsn,
+            size_bytes = meta.size_bytes,
+            "snapshot written"
+        );
+        Ok(meta)
+    }
+}
+
+/// Records one [`Snapshotter::run`] call reads per shard and tick.
+pub const FOLLOW_READ_RECORDS: usize = 1_000;
+
+struct Followed {
+    state: ShardState,
+    snapshot_lsn: Lsn,
+    snapshot_at: tokio::time::Instant,
+    failed: bool,
+}
+
+/// What the snapshotter has done, per shard (lock-free, read by `/metrics`).
+#[derive(Debug)]
+pub struct FollowStats {
+    /// One entry per followed shard, in [`SnapshotterConfig::shards`] order.
+    pub shards: Vec<ShardFollowStats>,
+}
+
+impl FollowStats {
+    /// Zeroed stats for `shards`.
+    pub fn new(shards: &[u32]) -> FollowStats {
+        FollowStats {
+            shards: shards
+                .iter()
+                .map(|&shard| ShardFollowStats {
+                    shard,
+                    ..ShardFollowStats::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Progress of one followed shard.
+#[derive(Debug, Default)]
+pub struct ShardFollowStats {
+    /// The shard.
+    pub shard: u32,
+    /// Folded (and audited) up to this LSN.
+    pub folded_lsn: AtomicU64,
+    /// The stream's tail as last seen.
+    pub tail_lsn: AtomicU64,
+    /// The newest snapshot's LSN.
+    pub snapshot_lsn: AtomicU64,
+    /// When the last folded event happened, µs since the epoch.
+    pub last_event_at_us: AtomicU64,
+    /// Records folded.
+    pub records: AtomicU64,
+    /// Snapshots written.
+    pub snapshots_written: AtomicU64,
+    /// Snapshots that failed (retried).
+    pub snapshot_failures: AtomicU64,
+    /// Audit failures (a record that does not follow: gap, broken chain, undecodable).
+    pub audit_failures: AtomicU64,
+}
+
+impl ShardFollowStats {
+    /// Events the snapshotter is behind the stream's tail.
+    pub fn lag_events(&self) -> u64 {
+        self.tail_lsn
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.folded_lsn.load(Ordering::Relaxed))
+    }
+}
+
+fn last_event_time(rec: &saldo_persistence::Record) -> Option<u64> {
+    saldo_engine::event::decode_all(&rec.payload)
+        .ok()
+        .and_then(|events| events.last().map(|e| e.at().0))
 }
 
 /// Restores a shard: the newest valid snapshot at or below the target plus the stream after it.
