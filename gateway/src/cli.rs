@@ -55,7 +55,8 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "SALDO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Export traces to this OpenTelemetry collector (not in this build).
+    /// Export request spans to this OpenTelemetry collector (OTLP/HTTP, e.g.
+    /// http://127.0.0.1:4318) [default: off].
     #[arg(long, env = "SALDO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Expected token issuer (`iss`).
@@ -245,7 +246,9 @@ mod tests {
             "none",
         ])
         .expect("valid flags");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
         let config = args.load().expect("valid config");
         assert_eq!(config.listen.port(), 7000, "from the file");
         assert_eq!(config.engine.shards, 16, "the flag wins over the file");
@@ -254,11 +257,50 @@ mod tests {
     }
 
     #[test]
+    fn storage_flags_select_the_aws_backends_and_need_their_names() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["saldo", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command
+            else {
+                panic!("serve")
+            };
+            args.load()
+        };
+        let config = parse(&[
+            "--wal",
+            "kinesis",
+            "--kinesis-stream",
+            "s",
+            "--snapshot-store",
+            "dynamodb",
+            "--dynamodb-table",
+            "t",
+            "--create-resources",
+        ])
+        .expect("valid");
+        assert_eq!(config.storage.wal, crate::storage::WalBackend::Kinesis);
+        assert_eq!(config.storage.dynamodb_table.as_deref(), Some("t"));
+        assert!(config.storage.create_resources);
+        let err = parse(&["--wal", "kinesis"]).expect_err("no stream name");
+        assert!(err.to_string().contains("--kinesis-stream"), "{err}");
+        let err = parse(&["--snapshot-store", "dynamodb"]).expect_err("no table");
+        assert!(err.to_string().contains("--dynamodb-table"), "{err}");
+        assert!(Cli::try_parse_from(["saldo", "serve", "--wal", "s3"]).is_err());
+        let shard = Cli::try_parse_from(["saldo", "shard", "restore", "3", "--at", "120"])
+            .expect("valid shard flags");
+        assert!(matches!(shard.command, Command::Shard(_)));
+    }
+
+    #[test]
     fn console_oauth_flags_must_come_together() {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["saldo", "serve"];
             argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command;
+            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command
+            else {
+                panic!("serve")
+            };
             args.load()
         };
         let config = parse(&[

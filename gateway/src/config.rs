@@ -72,8 +72,7 @@ pub struct Config {
     pub fsync: bool,
     /// Log output format.
     pub log_format: LogFormat,
-    /// OpenTelemetry collector to export traces to (this build has no OTLP exporter: setting it
-    /// is an error at start).
+    /// OpenTelemetry collector (OTLP/HTTP base URL) to export request spans to; off when unset.
     pub otlp_endpoint: Option<String>,
     /// How requests are authenticated.
     pub auth: AuthMode,

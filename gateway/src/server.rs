@@ -192,6 +192,7 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    crate::telemetry::set_remote_parent(&span, req.headers());
     let response = match state.enter() {
         Some(_guard) => {
             admit_inner(&state, req, next, matched)
@@ -296,7 +297,8 @@ pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
         source,
     })?;
     let storage =
-        crate::storage::open_storage(&config.storage, &config.data_dir, config.fsync).await?;
+        crate::storage::open_storage(&config.storage, &config.data_dir, config.fsync, false)
+            .await?;
     check_layout(
         &config.data_dir,
         &storage.shards_on_disk,

@@ -205,13 +205,22 @@ impl std::fmt::Debug for Storage {
     }
 }
 
-/// Opens the configured stream and snapshot store (`data_dir` holds the file backends).
+/// Opens the configured stream and snapshot store (`data_dir` holds the file backends). With
+/// `read_only` (the operator tools, beside a node that may be writing) a file stream is opened
+/// without truncating or creating anything.
 pub async fn open_storage(
     settings: &StorageSettings,
     data_dir: &Path,
     fsync: bool,
+    read_only: bool,
 ) -> Result<Storage, GatewayError> {
     let (wal, shards_on_disk): (Arc<dyn Wal>, Vec<u32>) = match settings.wal {
+        WalBackend::File if read_only => {
+            let wal =
+                LocalFileWal::open_read_only(data_dir.join("wal")).map_err(GatewayError::Wal)?;
+            let on_disk = wal.shards_on_disk().map_err(GatewayError::Wal)?;
+            (Arc::new(wal), on_disk)
+        }
         WalBackend::File => {
             let dir = data_dir.join("wal");
             let wal = tokio::task::spawn_blocking(move || {

@@ -78,7 +78,7 @@ impl StoreArgs {
 
     async fn open(&self) -> anyhow::Result<(Config, Storage)> {
         let config = self.load().context("failed to load the configuration")?;
-        let storage = open_storage(&config.storage, &config.data_dir, config.fsync)
+        let storage = open_storage(&config.storage, &config.data_dir, config.fsync, true)
             .await
             .context("failed to open the stream and snapshot store")?;
         Ok((config, storage))
@@ -117,7 +117,19 @@ pub struct SnapshotterArgs {
 
 /// `saldo snapshotter`: follows the stream until SIGINT/SIGTERM.
 pub async fn snapshotter(args: &SnapshotterArgs) -> anyhow::Result<()> {
-    let (config, storage) = args.store.open().await?;
+    let config = args
+        .store
+        .load()
+        .context("failed to load the configuration")?;
+    if config.storage.wal == crate::storage::WalBackend::File {
+        bail!(
+            "saldo snapshotter follows a shared stream: use --wal kinesis (a file stream is private \
+             to its node, which snapshots it itself: see --snapshot-every-events)"
+        );
+    }
+    let storage = open_storage(&config.storage, &config.data_dir, config.fsync, false)
+        .await
+        .context("failed to open the stream and snapshot store")?;
     let shards = if args.shard.is_empty() {
         (0..config.engine.shards).collect()
     } else {

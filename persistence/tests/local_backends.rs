@@ -54,6 +54,25 @@ async fn a_torn_tail_is_truncated_on_open_and_appends_continue() {
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 7).unwrap();
     drop(f);
+    // A read-only reader (an operator tool beside a live node) stops before the half-written
+    // record and leaves the file as it is.
+    let reader = LocalFileWal::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.tail(0).await.unwrap().map(|t| t.last_lsn), Some(8));
+    assert!(
+        reader.append(0, written[4].clone()).await.is_err(),
+        "read-only refuses appends"
+    );
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        len - 7,
+        "nothing truncated"
+    );
+    assert_eq!(
+        reader.tail(9).await.unwrap(),
+        None,
+        "an absent shard is empty, not created"
+    );
+    assert!(!dir.path().join("shard-00009").exists());
     let wal = LocalFileWal::open(dir.path(), true).unwrap();
     let tail = wal.tail(0).await.unwrap().unwrap();
     assert_eq!(

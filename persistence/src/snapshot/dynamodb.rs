@@ -712,7 +712,7 @@ impl Inner {
             Ok(())
         })
         .await?;
-        manifests.sort_unstable_by(|a, b| b.meta.lsn.cmp(&a.meta.lsn));
+        manifests.sort_unstable_by_key(|m| std::cmp::Reverse(m.meta.lsn));
         Ok(manifests)
     }
 

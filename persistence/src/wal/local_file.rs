@@ -69,6 +69,8 @@ pub struct LocalFileWal {
     fsync: bool,
     /// Size at which a new segment starts.
     segment_bytes_target: u64,
+    /// Opened by a tool beside a live node: never truncates, removes or appends.
+    read_only: bool,
     shards: Mutex<HashMap<u32, Arc<Mutex<ShardLog>>>>,
 }
 
@@ -95,6 +97,28 @@ impl LocalFileWal {
             dir,
             fsync,
             segment_bytes_target,
+            read_only: false,
+            shards: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens the log directory for reading only, as of now (the operator tools, beside a node
+    /// that may be writing): a half-written last record is the end of the stream rather than
+    /// something to truncate, nothing is created or removed, and `append`/`prune` are refused
+    /// or skipped. Each shard is indexed on first use; later appends by the node are not seen.
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<LocalFileWal, WalError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not a stream directory", dir.display()),
+            )));
+        }
+        Ok(LocalFileWal {
+            dir,
+            fsync: false,
+            segment_bytes_target: WAL_SEGMENT_BYTES_TARGET,
+            read_only: true,
             shards: Mutex::new(HashMap::new()),
         })
     }
@@ -104,7 +128,11 @@ impl LocalFileWal {
         if let Some(log) = shards.get(&shard) {
             return Ok(log.clone());
         }
-        let log = Arc::new(Mutex::new(ShardLog::open(&self.dir, shard)?));
+        let log = Arc::new(Mutex::new(ShardLog::open(
+            &self.dir,
+            shard,
+            self.read_only,
+        )?));
         shards.insert(shard, log.clone());
         Ok(log)
     }
@@ -130,12 +158,21 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl ShardLog {
-    fn open(root: &Path, shard: u32) -> Result<ShardLog, WalError> {
+    fn open(root: &Path, shard: u32, read_only: bool) -> Result<ShardLog, WalError> {
         let dir = root.join(format!("shard-{shard:05}"));
-        fs::create_dir_all(&dir).map_err(io_err)?;
+        if !read_only {
+            fs::create_dir_all(&dir).map_err(io_err)?;
+        }
         let mut paths: Vec<(Lsn, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err)? {
-            let path = entry.map_err(io_err)?.path();
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other
+                .map_err(io_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io_err)?,
+        };
+        for entry in entries {
+            let path = entry.path();
             let first_opt = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -155,7 +192,7 @@ impl ShardLog {
         };
         let count = paths.len();
         for (i, (first, path)) in paths.into_iter().enumerate() {
-            log.load_segment(shard, first, path, i + 1 == count)?;
+            log.load_segment(shard, first, path, i + 1 == count, read_only)?;
         }
         Ok(log)
     }
@@ -167,6 +204,7 @@ impl ShardLog {
         first: Lsn,
         path: PathBuf,
         is_last: bool,
+        read_only: bool,
     ) -> Result<(), WalError> {
         let bytes = fs::read(&path).map_err(io_err)?;
         let corrupted = |offset: usize, reason: String| WalError::Corrupted {
@@ -208,6 +246,10 @@ impl ShardLog {
                     if !torn {
                         return Err(corrupted(offset, err.to_string()));
                     }
+                    if read_only {
+                        // A record being written by the node right now: the end, as of now.
+                        break;
+                    }
                     tracing::warn!(shard, file = %path.display(), offset, error = %err, "truncating torn tail of the stream");
                     let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
                     file.set_len(offset as u64).map_err(io_err)?;
@@ -218,7 +260,9 @@ impl ShardLog {
         }
         if records.is_empty() && is_last {
             // An empty last segment (crash right after creating it): remove it.
-            fs::remove_file(&path).map_err(io_err)?;
+            if !read_only {
+                fs::remove_file(&path).map_err(io_err)?;
+            }
             return Ok(());
         }
         if records.is_empty() {
@@ -373,6 +417,12 @@ fn valid_record_after(bytes: &[u8], from: usize) -> bool {
 #[async_trait]
 impl Wal for LocalFileWal {
     async fn append(&self, shard: u32, record: EncodedRecord) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the stream was opened read-only",
+            )));
+        }
         let log = self.shard(shard)?;
         let (fsync, segment_bytes) = (self.fsync, self.segment_bytes_target);
         tokio::task::spawn_blocking(move || log.lock().append(shard, &record, fsync, segment_bytes))
@@ -398,6 +448,9 @@ impl Wal for LocalFileWal {
     }
 
     async fn prune(&self, shard: u32, lsn: Lsn) -> Result<(), WalError> {
+        if self.read_only {
+            return Ok(());
+        }
         let log = self.shard(shard)?;
         let mut log = log.lock();
         // Never remove the segment open for appends.
