@@ -75,9 +75,14 @@ pub async fn sdk_config(settings: &AwsSettings) -> aws_config::SdkConfig {
     match (&settings.region, &settings.endpoint) {
         (Some(region), _) => loader = loader.region(Region::new(region.clone())),
         (None, Some(_)) => {
+            // An emulator: the environment's region if any, else us-east-1. Not the default
+            // chain built here by hand: its instance-metadata provider would have no HTTP
+            // client (the loader's own chain, used without an endpoint, gets one).
             loader = loader.region(
-                aws_config::meta::region::RegionProviderChain::default_provider()
-                    .or_else(Region::new("us-east-1")),
+                aws_config::meta::region::RegionProviderChain::first_try(
+                    aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
+                )
+                .or_else(Region::new("us-east-1")),
             )
         }
         (None, None) => {}
