@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aws_sdk_dynamodb::{
@@ -427,27 +427,4 @@ async fn snapshots_survive_throttling_server_errors_lost_answers_and_delays() {
             meta.lsn
         );
     }
-}
-
-/// Measures put and get of a 50 MB snapshot (a figure, not a check: run it with
-/// `-- --ignored --nocapture`).
-#[tokio::test]
-#[ignore = "a measurement: cargo test ... -- --ignored --nocapture"]
-async fn measure_a_50_mb_snapshot() {
-    let emulator = Emulator::dynamodb();
-    let store = open(emulator.endpoint()).await;
-    // Half random, half repeated: compresses about 2:1.
-    let mut data = random_bytes(25_000_000, 3);
-    data.extend(std::iter::repeat_n(7u8, 25_000_000));
-    let meta = meta_for(0, 1, [0; 32], 0, &data);
-    let started = Instant::now();
-    store.put(meta.clone(), data).await.expect("put");
-    let put = started.elapsed();
-    let started = Instant::now();
-    let back = store.get(&meta).await.expect("get");
-    println!(
-        "50 MB snapshot on DynamoDB Local: put {put:?}, get {:?} ({} bytes)",
-        started.elapsed(),
-        back.len()
-    );
 }
