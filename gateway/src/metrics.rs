@@ -27,6 +27,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/transfers"),
     ("POST", "/v1/transfers/batch"),
     ("GET", "/v1/transfers/{id}"),
+    ("GET", "/v1/admin/shards/{shard}/checksum"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

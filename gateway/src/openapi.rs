@@ -242,6 +242,17 @@ pub fn document() -> Value {
                 ("200", ok("The transfer", "Transfer")),
                 ("404", problem("transfer_not_found")),
             ]), false) },
+        "/v1/admin/shards/{shard}/checksum": { "get": operation(
+            "A shard's durable position and state checksum (scope ledger:admin; for saldo shard verify)",
+            "shardChecksum",
+            vec![json!({
+                "name": "shard", "in": "path", "required": true,
+                "description": "Shard number, below the node's shard count",
+                "schema": { "type": "string", "pattern": "^[0-9]{1,10}$" }
+            })], None,
+            responses(&[
+                ("200", ok("Position and checksum", "ShardChecksum")),
+            ]), false) },
         "/healthz": { "get": {
             "summary": "The process is alive", "operationId": "healthz",
             "responses": { "200": ok("Alive", "Status") } } },
@@ -425,6 +436,14 @@ fn schemas() -> Value {
             "properties": {
                 "account": id, "currency": currency,
                 "days": { "type": "array", "items": schema_ref("Day") },
+            }
+        },
+        "ShardChecksum": {
+            "type": "object", "required": ["shard", "lsn", "checksum"],
+            "properties": {
+                "shard": { "type": "integer", "minimum": 0 },
+                "lsn": { "type": "integer", "minimum": 0 },
+                "checksum": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
             }
         },
         "Status": {

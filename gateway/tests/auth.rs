@@ -236,6 +236,25 @@ async fn scopes_gate_reads_and_writes() {
     s.get("/v1/accounts/s1")
         .await
         .assert_problem(401, "unauthenticated");
+    // The operator route needs ledger:admin; reads and writes are not enough.
+    for token in [&read, &write] {
+        call(&s, "GET", "/v1/admin/shards/0/checksum", Some(token), None)
+            .await
+            .assert_problem(403, "forbidden");
+    }
+    let admin = rs256(&claims("ops", "ledger:admin"));
+    let r = call(&s, "GET", "/v1/admin/shards/0/checksum", Some(&admin), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["checksum"].as_str().map(str::len), Some(64));
+    call(
+        &s,
+        "GET",
+        "/v1/admin/shards/99/checksum",
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_problem(400, "invalid_request");
     s.stop().await;
 }
 
