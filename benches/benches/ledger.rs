@@ -105,12 +105,22 @@ async fn backends(
 
 /// Returns the value of the backend metric `name` (summed over its label sets).
 fn metric(samples: &[saldo_persistence::metrics::MetricSample], name: &str) -> f64 {
-    samples.iter().filter(|m| m.name == name).map(|m| m.value).sum()
+    samples
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.value)
+        .sum()
 }
 
 /// Appends `n` records of one small event, one after the other, on ledger shard 0 of a fresh
 /// stream: the emulator's put latency alone (no engine, no group commit).
-async fn put_probe(emu: &Emulators, n: usize) -> (Histogram<u64>, Vec<saldo_persistence::metrics::MetricSample>) {
+async fn put_probe(
+    emu: &Emulators,
+    n: usize,
+) -> (
+    Histogram<u64>,
+    Vec<saldo_persistence::metrics::MetricSample>,
+) {
     let wal = emu.wal("bench-put-probe").await;
     let brl = Currency::new("BRL").unwrap();
     let mut hist = Histogram::<u64>::new(3).unwrap();
@@ -431,10 +441,18 @@ async fn restore_aws(n: usize) -> (Duration, f64, u64) {
         let wal: Arc<dyn Wal> = Arc::new(emu.wal("bench-stream").await);
         let snaps: Arc<dyn SnapshotStore> = Arc::new(emu.snapshots("bench-table").await);
         append_events(wal.as_ref(), events(n, true, false)).await;
-        eprintln!("{n} openings on kinesis in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} openings on kinesis in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let t = Instant::now();
-        let ledger = Ledger::open(config(1_000), wal.clone(), snaps.clone()).await.unwrap();
-        eprintln!("restore of the openings (stream only) in {:.2} s", t.elapsed().as_secs_f64());
+        let ledger = Ledger::open(config(1_000), wal.clone(), snaps.clone())
+            .await
+            .unwrap();
+        eprintln!(
+            "restore of the openings (stream only) in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
         let t = Instant::now();
         ledger.snapshot_now().await.unwrap();
         eprintln!("snapshot_now in {:.2} s", t.elapsed().as_secs_f64());
@@ -443,11 +461,17 @@ async fn restore_aws(n: usize) -> (Duration, f64, u64) {
         for s in 0..shards() {
             let metas = snaps.list(s).await.unwrap();
             let m = &metas[0];
-            eprintln!("shard {s}: snapshot at lsn {}, {} bytes", m.lsn, m.size_bytes);
+            eprintln!(
+                "shard {s}: snapshot at lsn {}, {} bytes",
+                m.lsn, m.size_bytes
+            );
         }
         let t = Instant::now();
         append_events(wal.as_ref(), events(n, false, true)).await;
-        eprintln!("{n} entries on kinesis in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} entries on kinesis in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     eprintln!("set-up {:.1} s", started.elapsed().as_secs_f64());
     let rss_before = rss_bytes();
