@@ -256,17 +256,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// Parses `saldo serve EXTRA…` and loads its configuration.
+    fn parse_serve(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["saldo", "serve"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
+            panic!("serve")
+        };
+        args.load()
+    }
+
     #[test]
     fn storage_flags_select_the_aws_backends_and_need_their_names() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["saldo", "serve"];
-            argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command
-            else {
-                panic!("serve")
-            };
-            args.load()
-        };
+        let parse = parse_serve;
         let config = parse(&[
             "--wal",
             "kinesis",
@@ -294,15 +296,7 @@ mod tests {
 
     #[test]
     fn console_oauth_flags_must_come_together() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["saldo", "serve"];
-            argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command
-            else {
-                panic!("serve")
-            };
-            args.load()
-        };
+        let parse = parse_serve;
         let config = parse(&[
             "--console-oauth-authorize-url",
             "https://id.example/oauth2/authorize",

@@ -160,16 +160,21 @@ impl Snapshotter {
                 }
                 let st = &stats.shards[i];
                 let shard = f.state.shard;
-                match self.wal.tail(shard).await {
-                    Ok(t) => st
-                        .tail_lsn
-                        .store(t.map_or(0, |t| t.last_lsn), Ordering::Relaxed),
-                    Err(e) => tracing::warn!(shard, error = %e, "cannot read the stream tail"),
-                }
                 match self.wal.read(shard, f.state.lsn, FOLLOW_READ_RECORDS).await {
                     Ok(records) => {
-                        if records.len() == FOLLOW_READ_RECORDS {
+                        let full = records.len() == FOLLOW_READ_RECORDS;
+                        if full {
+                            // Behind: ask where the tail is (for the lag). A short read
+                            // reached it already, so no second call is needed then.
                             caught_up = false;
+                            match self.wal.tail(shard).await {
+                                Ok(t) => st
+                                    .tail_lsn
+                                    .store(t.map_or(0, |t| t.last_lsn), Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::warn!(shard, error = %e, "cannot read the stream tail")
+                                }
+                            }
                         }
                         for rec in &records {
                             if let Err(e) = f.state.apply_record(rec) {
@@ -184,8 +189,7 @@ impl Snapshotter {
                             }
                         }
                         st.folded_lsn.store(f.state.lsn, Ordering::Relaxed);
-                        let tail = st.tail_lsn.load(Ordering::Relaxed);
-                        if tail < f.state.lsn {
+                        if !full || st.tail_lsn.load(Ordering::Relaxed) < f.state.lsn {
                             st.tail_lsn.store(f.state.lsn, Ordering::Relaxed);
                         }
                     }
