@@ -42,6 +42,9 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the snapshotter may take to catch up once the load stopped.
 const SNAPSHOTTER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the first node-side snapshot while faults are injected: the fold reads the stream
+/// through the faulty proxy, and its retries back off up to 2 s each.
+const NODE_SNAPSHOT_UNDER_FAULTS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Log lines kept per child (the newest are shown when a test fails).
 const LOG_LINES_MAX: usize = 5_000;
 /// Concurrent tasks checking transfers after a restart.
@@ -58,6 +61,10 @@ struct Emulators {
 static EMULATORS: Mutex<Weak<Emulators>> = Mutex::new(Weak::new());
 
 /// Returns the running emulators, starting them when no test holds them.
+/// The tests that run a node under load take turns: on two cores, three nodes, a snapshotter
+/// and their load generators at once starve each other past the tests' bounded waits.
+static UNDER_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn emulators() -> Arc<Emulators> {
     let mut slot = EMULATORS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(running) = slot.upgrade() {
@@ -982,6 +989,7 @@ async fn scrape(client: &reqwest::Client, url: &str) -> String {
 /// (`the_snapshotter_follows_and_reports_its_lag` is folded in here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_kinesis_and_dynamodb_survives_sigkill_under_load() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
     let started = Instant::now();
     let emu = emulators();
     let name = unique("sigkill");
@@ -1171,6 +1179,7 @@ async fn sequential_transfers(
 /// two phases gives the same; without `--at` it gives the node's state now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_restore_at_a_position_gives_the_balances_the_node_had_then() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
     let emu = emulators();
     let name = unique("restore");
     let store = Store {
@@ -1401,6 +1410,7 @@ async fn shard_restore_at_a_position_gives_the_balances_the_node_had_then() {
 /// (the lost answers' retries left duplicates in the stream that readers skip).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_rides_through_throttling_and_lost_answers() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
     let emu = emulators();
     let name = unique("faults");
     let direct = Store {
@@ -1466,7 +1476,7 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     );
 
     // Its snapshots (every 100 events, checked every second) reach DynamoDB.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + NODE_SNAPSHOT_UNDER_FAULTS_TIMEOUT;
     while metric_sum(
         &scrape(&client, &format!("{}/metrics", node.base)).await,
         "saldo_snapshots_total",
@@ -1474,7 +1484,7 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     {
         assert!(
             Instant::now() < deadline,
-            "the node wrote no snapshot in 20 s\n{}",
+            "the node wrote no snapshot in {NODE_SNAPSHOT_UNDER_FAULTS_TIMEOUT:?}\n{}",
             node.proc.log_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

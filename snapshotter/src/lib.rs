@@ -160,21 +160,16 @@ impl Snapshotter {
                 }
                 let st = &stats.shards[i];
                 let shard = f.state.shard;
+                match self.wal.tail(shard).await {
+                    Ok(t) => st
+                        .tail_lsn
+                        .store(t.map_or(0, |t| t.last_lsn), Ordering::Relaxed),
+                    Err(e) => tracing::warn!(shard, error = %e, "cannot read the stream tail"),
+                }
                 match self.wal.read(shard, f.state.lsn, FOLLOW_READ_RECORDS).await {
                     Ok(records) => {
-                        let full = records.len() == FOLLOW_READ_RECORDS;
-                        if full {
-                            // Behind: ask where the tail is (for the lag). A short read
-                            // reached it already, so no second call is needed then.
+                        if records.len() == FOLLOW_READ_RECORDS {
                             caught_up = false;
-                            match self.wal.tail(shard).await {
-                                Ok(t) => st
-                                    .tail_lsn
-                                    .store(t.map_or(0, |t| t.last_lsn), Ordering::Relaxed),
-                                Err(e) => {
-                                    tracing::warn!(shard, error = %e, "cannot read the stream tail")
-                                }
-                            }
                         }
                         for rec in &records {
                             if let Err(e) = f.state.apply_record(rec) {
@@ -189,7 +184,8 @@ impl Snapshotter {
                             }
                         }
                         st.folded_lsn.store(f.state.lsn, Ordering::Relaxed);
-                        if !full || st.tail_lsn.load(Ordering::Relaxed) < f.state.lsn {
+                        let tail = st.tail_lsn.load(Ordering::Relaxed);
+                        if tail < f.state.lsn {
                             st.tail_lsn.store(f.state.lsn, Ordering::Relaxed);
                         }
                     }
