@@ -13,7 +13,12 @@
 //! default), and the restore is from a DynamoDB snapshot of the accounts + the entries after it
 //! on Kinesis (the file mode restores the whole stream, no snapshot). `--accounts N` changes the
 //! accounts of the transfer part, `--in-flight N` runs only the uniform-pairs point at N in
-//! flight (no batches).
+//! flight (no batches), `--batches-in-flight N` only the batch point with N batches of 8,190
+//! in flight at once.
+
+/// The same allocator as the `saldo` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     sync::Arc,
@@ -306,36 +311,52 @@ async fn run_point(
     }
 }
 
-async fn run_batches(ledger: &Ledger, seconds: u64) -> Point {
+async fn run_batches(ledger: &Ledger, seconds: u64, concurrency: u64) -> Point {
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut rng = SmallRng::seed_from_u64(7);
+    let started_all = Instant::now();
     let brl = Currency::new("BRL").unwrap();
-    let mut hist = Histogram::<u64>::new(3).unwrap();
-    let (mut done, mut k) = (0u64, 0u64);
     let accounts = accounts();
-    while Instant::now() < deadline && k < 10_000 {
-        let batch: Vec<Transfer> = (0..8_190)
-            .map(|i| {
-                let a = rng.gen_range(0..accounts);
-                Transfer {
-                    transfer_id: MovementId::new(&format!("batch{k}-{i}")).unwrap(),
-                    debit_account_id: aid(a),
-                    credit_account_id: aid((a + rng.gen_range(1..accounts)) % accounts),
-                    amount_minor: 1,
-                    currency: brl,
-                    description_opt: None,
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(7 + w);
+                let mut hist = Histogram::<u64>::new(3).unwrap();
+                let (mut done, mut k) = (0u64, 0u64);
+                while Instant::now() < deadline && k < 10_000 {
+                    let batch: Vec<Transfer> = (0..8_190)
+                        .map(|i| {
+                            let a = rng.gen_range(0..accounts);
+                            Transfer {
+                                transfer_id: MovementId::new(&format!("batch{w}-{k}-{i}")).unwrap(),
+                                debit_account_id: aid(a),
+                                credit_account_id: aid((a + rng.gen_range(1..accounts)) % accounts),
+                                amount_minor: 1,
+                                currency: brl,
+                                description_opt: None,
+                            }
+                        })
+                        .collect();
+                    let started = Instant::now();
+                    let results = ledger.transfer_batch(batch, false).await;
+                    hist.record(started.elapsed().as_micros() as u64).unwrap();
+                    done += results.iter().filter(|r| r.is_ok()).count() as u64;
+                    k += 1;
                 }
+                (done, hist)
             })
-            .collect();
-        let started = Instant::now();
-        let results = ledger.transfer_batch(batch, false).await;
-        hist.record(started.elapsed().as_micros() as u64).unwrap();
-        done += results.iter().filter(|r| r.is_ok()).count() as u64;
-        k += 1;
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let mut done = 0;
+    for t in tasks {
+        let (d, h) = t.await.unwrap();
+        done += d;
+        hist.add(h).unwrap();
     }
     Point {
-        label: "batches of 8,190 (latency per batch)".into(),
-        rate_per_s: done as f64 / seconds as f64,
+        label: format!("batches of 8,190, {concurrency} in flight (latency per batch)"),
+        rate_per_s: done as f64 / started_all.elapsed().as_secs_f64(),
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
         max_us: hist.max(),
@@ -579,7 +600,9 @@ fn main() {
         let backend_before = ledger.stats().backend;
         let mut points = Vec::new();
         let mut tag = 0;
-        if let Some(in_flight) = arg_str("--in-flight").and_then(|v| v.parse().ok()) {
+        if let Some(concurrency) = arg_str("--batches-in-flight").and_then(|v| v.parse().ok()) {
+            points.push(run_batches(&ledger, seconds, concurrency).await);
+        } else if let Some(in_flight) = arg_str("--in-flight").and_then(|v| v.parse().ok()) {
             tag += 1;
             let p = run_point(&ledger, &by_shard, Pairs::Uniform, in_flight, seconds, tag).await;
             eprintln!("{}: {:.0}/s p99 {} µs", p.label, p.rate_per_s, p.p99_us);
@@ -593,7 +616,8 @@ fn main() {
                     points.push(p);
                 }
             }
-            points.push(run_batches(&ledger, seconds).await);
+            points.push(run_batches(&ledger, seconds, 1).await);
+            points.push(run_batches(&ledger, seconds, 4).await);
         }
         let stats = ledger.stats();
         println!("| scenario | transfers/s | p50 | p99 | max |\n|---|---:|---:|---:|---:|");

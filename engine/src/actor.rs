@@ -88,6 +88,8 @@ impl Actor for AccountActor {
 #[derive(Clone, Debug)]
 pub(crate) enum AccountMsg {
     Exec(AccountCommand),
+    /// Many commands in one turn (a batch's phase for this account), in order.
+    ExecMany(Vec<AccountCommand>),
     View,
     Movements {
         limit: usize,
@@ -116,6 +118,13 @@ pub(crate) enum AccountReply {
         result: Result<Event, Rejection>,
         ticket_opt: Option<Ticket>,
     },
+    /// Many commands ran, in order: each outcome, and whether it was recorded. The ticket of
+    /// the last record covers every earlier one (a shard's records become durable in order).
+    ExecutedMany {
+        at: Timestamp,
+        results: Vec<(Result<(), Rejection>, bool)>,
+        last_ticket_opt: Option<Ticket>,
+    },
     /// The stream failed.
     Failed(LedgerError),
     View(crate::types::AccountView, Lsn),
@@ -123,6 +132,45 @@ pub(crate) enum AccountReply {
     Daily(Vec<DailyRow>, crate::types::Currency, Lsn),
     State(Box<AccountState>),
     Passivated(#[allow(dead_code)] bool),
+}
+
+impl AccountActor {
+    /// Decides one command at `now`, records its event (or the refusal worth recording) and
+    /// applies it. Returns the outcome and the ticket of the record, if one was made.
+    async fn exec_one(
+        state: &mut AccountState,
+        shard: &ShardCore,
+        cmd: &AccountCommand,
+        now: Timestamp,
+    ) -> Result<(Result<Event, Rejection>, Option<Ticket>), LedgerError> {
+        let (event, result) = match state.decide(cmd, now) {
+            Ok(ev) => (Some(ev.clone()), Ok(ev)),
+            Err(reason) => {
+                let record_opt = match cmd {
+                    AccountCommand::Hold(t, _) => Some(Event::TransferRejected {
+                        transfer: t.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                    }),
+                    AccountCommand::Entry(e) => Some(Event::EntryRejected {
+                        entry: e.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                    }),
+                    _ => None,
+                };
+                (record_opt, Err(reason))
+            }
+        };
+        let Some(event) = event else {
+            return Ok((result, None));
+        };
+        let ticket = shard.log.append(&event).await?;
+        if result.is_ok() {
+            state.apply(&event, shard.movements_window);
+        }
+        Ok((result, Some(ticket)))
+    }
 }
 
 impl Message<AccountMsg> for AccountActor {
@@ -144,44 +192,43 @@ impl Message<AccountMsg> for AccountActor {
             AccountMsg::Exec(cmd) => {
                 // Time never goes backwards on an account, whatever the wall clock does.
                 let now = Timestamp::now().max(state.updated_at());
-                let (event, result) = match state.decide(&cmd, now) {
-                    Ok(ev) => (Some(ev.clone()), Ok(ev)),
-                    Err(reason) => {
-                        let record_opt = match &cmd {
-                            AccountCommand::Hold(t, _) => Some(Event::TransferRejected {
-                                transfer: t.clone(),
-                                reason: reason.clone(),
-                                at: now,
-                            }),
-                            AccountCommand::Entry(e) => Some(Event::EntryRejected {
-                                entry: e.clone(),
-                                reason: reason.clone(),
-                                at: now,
-                            }),
-                            _ => None,
-                        };
-                        (record_opt, Err(reason))
+                match Self::exec_one(state, &self.shard, &cmd, now).await {
+                    Ok((result, ticket_opt)) => {
+                        if let Some(t) = &ticket_opt {
+                            self.last_lsn = t.lsn;
+                        }
+                        AccountReply::Executed {
+                            at: now,
+                            result,
+                            ticket_opt,
+                        }
                     }
-                };
-                let Some(event) = event else {
-                    return AccountReply::Executed {
-                        at: now,
-                        result,
-                        ticket_opt: None,
-                    };
-                };
-                let ticket = match self.shard.log.append(&event).await {
-                    Ok(t) => t,
-                    Err(e) => return AccountReply::Failed(e),
-                };
-                if result.is_ok() {
-                    state.apply(&event, self.shard.movements_window);
+                    Err(e) => AccountReply::Failed(e),
                 }
-                self.last_lsn = ticket.lsn;
-                AccountReply::Executed {
+            }
+            AccountMsg::ExecMany(cmds) => {
+                let now = Timestamp::now().max(state.updated_at());
+                let mut results = Vec::with_capacity(cmds.len());
+                let mut last_opt = None;
+                for cmd in &cmds {
+                    match Self::exec_one(state, &self.shard, cmd, now).await {
+                        Ok((result, ticket_opt)) => {
+                            let recorded = ticket_opt.is_some();
+                            if let Some(t) = ticket_opt {
+                                self.last_lsn = t.lsn;
+                                last_opt = Some(t);
+                            }
+                            results.push((result.map(|_| ()), recorded));
+                        }
+                        // The shard stopped taking writes: what was appended before fails
+                        // with it (its batch is never acknowledged), so the whole message does.
+                        Err(e) => return AccountReply::Failed(e),
+                    }
+                }
+                AccountReply::ExecutedMany {
                     at: now,
-                    result,
-                    ticket_opt: Some(ticket),
+                    results,
+                    last_ticket_opt: last_opt,
                 }
             }
             AccountMsg::View => AccountReply::View(state.view(), self.last_lsn),

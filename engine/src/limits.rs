@@ -7,6 +7,11 @@ pub const SHARDS_MAX: u32 = 4_096;
 
 /// Most events one group commit puts in one stream record.
 pub const WAL_BATCH_EVENTS_MAX: usize = 8_192;
+/// Longest a group commit waits for more events while nobody waits for it, µs (tokio's timer
+/// rounds up to whole milliseconds). A batch is written at once when someone waits for one of
+/// its events (a reply, a read, a phase crossing shards) or when it is full; otherwise it lingers
+/// this long, so that a transfer's hold, credit and commit share one record and one fsync.
+pub const WAL_UNDEMANDED_FLUSH_US: u64 = 1_000;
 
 /// Largest encoded event (an account opening with maximal metadata, a transfer with maximal
 /// IDs and description stay far below it).

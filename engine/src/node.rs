@@ -9,8 +9,14 @@
 //! 3. **Hold** on the debit account. A refusal is recorded (`TransferRejected`) and answered.
 //! 4. **Credit** on the credit account — across shards only once the hold is durable.
 //! 5. **Commit** the hold — across shards only once the credit is durable.
-//! 6. Answer once the commit is durable (within one shard, the stream's order makes every
-//!    earlier phase durable too).
+//! 6. Answer once the commit is applied and the transfer's outcome is durable: within one
+//!    shard, once the commit's record is (the stream's order makes every earlier phase durable
+//!    too); across shards, the durable hold and durable credit already decide it (recovery
+//!    commits such a hold), so the commit's own record is not awaited.
+//!
+//! Batches of independent transfers run the same phases for the whole batch at once: one
+//! message per account per phase, durability awaited once per shard per phase
+//! ([`Node::transfer_batch_independent`]).
 //!
 //! Nothing crosses a shard boundary on the strength of a record a crash could undo. After a
 //! crash, recovery finds every open hold and finishes it (commit when the credit shard has the
@@ -272,6 +278,13 @@ fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
     }
 }
 
+/// Raises `lsns[shard]` to the ticket's LSN (the LSN a shard must reach before the next step).
+fn note_lsn(lsns: &mut [Lsn], shard: usize, ticket_opt: &Option<crate::log::Ticket>) {
+    if let Some(ticket) = ticket_opt {
+        lsns[shard] = lsns[shard].max(ticket.lsn);
+    }
+}
+
 /// An overlong description is a malformed request (`InvalidId` maps to `invalid_request`).
 fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     match d {
@@ -469,7 +482,7 @@ impl Node {
             );
             self.release_phase(&t, Rejection::BatchAborted).await
         } else if credited.contains(&t.transfer_id) {
-            self.commit_phase(&t).await
+            self.commit_phase(&t, true).await
         } else {
             self.credit_then_commit(&t, true).await
         };
@@ -938,7 +951,12 @@ impl Node {
                 if cross_shard {
                     ticket_opt.expect("a credit is recorded").durable().await?;
                 }
-                self.commit_phase(t).await
+                // Across shards, durable hold + durable credit already decide the transfer:
+                // recovery commits an open hold whose credit it finds. So the answer waits for
+                // the commit to be applied (reads after it see it), not for its record: one
+                // group-commit cycle less. Within a shard, the commit's record is what makes
+                // the hold and credit before it durable, so it is awaited.
+                self.commit_phase(t, !cross_shard).await
             }
             Ok((Err(reason), _)) | Err(LedgerError::Rejected(reason)) => {
                 let (_, ticket_opt) = self
@@ -976,7 +994,11 @@ impl Node {
         Ok(Err(reason))
     }
 
-    async fn commit_phase(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
+    async fn commit_phase(
+        &self,
+        t: &Transfer,
+        await_durable: bool,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
         let (result, ticket_opt) = self
             .exec(
                 &t.debit_account_id,
@@ -988,7 +1010,10 @@ impl Node {
             "the hold of transfer {} is open until its commit",
             t.transfer_id
         );
-        ticket_opt.expect("a commit is recorded").durable().await?;
+        let ticket = ticket_opt.expect("a commit is recorded");
+        if await_durable {
+            ticket.durable().await?;
+        }
         Ok(Ok(()))
     }
 
@@ -1003,19 +1028,337 @@ impl Node {
         if atomic {
             return self.transfer_batch_atomic(cmds).await;
         }
-        futures::stream::iter(cmds)
-            .map(|t| async move {
-                Self::validate_transfer(&t)?;
-                let _permit = self.in_flight.clone().acquire_owned().await.map_err(|_| {
-                    LedgerError::Unavailable {
-                        reason: "shutting down",
-                    }
-                })?;
-                self.run_transfer(t).await
+        self.transfer_batch_independent(cmds).await
+    }
+
+    /// Sends one phase of a batch to every account it touches: one `ExecMany` per account with
+    /// that account's commands in batch order, at most [`BATCH_CONCURRENCY_MAX`] accounts at a
+    /// time. Returns, per account, the transfers' indices and the reply.
+    async fn batch_phase(
+        &self,
+        groups: FastMap<AccountId, Vec<(usize, AccountCommand)>>,
+    ) -> Vec<(AccountId, Vec<usize>, Result<AccountReply, LedgerError>)> {
+        futures::stream::iter(groups)
+            .map(|(account, items)| async move {
+                let (idxs, cmds): (Vec<usize>, Vec<AccountCommand>) = items.into_iter().unzip();
+                let reply = self.ask(&account, AccountMsg::ExecMany(cmds)).await;
+                (account, idxs, reply)
             })
-            .buffered(BATCH_CONCURRENCY_MAX)
+            .buffer_unordered(BATCH_CONCURRENCY_MAX)
             .collect()
             .await
+    }
+
+    /// Waits until each shard's stream is durable up to the LSN noted for it (0: nothing).
+    /// Returns the shards whose stream failed, with the error.
+    async fn wait_shards_durable(&self, lsns: &[Lsn]) -> Vec<(usize, LedgerError)> {
+        let mut failed = Vec::new();
+        for (shard, &lsn) in lsns.iter().enumerate() {
+            if lsn > 0 {
+                if let Err(e) = self.shards[shard].log.wait_durable(lsn).await {
+                    failed.push((shard, e));
+                }
+            }
+        }
+        failed
+    }
+
+    fn shard_index(&self, id: &AccountId) -> usize {
+        shard_of(id.as_str(), self.config.num_shards) as usize
+    }
+
+    /// A batch of independent transfers, run phase by phase for the whole batch: the same
+    /// protocol as [`Node::transfer`] (hold, credit, commit or release; nothing crosses a shard
+    /// on a record a crash could undo), but each phase sends one message per account carrying
+    /// all of that account's commands, and durability is awaited once per shard per phase
+    /// instead of once per transfer.
+    async fn transfer_batch_independent(
+        &self,
+        cmds: Vec<Transfer>,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        let n = cmds.len();
+        let num_shards = self.shards.len();
+        let mut out: Vec<Option<Result<Posted, LedgerError>>> = (0..n).map(|_| None).collect();
+        let Ok(_permits) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(n.clamp(1, self.config.in_flight_max) as u32)
+            .await
+        else {
+            return cmds
+                .iter()
+                .map(|_| {
+                    Err(LedgerError::Unavailable {
+                        reason: "shutting down",
+                    })
+                })
+                .collect();
+        };
+        // Claims. An ID seen before (also earlier in this batch) is answered at the end, once
+        // this batch's own transfers are settled.
+        let mut cells: Vec<Option<Arc<MovementCell>>> = Vec::with_capacity(n);
+        let mut replays = Vec::new();
+        for (i, t) in cmds.iter().enumerate() {
+            if let Err(r) = Self::validate_transfer(t) {
+                out[i] = Some(Err(r.into()));
+                cells.push(None);
+                continue;
+            }
+            match self.movements.claim(
+                &t.transfer_id,
+                &MovementBody::Transfer(t.clone()),
+                Timestamp::now(),
+            ) {
+                Claim::New(cell) => cells.push(Some(cell)),
+                Claim::Existing(cell) => {
+                    replays.push((i, cell));
+                    cells.push(None);
+                }
+            }
+        }
+        let mut status: Vec<Option<Result<Result<(), Rejection>, LedgerError>>> =
+            (0..n).map(|_| None).collect();
+        // The LSN each shard must reach before any answer (every transfer's last record is on
+        // its debit account's shard).
+        let mut final_lsn = vec![0; num_shards];
+        let cross = |t: &Transfer| {
+            self.shard_index(&t.debit_account_id) != self.shard_index(&t.credit_account_id)
+        };
+        let mut early = Vec::new();
+        let mut holds: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
+        for (i, t) in cmds.iter().enumerate() {
+            if cells[i].is_none() {
+                continue;
+            }
+            match self
+                .shard(&t.credit_account_id)
+                .currency_of(&t.credit_account_id)
+            {
+                None => early.push((i, Rejection::AccountNotFound)),
+                Some(c) if c != t.currency => early.push((i, Rejection::CurrencyMismatch)),
+                Some(_) => holds
+                    .entry(t.debit_account_id.clone())
+                    .or_default()
+                    .push((i, AccountCommand::Hold(t.clone(), None))),
+            }
+        }
+        for (i, reason) in early {
+            status[i] = Some(
+                self.record_refusal(&cmds[i], reason, cells[i].as_deref(), &mut final_lsn)
+                    .await,
+            );
+        }
+        // Phase 1: holds.
+        let mut placed = Vec::new();
+        let mut hold_lsn = vec![0; num_shards];
+        for (account, idxs, reply) in self.batch_phase(holds).await {
+            let shard = self.shard_index(&account);
+            match reply {
+                Ok(AccountReply::ExecutedMany {
+                    at,
+                    results,
+                    last_ticket_opt,
+                }) => {
+                    note_lsn(&mut final_lsn, shard, &last_ticket_opt);
+                    for (i, (result, recorded)) in idxs.into_iter().zip(results) {
+                        if recorded {
+                            if let Some(cell) = &cells[i] {
+                                cell.recorded_at(at);
+                            }
+                        }
+                        match result {
+                            Ok(()) => {
+                                if cross(&cmds[i]) {
+                                    note_lsn(&mut hold_lsn, shard, &last_ticket_opt);
+                                }
+                                placed.push(i);
+                            }
+                            Err(reason) => status[i] = Some(Ok(Err(reason))),
+                        }
+                    }
+                }
+                Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
+                    for i in idxs {
+                        status[i] = Some(
+                            self.record_refusal(
+                                &cmds[i],
+                                Rejection::AccountNotFound,
+                                cells[i].as_deref(),
+                                &mut final_lsn,
+                            )
+                            .await,
+                        );
+                    }
+                }
+                Err(e) => {
+                    for i in idxs {
+                        status[i] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
+            }
+        }
+        // Across shards, a credit is sent only once its hold is durable.
+        let failed = self.wait_shards_durable(&hold_lsn).await;
+        let mut credits: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
+        for i in placed {
+            let t = &cmds[i];
+            if let Some((_, e)) = failed
+                .iter()
+                .find(|(s, _)| *s == self.shard_index(&t.debit_account_id))
+            {
+                status[i] = Some(Err(e.clone()));
+                continue;
+            }
+            credits
+                .entry(t.credit_account_id.clone())
+                .or_default()
+                .push((i, AccountCommand::Credit(t.clone())));
+        }
+        // Phase 2: credits.
+        let mut to_finish: Vec<(usize, Option<Rejection>)> = Vec::new();
+        let mut credit_lsn = vec![0; num_shards];
+        for (account, idxs, reply) in self.batch_phase(credits).await {
+            let shard = self.shard_index(&account);
+            match reply {
+                Ok(AccountReply::ExecutedMany {
+                    results,
+                    last_ticket_opt,
+                    ..
+                }) => {
+                    for (i, (result, _)) in idxs.into_iter().zip(results) {
+                        match result {
+                            Ok(()) => {
+                                if cross(&cmds[i]) {
+                                    note_lsn(&mut credit_lsn, shard, &last_ticket_opt);
+                                }
+                                to_finish.push((i, None));
+                            }
+                            Err(reason) => to_finish.push((i, Some(reason))),
+                        }
+                    }
+                }
+                Err(LedgerError::Rejected(reason)) => {
+                    to_finish.extend(idxs.into_iter().map(|i| (i, Some(reason.clone()))));
+                }
+                Err(e) => {
+                    for i in idxs {
+                        status[i] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
+            }
+        }
+        // Across shards, a hold is committed only once its credit is durable.
+        let failed = self.wait_shards_durable(&credit_lsn).await;
+        let mut finishes: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
+        let mut reasons: Vec<Option<Rejection>> = (0..n).map(|_| None).collect();
+        for (i, reason_opt) in to_finish {
+            let t = &cmds[i];
+            if reason_opt.is_none() {
+                if let Some((_, e)) = failed
+                    .iter()
+                    .find(|(s, _)| *s == self.shard_index(&t.credit_account_id))
+                {
+                    status[i] = Some(Err(e.clone()));
+                    continue;
+                }
+            }
+            let cmd = match &reason_opt {
+                None => AccountCommand::Commit(t.transfer_id.clone()),
+                Some(reason) => AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
+            };
+            reasons[i] = reason_opt;
+            finishes
+                .entry(t.debit_account_id.clone())
+                .or_default()
+                .push((i, cmd));
+        }
+        // Phase 3: commits and releases.
+        for (account, idxs, reply) in self.batch_phase(finishes).await {
+            let shard = self.shard_index(&account);
+            match reply {
+                Ok(AccountReply::ExecutedMany {
+                    results,
+                    last_ticket_opt,
+                    ..
+                }) => {
+                    note_lsn(&mut final_lsn, shard, &last_ticket_opt);
+                    for (i, (result, _)) in idxs.into_iter().zip(results) {
+                        assert!(
+                            result.is_ok(),
+                            "the hold of transfer {} is open until its commit or release",
+                            cmds[i].transfer_id
+                        );
+                        status[i] = Some(Ok(match reasons[i].take() {
+                            None => Ok(()),
+                            Some(reason) => Err(reason),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for i in idxs {
+                        status[i] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
+            }
+        }
+        // Nothing is answered before its last record is durable.
+        let failed = self.wait_shards_durable(&final_lsn).await;
+        for (i, t) in cmds.iter().enumerate() {
+            let Some(cell) = &cells[i] else { continue };
+            let home = self.shard_index(&t.debit_account_id);
+            let outcome = match status[i].take() {
+                Some(Ok(result)) => match failed.iter().find(|(s, _)| *s == home) {
+                    Some((_, e)) => Err(e.clone()),
+                    None => Ok(result),
+                },
+                Some(Err(e)) => Err(e),
+                None => unreachable!("every claimed transfer of the batch reaches an outcome"),
+            };
+            out[i] = Some(match outcome {
+                Ok(result) => {
+                    self.finish_cell(cell, result);
+                    Self::posted(cell)
+                }
+                Err(e) => {
+                    if cell.state.lock().status == MovementStatus::Pending {
+                        self.movements.abandon(&t.transfer_id, cell);
+                    }
+                    Err(e)
+                }
+            });
+        }
+        for (i, cell) in replays {
+            out[i] = Some(Self::replay(&cell, &MovementBody::Transfer(cmds[i].clone())).await);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every transfer of the batch is answered"))
+            .collect()
+    }
+
+    /// Records a refusal decided before any account acted (a missing account, another
+    /// currency) on the transfer's home shard, noting the LSN to await before answering.
+    async fn record_refusal(
+        &self,
+        t: &Transfer,
+        reason: Rejection,
+        cell_opt: Option<&MovementCell>,
+        final_lsn: &mut [Lsn],
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let event = Event::TransferRejected {
+            transfer: t.clone(),
+            reason: reason.clone(),
+            at: Timestamp::now(),
+        };
+        if let Some(cell) = cell_opt {
+            cell.recorded_at(event.at());
+        }
+        let shard = self.shard_index(&t.debit_account_id);
+        let ticket = self.shards[shard].log.append(&event).await?;
+        final_lsn[shard] = final_lsn[shard].max(ticket.lsn);
+        Ok(Err(reason))
     }
 
     /// An atomic batch: every transfer commits, or none does.

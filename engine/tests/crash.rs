@@ -75,6 +75,48 @@ async fn worker() {
     }
     println!("READY");
     let mut tasks = Vec::new();
+    // Batch workers: independent batches of 20, each with a transfer to an account that does
+    // not exist and a repeat of an ID from earlier in the same batch.
+    for w in 32..40u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(u64::from(cycle) * 1_000 + w);
+            for n in 0..10_000u64 {
+                let mut batch = Vec::new();
+                for k in 0..20u64 {
+                    let a = rng.gen_range(0..ACCOUNTS);
+                    let b = (a + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
+                    let credit = if k == 7 {
+                        AccountId::new("acct-nobody").unwrap()
+                    } else {
+                        account(b)
+                    };
+                    batch.push(Transfer {
+                        transfer_id: MovementId::new(&format!("c{cycle}-w{w}-{n}-{k}")).unwrap(),
+                        debit_account_id: account(a),
+                        credit_account_id: credit,
+                        amount_minor: rng.gen_range(1..5_000),
+                        currency: brl,
+                        description_opt: None,
+                    });
+                }
+                batch.push(batch[3].clone());
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|t| t.transfer_id.as_str().to_string())
+                    .collect();
+                for (id, r) in ids.iter().zip(ledger.transfer_batch(batch, false).await) {
+                    match r {
+                        Ok(_) => drop(writeln!(std::io::stdout(), "ACK {id}")),
+                        Err(LedgerError::Rejected(_)) => {
+                            drop(writeln!(std::io::stdout(), "REJ {id}"))
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
     for w in 0..32u64 {
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
@@ -113,6 +155,7 @@ async fn acknowledged_transfers_survive_sigkill_and_money_is_conserved() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let mut acked: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for cycle in 0..5u32 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "worker", "--nocapture", "--test-threads", "1"])
@@ -163,6 +206,11 @@ async fn acknowledged_transfers_survive_sigkill_and_money_is_conserved() {
             "cycle {cycle}: no transfer acknowledged before the kill"
         );
         acked.extend(this_cycle);
+        refused.extend(
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("REJ ").map(String::from)),
+        );
 
         let ledger = open(dir.path()).await;
         for id in &acked {
@@ -171,6 +219,14 @@ async fn acknowledged_transfers_survive_sigkill_and_money_is_conserved() {
                 .await
                 .unwrap_or_else(|e| panic!("acknowledged {id} lost: {e}"));
             assert_eq!(m.status, MovementStatus::Committed, "{id}");
+        }
+        // A refusal that was answered is durable too, and stays a refusal.
+        for id in &refused {
+            let m = ledger
+                .movement(&MovementId::new(id).unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("answered refusal {id} lost: {e}"));
+            assert_eq!(m.status, MovementStatus::Rejected, "{id}");
         }
         let mut total = 0i64;
         for i in 0..ACCOUNTS {

@@ -659,3 +659,139 @@ fn public_futures_are_send(l: Ledger, cmd: OpenAccount, t: Transfer, e: Entry) {
     is_send(l.state_checksum());
     is_send(l.shutdown());
 }
+
+/// A stream whose appends can be held back: a record is durable only once the gate lets it
+/// through, so a test sees what the ledger answers while its records are in flight, and a
+/// ledger reopened on the inner stream is the node after a crash at that moment.
+#[derive(Clone)]
+struct GatedWal {
+    inner: MemoryWal,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+#[async_trait::async_trait]
+impl saldo_persistence::Wal for GatedWal {
+    async fn append(
+        &self,
+        shard: u32,
+        record: saldo_persistence::record::EncodedRecord,
+    ) -> Result<(), saldo_persistence::WalError> {
+        let mut rx = self.open.subscribe();
+        // A closed gate never opens again in these tests: the append hangs, as on a dead disk.
+        let _ = rx.wait_for(|open| *open).await;
+        self.inner.append(shard, record).await
+    }
+    async fn tail(
+        &self,
+        shard: u32,
+    ) -> Result<Option<saldo_persistence::wal::Tail>, saldo_persistence::WalError> {
+        self.inner.tail(shard).await
+    }
+    async fn read(
+        &self,
+        shard: u32,
+        after_lsn: saldo_persistence::Lsn,
+        max_records: usize,
+    ) -> Result<Vec<saldo_persistence::Record>, saldo_persistence::WalError> {
+        self.inner.read(shard, after_lsn, max_records).await
+    }
+    async fn prune(
+        &self,
+        shard: u32,
+        lsn: saldo_persistence::Lsn,
+    ) -> Result<(), saldo_persistence::WalError> {
+        self.inner.prune(shard, lsn).await
+    }
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_answered_before_it_is_durable_and_a_crash_then_loses_nothing_answered() {
+    for shards in [1, 4] {
+        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+        let gate = Arc::new(tokio::sync::watch::channel(true).0);
+        let gated = GatedWal {
+            inner: wal.clone(),
+            open: gate.clone(),
+        };
+        let l = Ledger::open(config(shards), Arc::new(gated), Arc::new(snaps.clone()))
+            .await
+            .unwrap();
+        let (a, b, c) = if shards > 1 {
+            names(&l)
+        } else {
+            ("alice".into(), "bob".into(), "carol".into())
+        };
+        for x in [&a, &b, &c] {
+            open_account(&l, x, 0).await;
+        }
+        credit(&l, "fund-a", &a, 1_000).await.unwrap();
+        credit(&l, "fund-b", &b, 1_000).await.unwrap();
+        // From here on nothing becomes durable.
+        gate.send_replace(false);
+        let batch = vec![
+            transfer("g-1", &a, &b, 100),
+            transfer("g-2", &b, &c, 100),
+            transfer("g-3", &a, &c, 5_000),
+            transfer("g-4", &a, "nobody", 1),
+            transfer("g-1", &a, &b, 100),
+        ];
+        let batch_task = {
+            let (l, batch) = (l.clone(), batch.clone());
+            tokio::spawn(async move { l.transfer_batch(batch, false).await })
+        };
+        let single_task = {
+            let (l, t) = (l.clone(), transfer("g-5", &c, &a, 1));
+            tokio::spawn(async move { l.transfer(t).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !batch_task.is_finished(),
+            "{shards} shards: a batch was answered before its records were durable"
+        );
+        assert!(
+            !single_task.is_finished(),
+            "{shards} shards: a transfer was answered before its records were durable"
+        );
+        batch_task.abort();
+        single_task.abort();
+        // The crash: a new node on what reached the stream.
+        let l = open(&wal, &snaps, config(shards)).await;
+        assert_eq!(
+            (
+                balance(&l, &a).await,
+                balance(&l, &b).await,
+                balance(&l, &c).await
+            ),
+            (1_000, 1_000, 0),
+            "{shards} shards: nothing after the gate closed took effect"
+        );
+        // The client retries: each transfer takes effect once, with its own outcome.
+        let results = l.transfer_batch(batch, false).await;
+        assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+        assert_eq!(
+            results[2],
+            Err(LedgerError::Rejected(Rejection::InsufficientFunds))
+        );
+        assert_eq!(
+            results[3],
+            Err(LedgerError::Rejected(Rejection::AccountNotFound))
+        );
+        assert!(
+            results[4].as_ref().is_ok_and(|p| p.replayed),
+            "a repeated ID replays the first: {:?}",
+            results[4]
+        );
+        assert_eq!(
+            (
+                balance(&l, &a).await,
+                balance(&l, &b).await,
+                balance(&l, &c).await
+            ),
+            (900, 1_000, 100)
+        );
+        l.shutdown().await;
+    }
+}

@@ -5,6 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use gateway::cli::{Cli, Command};
 
+/// mimalloc: the request path allocates small, short-lived buffers on every worker; glibc
+/// malloc took ~18% of the server's CPU under load (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
