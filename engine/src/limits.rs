@@ -51,3 +51,7 @@ const _: () = assert!(METADATA_BYTES_MAX + 1024 < EVENT_BYTES_MAX);
 
 /// Tries of `Ledger::shard_checksum` to find its shard quiet (2 ms apart) before giving up.
 pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;
+
+/// Idle actors asked to passivate before the reaper pauses for a millisecond, so that a mass
+/// passivation never queues thousands of actor stops ahead of requests.
+pub const PASSIVATE_CHUNK: usize = 64;
