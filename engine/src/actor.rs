@@ -220,8 +220,10 @@ impl Message<AccountMsg> for AccountActor {
                             }
                             results.push((result.map(|_| ()), recorded));
                         }
-                        // The shard stopped taking writes: what was appended before fails
-                        // with it (its batch is never acknowledged), so the whole message does.
+                        // The shard stopped taking writes: the whole message fails. Commands
+                        // appended before may still have become durable; their movements were
+                        // marked recorded by the caller's claim only if it saw them, so the
+                        // caller keeps every ID of a failed message pending (never re-runs it).
                         Err(e) => return AccountReply::Failed(e),
                     }
                 }

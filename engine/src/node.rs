@@ -81,6 +81,9 @@ struct CellState {
     created_at: Timestamp,
     /// The claim was dropped before anything was recorded (infrastructure failure).
     abandoned: bool,
+    /// A record of the movement was appended (it may be durable): the ID is never freed for a
+    /// retry after that; a failure leaves it pending until recovery settles it.
+    recorded: bool,
 }
 
 impl MovementCell {
@@ -97,7 +100,20 @@ impl MovementCell {
 
     /// Sets the creation time to that of the movement's first record.
     fn recorded_at(&self, at: Timestamp) {
-        self.state.lock().created_at = at;
+        let mut s = self.state.lock();
+        s.created_at = at;
+        s.recorded = true;
+    }
+
+    /// Marks the movement as possibly recorded, keeping its creation time.
+    fn maybe_recorded(&self) {
+        self.state.lock().recorded = true;
+    }
+
+    /// Returns whether the movement is pending with nothing recorded (its ID may be freed).
+    fn unrecorded(&self) -> bool {
+        let s = self.state.lock();
+        s.status == MovementStatus::Pending && !s.recorded
     }
 
     fn finish(
@@ -177,6 +193,7 @@ impl MovementTable {
                 rejection_opt: None,
                 balance_after_minor_opt: None,
                 abandoned: false,
+                recorded: false,
             }),
             done: Notify::new(),
         });
@@ -192,6 +209,7 @@ impl MovementTable {
                 rejection_opt: rec.rejection_opt,
                 balance_after_minor_opt: rec.balance_after_minor_opt,
                 abandoned: false,
+                recorded: true,
             }),
             done: Notify::new(),
         });
@@ -274,22 +292,6 @@ fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
         (MovementBody::Transfer(a), MovementBody::Transfer(b)) => transfer_diff(a, b),
         (MovementBody::Entry(a), MovementBody::Entry(b)) => entry_diff(a, b),
         _ => vec!["kind"],
-    }
-}
-
-/// Gives the calling thread the lowest CPU priority (nice 19): background folds then use only
-/// the CPU that requests leave. Linux only (a thread's nice value is per thread there).
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority take no pointers; failure only leaves the priority.
-        let ret = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 19)
-        };
-        if ret != 0 {
-            tracing::debug!("could not lower the snapshot thread's priority");
-        }
     }
 }
 
@@ -857,9 +859,11 @@ impl Node {
                 Self::posted(&cell)
             }
             Err(e) => {
-                // Nothing durable was recorded for this ID (the stream failed or was full
-                // before the first record): free the ID for a retry.
-                if cell.state.lock().status == MovementStatus::Pending {
+                // Nothing was recorded for this ID (the stream failed or was full before the
+                // first record): free the ID for a retry. Once a record exists (a durable hold,
+                // say) the ID stays pending: a retry must not place a second hold; recovery
+                // settles it at the next start.
+                if cell.unrecorded() {
                     self.movements.abandon(&t.transfer_id, &cell);
                 }
                 Err(e)
@@ -1055,15 +1059,24 @@ impl Node {
     /// Waits until each shard's stream is durable up to the LSN noted for it (0: nothing).
     /// Returns the shards whose stream failed, with the error.
     async fn wait_shards_durable(&self, lsns: &[Lsn]) -> Vec<(usize, LedgerError)> {
-        let mut failed = Vec::new();
-        for (shard, &lsn) in lsns.iter().enumerate() {
-            if lsn > 0 {
-                if let Err(e) = self.shards[shard].log.wait_durable(lsn).await {
-                    failed.push((shard, e));
-                }
-            }
-        }
-        failed
+        // All at once: each wait tells its shard's writer that someone waits (log.rs).
+        let waits =
+            lsns.iter()
+                .enumerate()
+                .filter(|(_, &lsn)| lsn > 0)
+                .map(|(shard, &lsn)| async move {
+                    self.shards[shard]
+                        .log
+                        .wait_durable(lsn)
+                        .await
+                        .err()
+                        .map(|e| (shard, e))
+                });
+        futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn shard_index(&self, id: &AccountId) -> usize {
@@ -1085,7 +1098,9 @@ impl Node {
         let Ok(_permits) = self
             .in_flight
             .clone()
-            .acquire_many_owned(n.clamp(1, self.config.in_flight_max) as u32)
+            .acquire_many_owned(
+                n.clamp(1, BATCH_CONCURRENCY_MAX.min(self.config.in_flight_max)) as u32,
+            )
             .await
         else {
             return cmds
@@ -1195,6 +1210,11 @@ impl Node {
                 }
                 Err(e) => {
                     for i in idxs {
+                        // Some of this account's holds may have been appended before the
+                        // failure: their IDs stay pending (see `MovementCell::unrecorded`).
+                        if let Some(cell) = &cells[i] {
+                            cell.maybe_recorded();
+                        }
                         status[i] = Some(Err(e.clone()));
                     }
                 }
@@ -1326,7 +1346,7 @@ impl Node {
                     Self::posted(cell)
                 }
                 Err(e) => {
-                    if cell.state.lock().status == MovementStatus::Pending {
+                    if cell.unrecorded() {
                         self.movements.abandon(&t.transfer_id, cell);
                     }
                     Err(e)
@@ -1452,7 +1472,7 @@ impl Node {
                 .collect(),
             Err(e) => {
                 for (t, cell) in cmds.iter().zip(&cells) {
-                    if cell.state.lock().status == MovementStatus::Pending {
+                    if cell.unrecorded() {
                         self.movements.abandon(&t.transfer_id, cell);
                     }
                 }
@@ -1618,7 +1638,7 @@ impl Node {
             }
             Ok(Err(r)) => cell.finish(MovementStatus::Rejected, Some(r), None),
             Err(err) => {
-                if cell.state.lock().status == MovementStatus::Pending {
+                if cell.unrecorded() {
                     self.movements.abandon(&e.entry_id, &cell);
                 }
                 return Err(err);
@@ -1696,35 +1716,23 @@ impl Node {
                         t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
                     });
                 if due_by_count || due_by_time {
-                    // Folding a shard's stream is CPU-bound (seconds for a big shard): run it
-                    // on its own thread, never on one of the runtime's workers, at the lowest
-                    // CPU priority, so that on a small machine it takes only what requests
-                    // leave (at normal priority it took a whole core and the p99 with it).
+                    // Folding a shard's stream is CPU-bound: run it on a blocking-pool thread
+                    // so that it never holds one of the runtime's workers (with two cores,
+                    // that would stall half the request path for the whole fold).
                     let (node, shard) = (self.clone(), shard.clone());
                     let handle = tokio::runtime::Handle::current();
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("saldo-snapshot-{}", shard.id))
-                        .spawn(move || {
-                            lower_thread_priority();
-                            let result = handle.block_on(async {
-                                node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e))
-                            });
-                            let _ = tx.send(result);
-                        });
-                    let result = match spawned {
-                        Ok(_) => rx.await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "snapshot thread failed to start; will retry");
-                            continue;
-                        }
-                    };
+                    let result = tokio::task::spawn_blocking(move || {
+                        handle.block_on(async {
+                            node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e))
+                        })
+                    })
+                    .await;
                     match result {
                         Ok(Ok(())) => {}
                         Ok(Err((shard, e))) => {
                             tracing::warn!(shard, error = %e, "snapshot failed; will retry")
                         }
-                        Err(_) => tracing::warn!("snapshot thread ended early; will retry"),
+                        Err(e) => tracing::warn!(error = %e, "snapshot task failed; will retry"),
                     }
                 }
             }
@@ -1757,6 +1765,9 @@ impl Node {
             for (k, actor) in actors.into_iter().enumerate() {
                 let _ = actor.tell(AccountMsg::Passivate { idle }).await;
                 if k % PASSIVATE_CHUNK == PASSIVATE_CHUNK - 1 {
+                    if self.stop_background.is_cancelled() {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
