@@ -520,11 +520,18 @@ fn main() {
     let seconds = arg("--seconds", 5);
     let restore_accounts = arg("--accounts-restore", 1_000_000) as usize;
     let aws = aws_mode();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    // `--workers 0` runs everything on one thread (a current-thread runtime).
+    let workers = arg("--workers", 2) as usize;
+    let rt = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    }
+    .enable_all()
+    .build()
+    .unwrap();
     rt.block_on(async {
         let backend = if aws {
             "Kinesis (kinesalite) + DynamoDB Local on 127.0.0.1"
@@ -625,7 +632,7 @@ fn main() {
             println!("| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |", p.label, p.rate_per_s, p.p50_us as f64 / 1e3, p.p99_us as f64 / 1e3, p.max_us as f64 / 1e3);
         }
         let batches = stats.wal_batches_total.max(1);
-        println!("\nstream: {} records, {:.1} events per record on average", stats.wal_batches_total, stats.wal_events_total as f64 / batches as f64);
+        println!("\nstream: {} records, {:.1} events per record on average, {:.0} µs per append on average", stats.wal_batches_total, stats.wal_events_total as f64 / batches as f64, stats.wal_append_latency_us_sum as f64 / batches as f64);
         if aws {
             let delta = |name| metric(&stats.backend, name) - metric(&backend_before, name);
             let calls = delta("saldo_kinesis_put_latency_seconds_count");

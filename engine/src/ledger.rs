@@ -94,7 +94,8 @@ impl Ledger {
     /// Opens an account. Returns the account and `true` when it was created now, `false` when an
     /// identical account already existed; `AccountExists` when it exists with other parameters.
     pub async fn open_account(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
-        self.inner.open_account(cmd).await
+        let node = self.inner.clone();
+        detached(async move { node.open_account(cmd).await }, Err).await
     }
 
     /// Returns an account as of durable state.
@@ -106,7 +107,8 @@ impl Ledger {
     /// durable. A repeated ID with the same content returns the original outcome (`replayed`);
     /// with other content, `IdConflict` and nothing changes.
     pub async fn transfer(&self, cmd: Transfer) -> Result<Posted, LedgerError> {
-        self.inner.transfer(cmd).await
+        let node = self.inner.clone();
+        detached(async move { node.transfer(cmd).await }, Err).await
     }
 
     /// Runs many transfers concurrently; one result per transfer, in order. With `atomic`,
@@ -116,12 +118,18 @@ impl Ledger {
         cmds: Vec<Transfer>,
         atomic: bool,
     ) -> Vec<Result<Posted, LedgerError>> {
-        self.inner.transfer_batch(cmds, atomic).await
+        let (node, n) = (self.inner.clone(), cmds.len());
+        detached(
+            async move { node.transfer_batch(cmds, atomic).await },
+            |e| vec![Err(e); n],
+        )
+        .await
     }
 
     /// Posts a credit or debit entry on one account; idempotent by entry ID like transfers.
     pub async fn post_entry(&self, cmd: Entry) -> Result<Posted, LedgerError> {
-        self.inner.post_entry(cmd).await
+        let node = self.inner.clone();
+        detached(async move { node.post_entry(cmd).await }, Err).await
     }
 
     /// Returns a transfer or entry by ID.
@@ -182,5 +190,24 @@ impl Ledger {
     /// the background tasks.
     pub async fn shutdown(&self) {
         self.inner.shutdown().await
+    }
+}
+
+/// Runs a write as a task of its own, so that it runs to its end even when the caller stops
+/// waiting: an HTTP handler is dropped when its client hangs up or its request times out, and
+/// a transfer dropped between its phases would keep its hold open and its ID pending (a retry
+/// would wait for it) until the next restart's recovery. A panic in the write resumes in the
+/// caller; `on_cancel` answers if the runtime is shutting down under it.
+async fn detached<T, F>(write: F, on_cancel: impl FnOnce(LedgerError) -> T) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    match tokio::spawn(write).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => on_cancel(LedgerError::Unavailable {
+            reason: "shutting down",
+        }),
     }
 }

@@ -1,7 +1,7 @@
 //! The ledger end to end in one process: accounts, entries, transfers within and across
 //! shards, idempotency, reads, restart from the stream and from snapshots.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use saldo_engine::*;
 use saldo_persistence::{snapshot::memory::MemorySnapshotStore, wal::memory::MemoryWal};
@@ -707,26 +707,41 @@ impl saldo_persistence::Wal for GatedWal {
     }
 }
 
+/// A ledger on a [`GatedWal`] (gate open) with three empty accounts; on several shards the
+/// first two are on different shards and the third on the first one's.
+async fn gated_ledger(
+    shards: u32,
+) -> (
+    Ledger,
+    MemoryWal,
+    MemorySnapshotStore,
+    Arc<tokio::sync::watch::Sender<bool>>,
+    (String, String, String),
+) {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let gate = Arc::new(tokio::sync::watch::channel(true).0);
+    let gated = GatedWal {
+        inner: wal.clone(),
+        open: gate.clone(),
+    };
+    let l = Ledger::open(config(shards), Arc::new(gated), Arc::new(snaps.clone()))
+        .await
+        .unwrap();
+    let (a, b, c) = if shards > 1 {
+        names(&l)
+    } else {
+        ("alice".into(), "bob".into(), "carol".into())
+    };
+    for x in [&a, &b, &c] {
+        open_account(&l, x, 0).await;
+    }
+    (l, wal, snaps, gate, (a, b, c))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_answered_before_it_is_durable_and_a_crash_then_loses_nothing_answered() {
     for shards in [1, 4] {
-        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
-        let gate = Arc::new(tokio::sync::watch::channel(true).0);
-        let gated = GatedWal {
-            inner: wal.clone(),
-            open: gate.clone(),
-        };
-        let l = Ledger::open(config(shards), Arc::new(gated), Arc::new(snaps.clone()))
-            .await
-            .unwrap();
-        let (a, b, c) = if shards > 1 {
-            names(&l)
-        } else {
-            ("alice".into(), "bob".into(), "carol".into())
-        };
-        for x in [&a, &b, &c] {
-            open_account(&l, x, 0).await;
-        }
+        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(shards).await;
         credit(&l, "fund-a", &a, 1_000).await.unwrap();
         credit(&l, "fund-b", &b, 1_000).await.unwrap();
         // From here on nothing becomes durable.
@@ -792,6 +807,74 @@ async fn nothing_is_answered_before_it_is_durable_and_a_crash_then_loses_nothing
             ),
             (900, 1_000, 100)
         );
+        l.shutdown().await;
+    }
+}
+
+/// A caller that stops waiting (an HTTP client that hangs up, a request timeout) must not
+/// strand a movement half-way: the transfer, entry or batch still runs to its end, and a retry
+/// with the same ID gets its outcome, instead of waiting on a claim nobody will finish while
+/// the hold stays open until the next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_does_not_strand_a_movement() {
+    for shards in [1, 4] {
+        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(shards).await;
+        credit(&l, "fund-a", &a, 1_000).await.unwrap();
+        // The stream stalls; each caller gives up while its movement is in flight.
+        gate.send_replace(false);
+        let single = transfer("s-1", &a, &b, 100);
+        let batch = vec![transfer("s-2", &a, &c, 200), transfer("s-3", &a, &b, 300)];
+        let entry = || Entry {
+            entry_id: mid("s-4"),
+            account_id: id(&c),
+            kind: EntryKind::Credit,
+            amount_minor: 50,
+            description_opt: None,
+        };
+        for give_up in [
+            tokio::time::timeout(Duration::from_millis(100), l.transfer(single.clone()))
+                .await
+                .is_err(),
+            tokio::time::timeout(
+                Duration::from_millis(100),
+                l.transfer_batch(batch.clone(), false),
+            )
+            .await
+            .is_err(),
+            tokio::time::timeout(Duration::from_millis(100), l.post_entry(entry()))
+                .await
+                .is_err(),
+        ] {
+            assert!(give_up, "{shards} shards: answered while the stream was stalled");
+        }
+        // The stream recovers; the clients retry with the same IDs.
+        gate.send_replace(true);
+        let retries = async {
+            (
+                l.transfer(single.clone()).await,
+                l.transfer_batch(batch.clone(), false).await,
+                l.post_entry(entry()).await,
+            )
+        };
+        let (t, bt, e) = tokio::time::timeout(Duration::from_secs(10), retries)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{shards} shards: a retry waited on a movement its caller dropped")
+            });
+        assert!(t.is_ok_and(|p| p.replayed), "{shards} shards");
+        assert!(bt.iter().all(|r| r.as_ref().is_ok_and(|p| p.replayed)), "{bt:?}");
+        assert!(e.is_ok_and(|p| p.replayed), "{shards} shards");
+        // Each took effect once and no hold is left open.
+        for (x, want) in [(&a, 400), (&b, 400), (&c, 250)] {
+            let v = l.account(&id(x)).await.unwrap();
+            assert_eq!((v.balance_minor, v.held_minor), (want, 0), "{shards} shards: {x}");
+        }
+        l.shutdown().await;
+        // And the stream says the same after a restart.
+        let l = open(&wal, &snaps, config(shards)).await;
+        for (x, want) in [(&a, 400), (&b, 400), (&c, 250)] {
+            assert_eq!(balance(&l, x).await, want, "{shards} shards: {x} after restart");
+        }
         l.shutdown().await;
     }
 }

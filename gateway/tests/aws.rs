@@ -1421,10 +1421,11 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     let proxy = FaultProxy::start(emu.kinesis.endpoint(), FaultPlan::none()).await;
     let proxied = direct.via(&proxy.endpoint());
     // The node writes its own snapshots to DynamoDB (straight, not through the proxy): the
-    // restart starts from them and `verify` checks them against the stream.
+    // restart starts from them and `verify` checks them against the stream. Every 20 events,
+    // so that a snapshot is due even when the faults let little load through.
     let snapshots = [
         "--snapshot-every-events",
-        "100",
+        "20",
         "--snapshot-interval-ms",
         "0",
     ];
@@ -1475,7 +1476,7 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
         "the node retried: retries {retries}, throttles {throttles}"
     );
 
-    // Its snapshots (every 100 events, checked every second) reach DynamoDB.
+    // Its snapshots (every 20 events, checked every second) reach DynamoDB.
     let deadline = Instant::now() + NODE_SNAPSHOT_UNDER_FAULTS_TIMEOUT;
     while metric_sum(
         &scrape(&client, &format!("{}/metrics", node.base)).await,
