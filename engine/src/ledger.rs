@@ -22,7 +22,8 @@ pub struct EngineConfig {
     pub movements_window: usize,
     /// An account actor idle this long is passivated (its state kept compactly by its shard).
     pub passivate_after_ms: u64,
-    /// Transfers and entries being coordinated at once; beyond this, calls fail `Overloaded`.
+    /// Writes (transfers, entries, account openings) being coordinated at once; beyond this,
+    /// calls fail `Overloaded`.
     pub in_flight_max: usize,
     /// How long a shard's group commit waits for more events before flushing, in microseconds
     /// (0: flush as soon as the previous flush is done).
@@ -48,7 +49,7 @@ pub struct LedgerStats {
     pub live_actors: u64,
     /// Accounts known to this node.
     pub num_accounts: u64,
-    /// Transfers and entries being coordinated now.
+    /// Writes (transfers, entries, account openings) being coordinated now.
     pub in_flight: u64,
     /// Stream batches (group commits) written since start.
     pub wal_batches_total: u64,

@@ -617,6 +617,7 @@ impl Node {
         {
             return Err(Rejection::InvalidId.into());
         }
+        let _permit = self.in_flight_permit()?;
         let shard = self.shard(&cmd.account_id);
         loop {
             let room = shard.log.room();
@@ -835,14 +836,20 @@ impl Node {
     pub(crate) async fn transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
         self.check_open()?;
         Self::validate_transfer(&t)?;
-        let _permit =
-            self.in_flight
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| LedgerError::Overloaded {
-                    reason: "too many transfers in flight",
-                })?;
+        let _permit = self.in_flight_permit()?;
         self.run_transfer(t).await
+    }
+
+    /// One of the `in_flight_max` permits of the writes being coordinated; `Overloaded` when
+    /// none is left. Writes run on to their end when their caller hangs up (see `Ledger`), so
+    /// this, not the gateway's request limit, is what bounds them.
+    fn in_flight_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, LedgerError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LedgerError::Overloaded {
+                reason: "too many writes in flight",
+            })
     }
 
     async fn run_transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
@@ -1586,13 +1593,7 @@ impl Node {
             return Err(Rejection::InvalidAmount.into());
         }
         check_description(&e.description_opt)?;
-        let _permit =
-            self.in_flight
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| LedgerError::Overloaded {
-                    reason: "too many movements in flight",
-                })?;
+        let _permit = self.in_flight_permit()?;
         let cell = match self
             .claim(&e.entry_id, &MovementBody::Entry(e.clone()))
             .await

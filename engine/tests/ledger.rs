@@ -845,7 +845,10 @@ async fn a_caller_that_stops_waiting_does_not_strand_a_movement() {
                 .await
                 .is_err(),
         ] {
-            assert!(give_up, "{shards} shards: answered while the stream was stalled");
+            assert!(
+                give_up,
+                "{shards} shards: answered while the stream was stalled"
+            );
         }
         // The stream recovers; the clients retry with the same IDs.
         gate.send_replace(true);
@@ -862,19 +865,93 @@ async fn a_caller_that_stops_waiting_does_not_strand_a_movement() {
                 panic!("{shards} shards: a retry waited on a movement its caller dropped")
             });
         assert!(t.is_ok_and(|p| p.replayed), "{shards} shards");
-        assert!(bt.iter().all(|r| r.as_ref().is_ok_and(|p| p.replayed)), "{bt:?}");
+        assert!(
+            bt.iter().all(|r| r.as_ref().is_ok_and(|p| p.replayed)),
+            "{bt:?}"
+        );
         assert!(e.is_ok_and(|p| p.replayed), "{shards} shards");
         // Each took effect once and no hold is left open.
         for (x, want) in [(&a, 400), (&b, 400), (&c, 250)] {
             let v = l.account(&id(x)).await.unwrap();
-            assert_eq!((v.balance_minor, v.held_minor), (want, 0), "{shards} shards: {x}");
+            assert_eq!(
+                (v.balance_minor, v.held_minor),
+                (want, 0),
+                "{shards} shards: {x}"
+            );
         }
         l.shutdown().await;
         // And the stream says the same after a restart.
         let l = open(&wal, &snaps, config(shards)).await;
         for (x, want) in [(&a, 400), (&b, 400), (&c, 250)] {
-            assert_eq!(balance(&l, x).await, want, "{shards} shards: {x} after restart");
+            assert_eq!(
+                balance(&l, x).await,
+                want,
+                "{shards} shards: {x} after restart"
+            );
         }
         l.shutdown().await;
     }
+}
+
+/// Writes left by their callers run on, and still count against `in_flight_max` until they
+/// end: clients that send and hang up while the stream is stalled cannot pile up work without
+/// bound; the next write is refused at once (`Overloaded`) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_left_by_their_callers_still_count_against_the_in_flight_bound() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let gate = Arc::new(tokio::sync::watch::channel(true).0);
+    let gated = GatedWal {
+        inner: wal.clone(),
+        open: gate.clone(),
+    };
+    let cfg = EngineConfig {
+        in_flight_max: 2,
+        ..config(1)
+    };
+    let l = Ledger::open(cfg, Arc::new(gated), Arc::new(snaps))
+        .await
+        .unwrap();
+    let opening = |name: &str| OpenAccount {
+        account_id: id(name),
+        currency: brl(),
+        overdraft_limit_minor: 0,
+        metadata_opt: None,
+    };
+    gate.send_replace(false);
+    for name in ["left-1", "left-2"] {
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), l.open_account(opening(name)))
+                .await
+                .is_err();
+        assert!(gave_up, "{name} was answered while the stream was stalled");
+    }
+    let third = tokio::time::timeout(Duration::from_secs(5), l.open_account(opening("third")))
+        .await
+        .expect("the third write is refused at once, not queued");
+    assert!(
+        matches!(third, Err(LedgerError::Overloaded { .. })),
+        "{third:?}"
+    );
+    let entry = tokio::time::timeout(Duration::from_secs(5), credit(&l, "e-1", "left-1", 5))
+        .await
+        .expect("refused at once");
+    assert!(
+        matches!(entry, Err(LedgerError::Overloaded { .. })),
+        "{entry:?}"
+    );
+    // The stream recovers: the two left-behind openings end, and their slots free up.
+    gate.send_replace(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while l.stats().in_flight > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the left-behind writes never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, created) = l.open_account(opening("left-1")).await.unwrap();
+    assert!(!created, "the left-behind opening took effect");
+    let (_, created) = l.open_account(opening("third")).await.unwrap();
+    assert!(created);
+    l.shutdown().await;
 }
