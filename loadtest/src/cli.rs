@@ -141,8 +141,8 @@ pub struct RunArgs {
     /// account choice gives). Needs the server's shard count, `--shards`.
     #[arg(long)]
     pub cross_shard_fraction: Option<f64>,
-    /// The server's shard count (`saldo serve --shards`, a power of two; saldo's default is 8).
-    #[arg(long, default_value_t = 8)]
+    /// The server's shard count (`saldo serve --shards`, a power of two; saldo's default is 1).
+    #[arg(long, default_value_t = 1)]
     pub shards: u32,
     /// Account choice: `uniform`, `zipf:S` or `hot:FRACTION:PROBABILITY`.
     #[arg(long, default_value = "uniform")]
@@ -261,6 +261,11 @@ impl RunArgs {
             ensure!(
                 (0.0..=1.0).contains(&fraction),
                 "--cross-shard-fraction is 0..=1"
+            );
+            ensure!(
+                fraction == 0.0 || self.shards >= 2,
+                "--cross-shard-fraction needs the server's shard count: pass --shards N (N >= 2, \
+                 as given to `saldo serve --shards`)"
             );
         }
         ensure!(

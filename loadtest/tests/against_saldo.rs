@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long the server may take to become ready.
 const READY_WAIT: Duration = Duration::from_secs(60);
+/// Shards of the server under test (saldo's default is one: more, so that transfers cross).
+const SERVER_SHARDS: u32 = 4;
 
 struct Server {
     child: Child,
@@ -75,6 +77,9 @@ fn start_server() -> Server {
             &format!("127.0.0.1:{port}"),
             "--auth",
             "none",
+            // Several shards, so that cross-shard transfers happen (the default is one).
+            "--shards",
+            &SERVER_SHARDS.to_string(),
         ])
         .arg("--data-dir")
         .arg(data_dir.path())
@@ -167,6 +172,8 @@ fn a_mixed_open_loop_run_verifies_and_tampering_makes_verification_fail() {
         "zipf:1.1",
         "--cross-shard-fraction",
         "0.5",
+        "--shards",
+        &SERVER_SHARDS.to_string(),
         "--retry-fraction",
         "0.1",
         "--invalid-fraction",
