@@ -114,3 +114,8 @@ const _: () = assert!(
         <= DYNAMODB_BATCH_WRITE_BYTES_MAX
 );
 const _: () = assert!(DYNAMODB_CHUNKS_MAX < 1_000_000);
+
+/// A local snapshot is written and synced in chunks of this size, so that the write-ahead
+/// stream's fsyncs on the same disk queue behind at most one chunk, not behind the tens of
+/// megabytes of a whole snapshot written in one burst.
+pub const SNAPSHOT_WRITE_CHUNK_BYTES: usize = 1 << 20;

@@ -29,7 +29,10 @@ fn io_err(e: std::io::Error) -> SnapshotError {
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
+    for chunk in bytes.chunks(crate::limits::SNAPSHOT_WRITE_CHUNK_BYTES) {
+        file.write_all(chunk)?;
+        file.sync_data()?;
+    }
     file.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
