@@ -710,7 +710,7 @@ impl saldo_persistence::Wal for GatedWal {
 /// A ledger on a [`GatedWal`] (gate open) with three empty accounts; on several shards the
 /// first two are on different shards and the third on the first one's.
 async fn gated_ledger(
-    shards: u32,
+    cfg: EngineConfig,
 ) -> (
     Ledger,
     MemoryWal,
@@ -724,7 +724,8 @@ async fn gated_ledger(
         inner: wal.clone(),
         open: gate.clone(),
     };
-    let l = Ledger::open(config(shards), Arc::new(gated), Arc::new(snaps.clone()))
+    let shards = cfg.num_shards;
+    let l = Ledger::open(cfg, Arc::new(gated), Arc::new(snaps.clone()))
         .await
         .unwrap();
     let (a, b, c) = if shards > 1 {
@@ -741,7 +742,7 @@ async fn gated_ledger(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_answered_before_it_is_durable_and_a_crash_then_loses_nothing_answered() {
     for shards in [1, 4] {
-        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(shards).await;
+        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(config(shards)).await;
         credit(&l, "fund-a", &a, 1_000).await.unwrap();
         credit(&l, "fund-b", &b, 1_000).await.unwrap();
         // From here on nothing becomes durable.
@@ -818,7 +819,7 @@ async fn nothing_is_answered_before_it_is_durable_and_a_crash_then_loses_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_stops_waiting_does_not_strand_a_movement() {
     for shards in [1, 4] {
-        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(shards).await;
+        let (l, wal, snaps, gate, (a, b, c)) = gated_ledger(config(shards)).await;
         credit(&l, "fund-a", &a, 1_000).await.unwrap();
         // The stream stalls; each caller gives up while its movement is in flight.
         gate.send_replace(false);
@@ -898,19 +899,11 @@ async fn a_caller_that_stops_waiting_does_not_strand_a_movement() {
 /// bound; the next write is refused at once (`Overloaded`) instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_left_by_their_callers_still_count_against_the_in_flight_bound() {
-    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
-    let gate = Arc::new(tokio::sync::watch::channel(true).0);
-    let gated = GatedWal {
-        inner: wal.clone(),
-        open: gate.clone(),
-    };
-    let cfg = EngineConfig {
+    let (l, _, _, gate, _) = gated_ledger(EngineConfig {
         in_flight_max: 2,
         ..config(1)
-    };
-    let l = Ledger::open(cfg, Arc::new(gated), Arc::new(snaps))
-        .await
-        .unwrap();
+    })
+    .await;
     let opening = |name: &str| OpenAccount {
         account_id: id(name),
         currency: brl(),
