@@ -29,6 +29,9 @@ pub enum AccountCommand {
     Hold(Transfer, Option<MovementId>),
     /// Phase 2: credit the transfer's amount to its credit account.
     Credit(Transfer),
+    /// Phase 2 of an atomic batch: the credit whose room was reserved before the batch's
+    /// commit point (see [`AccountState::reserve_incoming`]); it consumes the reservation.
+    CreditReserved(Transfer),
     /// Phase 3: turn the hold into a debit.
     Commit(MovementId),
     /// Phase 3, failure path: drop the hold.
@@ -56,8 +59,11 @@ pub struct HistoryRow {
 pub struct DayTotals {
     day: Day,
     num_movements: u32,
-    credits_minor: i64,
-    debits_minor: i64,
+    /// Report counter (saturating i128, see `post`); same postcard encoding as the i64 of
+    /// snapshot format 1 (zigzag varint), so older snapshots decode unchanged.
+    credits_minor: i128,
+    /// As `credits_minor`.
+    debits_minor: i128,
     closing_minor: i64,
 }
 
@@ -69,6 +75,12 @@ pub struct Hold {
     /// The atomic batch it belongs to: recovery finishes it only if the batch was decided.
     pub batch_opt: Option<MovementId>,
 }
+
+/// Why an event cannot be folded into an account: the stream holds something `decide` would
+/// never have produced (corruption or a bug). Restore reports it with the shard and LSN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unappliable(pub &'static str);
 
 /// The state of one account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +103,27 @@ pub struct AccountState {
     history: VecDeque<HistoryRow>,
     /// One entry per day with movements, oldest first.
     days: Vec<DayTotals>,
+    /// Credits promised to atomic batches past their commit point and not yet applied.
+    #[serde(skip)]
+    incoming: Incoming,
 }
+
+/// Room reserved for credits that must not be refused later: an atomic batch reserves its
+/// credits before its commit point, and every other credit is checked against balance +
+/// reservations, so a decided batch's credit can never overflow the balance (a partial atomic
+/// batch). Memory only: it is not in the stream or in snapshots, and is not part of the
+/// state's identity. After a crash none is needed: recovery finishes decided batches before
+/// the node takes commands, and the coordinator makes the reserving account's state durable
+/// before the commit point, so the restored balance leaves the room the reservation saw.
+#[derive(Clone, Copy, Debug, Default)]
+struct Incoming(i64);
+
+impl PartialEq for Incoming {
+    fn eq(&self, _: &Incoming) -> bool {
+        true
+    }
+}
+impl Eq for Incoming {}
 
 impl AccountState {
     /// Returns the state of a just-opened account.
@@ -110,6 +142,7 @@ impl AccountState {
             num_movements: 0,
             history: VecDeque::new(),
             days: Vec::new(),
+            incoming: Incoming(0),
         }
     }
 
@@ -163,9 +196,21 @@ impl AccountState {
             AccountCommand::Credit(t) => {
                 assert_eq!(t.credit_account_id, self.id, "routing bug");
                 self.check_amount(t.amount_minor, t.currency)?;
-                self.balance_minor
-                    .checked_add(t.amount_minor)
-                    .ok_or(Rejection::InvalidAmount)?;
+                self.check_can_receive(t.amount_minor)?;
+                Ok(Event::CreditApplied {
+                    transfer: t.clone(),
+                    at,
+                })
+            }
+            AccountCommand::CreditReserved(t) => {
+                assert_eq!(t.credit_account_id, self.id, "routing bug");
+                self.check_amount(t.amount_minor, t.currency)?;
+                assert!(
+                    self.incoming.0 >= t.amount_minor,
+                    "a reserved credit has its reservation"
+                );
+                // The reservation is part of `incoming` already: balance + incoming fits.
+                self.check_can_receive(0)?;
                 Ok(Event::CreditApplied {
                     transfer: t.clone(),
                     at,
@@ -192,15 +237,17 @@ impl AccountState {
                 assert_eq!(e.account_id, self.id, "routing bug");
                 self.check_amount(e.amount_minor, self.currency)?;
                 let balance_after_minor = match e.kind {
-                    EntryKind::Credit => self
-                        .balance_minor
-                        .checked_add(e.amount_minor)
-                        .ok_or(Rejection::InvalidAmount)?,
+                    EntryKind::Credit => {
+                        self.check_can_receive(e.amount_minor)?;
+                        self.balance_minor
+                            .checked_add(e.amount_minor)
+                            .ok_or(Rejection::BalanceOverflow)?
+                    }
                     EntryKind::Debit => {
                         self.check_can_spend(e.amount_minor)?;
                         self.balance_minor
                             .checked_sub(e.amount_minor)
-                            .ok_or(Rejection::InvalidAmount)?
+                            .ok_or(Rejection::BalanceOverflow)?
                     }
                 };
                 Ok(Event::EntryApplied {
@@ -222,8 +269,47 @@ impl AccountState {
         Ok(())
     }
 
-    /// Checks that `amount_minor` more can leave: available − amount ≥ −overdraft limit.
+    /// Checks that `amount_minor` more can arrive: balance + reserved credits + amount fits
+    /// the balance type. Refused in `decide`, so that `apply` never meets an overflow.
+    fn check_can_receive(&self, amount_minor: i64) -> Result<(), Rejection> {
+        self.balance_minor
+            .checked_add(self.incoming.0)
+            .and_then(|b| b.checked_add(amount_minor))
+            .map(|_| ())
+            .ok_or(Rejection::BalanceOverflow)
+    }
+
+    /// Reserves room for an atomic batch's credit to this account (before the batch's commit
+    /// point): later credits are checked against it, so this one cannot be refused for
+    /// overflow. Records nothing.
+    pub fn reserve_incoming(&mut self, t: &Transfer) -> Result<(), Rejection> {
+        assert_eq!(t.credit_account_id, self.id, "routing bug");
+        self.check_amount(t.amount_minor, t.currency)?;
+        self.check_can_receive(t.amount_minor)?;
+        self.incoming.0 = self
+            .incoming
+            .0
+            .checked_add(t.amount_minor)
+            .expect("checked by check_can_receive above");
+        Ok(())
+    }
+
+    /// Gives back a reservation: its credit was applied, or its batch aborted.
+    pub fn release_incoming(&mut self, amount_minor: i64) {
+        self.incoming.0 = self
+            .incoming
+            .0
+            .checked_sub(amount_minor)
+            .filter(|&left| left >= 0)
+            .expect("a reservation is released once");
+    }
+
+    /// Checks that `amount_minor` more can leave: available − amount ≥ −overdraft limit, and
+    /// the holds still sum within the balance type.
     fn check_can_spend(&self, amount_minor: i64) -> Result<(), Rejection> {
+        self.held_minor
+            .checked_add(amount_minor)
+            .ok_or(Rejection::BalanceOverflow)?;
         let available_after = self
             .balance_minor
             .checked_sub(self.held_minor)
@@ -246,37 +332,57 @@ impl AccountState {
             .find(|t| &t.transfer_id == id)
     }
 
-    /// Folds an event about this account into the state. `movements_window` bounds the history
-    /// kept in memory. Events that do not change the account (rejections) are no-ops.
+    /// Folds an event that `decide` produced on this very state (the live path): `decide`
+    /// proved that it applies, so a failure here is a bug and stops the process.
     pub fn apply(&mut self, event: &Event, movements_window: usize) {
+        if let Err(e) = self.try_apply(event, movements_window) {
+            panic!(
+                "account {}: an event decide accepted does not apply: {e}",
+                self.id
+            );
+        }
+    }
+
+    /// Folds an event about this account into the state, or says why it cannot (the replay
+    /// path: restore, snapshots and tools fold events they did not decide, and an event that
+    /// contradicts the state is corruption or a bug to report, never a reason to panic).
+    /// `movements_window` bounds the history kept in memory. Events that do not change the
+    /// account (rejections) are no-ops. On `Err` the state may be half-changed and must be
+    /// dropped.
+    pub fn try_apply(&mut self, event: &Event, movements_window: usize) -> Result<(), Unappliable> {
         let at = event.at();
-        assert!(at >= self.updated_at, "time goes forward on an account");
+        if at < self.updated_at {
+            return Err(Unappliable("time goes backwards on the account"));
+        }
         match event {
-            Event::AccountOpened { .. } => panic!("an account is opened once"),
+            Event::AccountOpened { .. } => return Err(Unappliable("the account is already open")),
             Event::EntryRejected { .. }
             | Event::TransferRejected { .. }
-            | Event::BatchCommitted { .. } => return,
+            | Event::BatchCommitted { .. } => return Ok(()),
             Event::HoldPlaced {
                 transfer,
                 batch_opt,
                 ..
             } => {
-                assert_eq!(transfer.debit_account_id, self.id);
-                assert!(
-                    self.hold(&transfer.transfer_id).is_none(),
-                    "one hold per transfer"
-                );
+                if transfer.debit_account_id != self.id {
+                    return Err(Unappliable("a hold routed to another account"));
+                }
+                if self.hold(&transfer.transfer_id).is_some() {
+                    return Err(Unappliable("a second hold for one transfer"));
+                }
                 self.held_minor = self
                     .held_minor
                     .checked_add(transfer.amount_minor)
-                    .expect("checked by decide");
+                    .ok_or(Unappliable("held funds overflow"))?;
                 self.holds.push(Hold {
                     transfer: transfer.clone(),
                     batch_opt: batch_opt.clone(),
                 });
             }
             Event::CreditApplied { transfer, .. } => {
-                assert_eq!(transfer.credit_account_id, self.id);
+                if transfer.credit_account_id != self.id {
+                    return Err(Unappliable("a credit routed to another account"));
+                }
                 self.post(
                     at,
                     transfer.amount_minor,
@@ -290,19 +396,10 @@ impl AccountState {
                             true,
                         )
                     },
-                );
+                )?;
             }
             Event::HoldCommitted { transfer_id, .. } => {
-                let i = self
-                    .holds
-                    .iter()
-                    .position(|h| &h.transfer.transfer_id == transfer_id)
-                    .expect("commit of an open hold");
-                let t = self.holds.remove(i).transfer;
-                self.held_minor = self
-                    .held_minor
-                    .checked_sub(t.amount_minor)
-                    .expect("held covers the hold");
+                let t = self.take_hold(transfer_id)?;
                 self.post(at, t.amount_minor, Direction::Out, movements_window, || {
                     (
                         t.transfer_id.clone(),
@@ -310,26 +407,19 @@ impl AccountState {
                         t.description_opt.as_deref().map(Arc::from),
                         true,
                     )
-                });
+                })?;
             }
             Event::HoldReleased { transfer_id, .. } => {
-                let i = self
-                    .holds
-                    .iter()
-                    .position(|h| &h.transfer.transfer_id == transfer_id)
-                    .expect("release of an open hold");
-                let t = self.holds.remove(i).transfer;
-                self.held_minor = self
-                    .held_minor
-                    .checked_sub(t.amount_minor)
-                    .expect("held covers the hold");
+                self.take_hold(transfer_id)?;
             }
             Event::EntryApplied {
                 entry,
                 balance_after_minor,
                 ..
             } => {
-                assert_eq!(entry.account_id, self.id);
+                if entry.account_id != self.id {
+                    return Err(Unappliable("an entry routed to another account"));
+                }
                 let direction = match entry.kind {
                     EntryKind::Credit => Direction::In,
                     EntryKind::Debit => Direction::Out,
@@ -341,16 +431,32 @@ impl AccountState {
                         entry.description_opt.as_deref().map(Arc::from),
                         false,
                     )
-                });
-                // Assert in pairs: the balance decide computed is the balance apply reached.
-                assert_eq!(
-                    self.balance_minor, *balance_after_minor,
-                    "entry replay diverged"
-                );
+                })?;
+                // Check in pairs: the balance decide computed is the balance apply reached.
+                if self.balance_minor != *balance_after_minor {
+                    return Err(Unappliable(
+                        "the entry's recorded balance differs from the fold",
+                    ));
+                }
             }
         }
         self.updated_at = at;
-        self.check_invariants();
+        self.check_invariants()
+    }
+
+    /// Removes an open hold, returning its transfer.
+    fn take_hold(&mut self, transfer_id: &MovementId) -> Result<Transfer, Unappliable> {
+        let i = self
+            .holds
+            .iter()
+            .position(|h| &h.transfer.transfer_id == transfer_id)
+            .ok_or(Unappliable("no open hold for the transfer"))?;
+        let t = self.holds.remove(i).transfer;
+        self.held_minor = self
+            .held_minor
+            .checked_sub(t.amount_minor)
+            .ok_or(Unappliable("held funds below the hold"))?;
+        Ok(t)
     }
 
     /// Changes the posted balance by one movement and records it in the history and the day.
@@ -361,18 +467,20 @@ impl AccountState {
         direction: Direction,
         movements_window: usize,
         row: impl FnOnce() -> (MovementId, Option<AccountId>, Option<Arc<str>>, bool),
-    ) {
+    ) -> Result<(), Unappliable> {
+        if amount_minor <= 0 {
+            return Err(Unappliable("an amount that is not positive"));
+        }
         self.balance_minor = match direction {
             Direction::In => self.balance_minor.checked_add(amount_minor),
             Direction::Out => self.balance_minor.checked_sub(amount_minor),
         }
-        .expect("checked by decide");
-        self.num_movements = self.num_movements.checked_add(1).expect("u64 movements");
+        .ok_or(Unappliable("the balance overflows"))?;
+        // A count of events: 2^64 of them cannot happen, saturating is only for form.
+        self.num_movements = self.num_movements.saturating_add(1);
         let day = at.day();
-        match self.days.last_mut() {
-            Some(last) if last.day == day => {}
-            Some(last) => assert!(last.day < day, "days in order"),
-            None => {}
+        if self.days.last().is_some_and(|last| last.day > day) {
+            return Err(Unappliable("days go backwards on the account"));
         }
         if self.days.last().is_none_or(|last| last.day != day) {
             // Grow one day at a time: most accounts are idle, and memory per idle account
@@ -387,19 +495,16 @@ impl AccountState {
             });
         }
         let today = self.days.last_mut().expect("pushed above");
+        // Report counters, not money: a client can drive them past any balance (credit and
+        // debit the same amount all day), so they are i128 and saturate. Reaching the bound
+        // takes 2^64 movements of the largest amount in one day: it cannot happen.
         today.num_movements = today.num_movements.saturating_add(1);
         match direction {
             Direction::In => {
-                today.credits_minor = today
-                    .credits_minor
-                    .checked_add(amount_minor)
-                    .expect("bounded by the balance type")
+                today.credits_minor = today.credits_minor.saturating_add(i128::from(amount_minor))
             }
             Direction::Out => {
-                today.debits_minor = today
-                    .debits_minor
-                    .checked_add(amount_minor)
-                    .expect("bounded by the balance type")
+                today.debits_minor = today.debits_minor.saturating_add(i128::from(amount_minor))
             }
         }
         today.closing_minor = self.balance_minor;
@@ -425,30 +530,39 @@ impl AccountState {
                 is_transfer,
             });
         }
+        Ok(())
     }
 
-    fn check_invariants(&self) {
-        let held: i64 = self
+    /// Checks I4 and the bookkeeping after every change: holds sum to `held`, available never
+    /// below the overdraft floor, the day closes on the balance.
+    fn check_invariants(&self) -> Result<(), Unappliable> {
+        let held = self
             .holds
             .iter()
-            .map(|h| h.transfer.amount_minor)
-            .fold(0i64, |a, b| a.checked_add(b).expect("held fits"));
-        assert_eq!(held, self.held_minor, "holds sum to held");
+            .try_fold(0i64, |a, h| a.checked_add(h.transfer.amount_minor))
+            .ok_or(Unappliable("held funds overflow"))?;
+        if held != self.held_minor {
+            return Err(Unappliable("holds do not sum to held"));
+        }
+        let floor = self
+            .overdraft_limit_minor
+            .checked_neg()
+            .ok_or(Unappliable("overdraft limit out of range"))?;
         let available = self
             .balance_minor
             .checked_sub(self.held_minor)
-            .expect("fits");
-        assert!(
-            available >= self.overdraft_limit_minor.checked_neg().expect("fits"),
-            "account {} below its allowance",
-            self.id
-        );
-        if let Some(last) = self.days.last() {
-            assert_eq!(
-                last.closing_minor, self.balance_minor,
-                "daily closing equals the balance"
-            );
+            .ok_or(Unappliable("available balance overflows"))?;
+        if available < floor {
+            return Err(Unappliable("the account is below its allowance (I4)"));
         }
+        if self
+            .days
+            .last()
+            .is_some_and(|last| last.closing_minor != self.balance_minor)
+        {
+            return Err(Unappliable("the day does not close on the balance"));
+        }
+        Ok(())
     }
 
     /// Returns the reader's view of the account.
@@ -461,7 +575,7 @@ impl AccountState {
             available_minor: self
                 .balance_minor
                 .checked_sub(self.held_minor)
-                .expect("fits"),
+                .expect("I4, checked after every event: available >= -overdraft >= -i64::MAX"),
             overdraft_limit_minor: self.overdraft_limit_minor,
             metadata_opt: self.metadata_opt.as_deref().map(String::from),
             created_at: self.created_at,
@@ -687,7 +801,7 @@ mod tests {
         run(&mut a, entry("max", EntryKind::Credit, i64::MAX), 20).unwrap();
         assert_eq!(
             run(&mut a, entry("over", EntryKind::Credit, 1), 20),
-            Err(Rejection::InvalidAmount)
+            Err(Rejection::BalanceOverflow)
         );
         let mut usd = transfer("u", 1);
         usd.currency = Currency::new("USD").unwrap();
@@ -705,7 +819,7 @@ mod tests {
         run(&mut a, entry("d1", EntryKind::Debit, 30), day * 10 + 6).unwrap();
         run(&mut a, entry("c2", EntryKind::Credit, 5), day * 12 + 1).unwrap();
         let rows = a.daily(Day(9), Day(13));
-        let summary: Vec<(i32, i64, i64, i64, u64, i64)> = rows
+        let summary: Vec<(i32, i64, i128, i128, u64, i64)> = rows
             .iter()
             .map(|r| {
                 (
@@ -750,7 +864,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "time goes forward")]
+    #[should_panic(expected = "time goes backwards")]
     fn time_going_backwards_is_a_bug() {
         let mut a = account(0);
         run(&mut a, entry("c1", EntryKind::Credit, 10), 100).unwrap();

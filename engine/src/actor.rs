@@ -100,6 +100,10 @@ pub(crate) enum AccountMsg {
         to: Day,
     },
     State,
+    /// Reserve room for an atomic batch's credit (records nothing).
+    ReserveIncoming(crate::types::Transfer),
+    /// Give back a reservation whose batch aborted.
+    ReleaseIncoming(i64),
     Passivate {
         idle: Duration,
     },
@@ -130,7 +134,10 @@ pub(crate) enum AccountReply {
     View(crate::types::AccountView, Lsn),
     Movements(MovementsPage, Lsn),
     Daily(Vec<DailyRow>, crate::types::Currency, Lsn),
-    State(Box<AccountState>),
+    /// The state, and the LSN of its latest event.
+    State(Box<AccountState>, Lsn),
+    /// A reservation's outcome, and the LSN of the latest event of the state it was checked on.
+    Reserved(Result<(), Rejection>, Lsn),
     Passivated(#[allow(dead_code)] bool),
 }
 
@@ -168,6 +175,9 @@ impl AccountActor {
         let ticket = shard.log.append(&event).await?;
         if result.is_ok() {
             state.apply(&event, shard.movements_window);
+            if let AccountCommand::CreditReserved(t) = cmd {
+                state.release_incoming(t.amount_minor);
+            }
         }
         Ok((result, Some(ticket)))
     }
@@ -240,7 +250,14 @@ impl Message<AccountMsg> for AccountActor {
             AccountMsg::Daily { from, to } => {
                 AccountReply::Daily(state.daily(from, to), state.currency(), self.last_lsn)
             }
-            AccountMsg::State => AccountReply::State(Box::new(state.clone())),
+            AccountMsg::State => AccountReply::State(Box::new(state.clone()), self.last_lsn),
+            AccountMsg::ReserveIncoming(t) => {
+                AccountReply::Reserved(state.reserve_incoming(&t), self.last_lsn)
+            }
+            AccountMsg::ReleaseIncoming(amount_minor) => {
+                state.release_incoming(amount_minor);
+                AccountReply::Reserved(Ok(()), self.last_lsn)
+            }
             AccountMsg::Passivate { idle } => {
                 let idle_ms =
                     coarse_now_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed));

@@ -69,6 +69,9 @@ pub struct LedgerStats {
     pub snapshots_total: u64,
     /// The stream's and snapshot store's own figures (Kinesis put latency, retries, …).
     pub backend: Vec<saldo_persistence::metrics::MetricSample>,
+    /// Shards whose stream failed (they take no writes until the process restarts), with
+    /// the cause.
+    pub failed_shards: Vec<(u32, String)>,
 }
 
 impl Ledger {
@@ -161,6 +164,20 @@ impl Ledger {
     /// Returns whether every shard is restored and its stream writable.
     pub fn is_ready(&self) -> bool {
         self.inner.is_ready()
+    }
+
+    /// Returns the shards whose write-ahead stream failed, with the cause. Such a shard
+    /// refuses writes (`Unavailable`) and still answers reads of durable state; the node is
+    /// not ready while any is listed.
+    pub fn failed_shards(&self) -> Vec<(u32, String)> {
+        self.inner.failed_shards()
+    }
+
+    /// Completes once a failed shard's stream takes writes again. The node is fail-stop: the
+    /// binary then exits non-zero so that its supervisor restarts it, and the restart
+    /// recovers the shard from what is durable (docs/runbook.md).
+    pub async fn restart_required(&self) {
+        self.inner.restart_required().cancelled_owned().await
     }
 
     /// Returns counters and gauges for metrics.

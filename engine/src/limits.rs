@@ -55,3 +55,15 @@ pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;
 /// Idle actors asked to passivate before the reaper pauses for a millisecond, so that a mass
 /// passivation never queues thousands of actor stops ahead of requests.
 pub const PASSIVATE_CHUNK: usize = 64;
+
+/// First pause before a failed shard asks its stream again whether it takes writes, ms; it
+/// doubles after each refusal.
+pub const STREAM_PROBE_INTERVAL_MS_MIN: u64 = 250;
+/// Longest pause between two such probes, ms: a stream that comes back is noticed within it.
+pub const STREAM_PROBE_INTERVAL_MS_MAX: u64 = 2_000;
+
+/// Longest a read waits for the state it would answer from to become durable, ms; then it
+/// answers 503 (a read never hangs on a stalled stream).
+pub const READ_DURABLE_WAIT_MS_MAX: u64 = 2_000;
+
+const _: () = assert!(STREAM_PROBE_INTERVAL_MS_MIN <= STREAM_PROBE_INTERVAL_MS_MAX);

@@ -28,10 +28,48 @@ use tokio::sync::Notify;
 
 use crate::{
     event::{self, Event},
-    limits::{WAL_BATCH_BYTES_MAX, WAL_BATCH_EVENTS_MAX, WAL_UNDEMANDED_FLUSH_US},
+    limits::{
+        STREAM_PROBE_INTERVAL_MS_MAX, STREAM_PROBE_INTERVAL_MS_MIN, WAL_BATCH_BYTES_MAX,
+        WAL_BATCH_EVENTS_MAX, WAL_UNDEMANDED_FLUSH_US,
+    },
     stats::Histogram,
     types::LedgerError,
 };
+
+/// The health of a node's streams, shared by its shard writers: which shards failed, and
+/// whether a failed stream takes writes again.
+///
+/// A failed append leaves the shard's memory ahead of its stream (events applied but not
+/// durable, claims pending) and, on a file, an unknown tail (after a failed fsync the page
+/// cache cannot be trusted). Rebuilding that inside the running process would have to stop
+/// the shard's actors, refold it and settle every claim and cross-shard phase in flight,
+/// which is what a restart does, and better tested. So the node is fail-stop: a failed shard
+/// refuses writes (503), `/readyz` says so, reads of durable state still answer; its writer
+/// probes the stream with bounded backoff, and once the stream takes a record again
+/// `restart_required` fires and the binary exits non-zero for its supervisor to restart it
+/// (docs/runbook.md).
+#[derive(Default)]
+pub(crate) struct StreamHealth {
+    /// Failed shards and the cause, in the order they failed.
+    failed: Mutex<Vec<(u32, String)>>,
+    /// Cancelled on the first failure: callers waiting on a movement whose outcome can no
+    /// longer be known in this process stop waiting (503; a retry after the restart is safe).
+    pub(crate) any_failed: tokio_util::sync::CancellationToken,
+    /// Cancelled when a failed shard's stream takes writes again.
+    pub(crate) restart_required: tokio_util::sync::CancellationToken,
+}
+
+impl StreamHealth {
+    /// Returns the failed shards with their cause.
+    pub(crate) fn failed(&self) -> Vec<(u32, String)> {
+        self.failed.lock().clone()
+    }
+
+    fn mark_failed(&self, shard: u32, cause: String) {
+        self.failed.lock().push((shard, cause));
+        self.any_failed.cancel();
+    }
+}
 
 const PENDING: u8 = 0;
 const DURABLE: u8 = 1;
@@ -229,6 +267,12 @@ impl ShardLog {
         }
         let signal = {
             let f = self.filling.lock();
+            if f.failed {
+                // The LSN was handed out but will never be written by this process.
+                return Err(LedgerError::Unavailable {
+                    reason: "write-ahead stream failed",
+                });
+            }
             match &f.writing_opt {
                 Some((last, s)) if lsn <= *last => s.clone(),
                 _ if lsn >= f.first_lsn && lsn < f.next_lsn => f.signal.clone(),
@@ -255,6 +299,7 @@ impl ShardLog {
         wal: Arc<dyn Wal>,
         mut prev_hash: RecordHash,
         stop: tokio_util::sync::CancellationToken,
+        health: Arc<StreamHealth>,
     ) {
         // When the current batch's undemanded linger ends (set by its first look).
         let mut linger_until_opt: Option<tokio::time::Instant> = None;
@@ -326,22 +371,58 @@ impl ShardLog {
                     signal.complete(true);
                 }
                 Err(e) => {
-                    // After a failed append (fsync error) nothing later may be trusted: the
-                    // shard stops taking writes, every waiter learns it, an operator must act.
-                    tracing::error!(shard = self.shard, error = %e, "write-ahead stream append failed; shard stops taking writes");
-                    let pending = {
+                    // After a failed append nothing later may be trusted: the shard stops
+                    // taking writes and every waiter learns it at once (StreamHealth).
+                    tracing::error!(shard = self.shard, error = %e, "write-ahead stream append failed; the shard stops taking writes until the process restarts");
+                    let filling_signal = {
                         let mut f = self.filling.lock();
                         f.failed = true;
                         f.writing_opt = None;
-                        std::mem::replace(&mut f.signal, BatchSignal::new(&self.wake_writer))
+                        f.signal.clone()
                     };
+                    health.mark_failed(self.shard, e.to_string());
                     signal.complete(false);
-                    pending.complete(false);
+                    filling_signal.complete(false);
                     self.room.notify_waiters();
-                    stop.cancelled().await;
+                    self.probe_until_writable(&*wal, &stop, &health).await;
                     return;
                 }
             }
+        }
+    }
+}
+
+impl ShardLog {
+    /// After a failure: asks the stream with bounded, jittered backoff whether it takes a
+    /// record again, and when it does, fires `restart_required` (fail-stop, see
+    /// [`StreamHealth`]). Returns when that happens or when the node stops.
+    async fn probe_until_writable(
+        &self,
+        wal: &dyn Wal,
+        stop: &tokio_util::sync::CancellationToken,
+        health: &StreamHealth,
+    ) {
+        let mut delay_ms = STREAM_PROBE_INTERVAL_MS_MIN;
+        loop {
+            let jitter_ms = u64::from(std::process::id() ^ self.shard) % (delay_ms / 4 + 1);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(delay_ms + jitter_ms)) => {}
+            }
+            match wal.probe(self.shard).await {
+                Ok(()) => {
+                    tracing::error!(
+                        shard = self.shard,
+                        "the failed stream takes writes again; the process must restart to recover the shard (fail-stop)"
+                    );
+                    health.restart_required.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "the failed stream still refuses writes")
+                }
+            }
+            delay_ms = (delay_ms * 2).min(STREAM_PROBE_INTERVAL_MS_MAX);
         }
     }
 }

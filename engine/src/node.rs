@@ -44,7 +44,7 @@ use crate::{
     event::Event,
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
-    log::{ShardLog, TryAppend},
+    log::{ShardLog, StreamHealth, TryAppend},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
     state::MovementRecord,
@@ -84,6 +84,9 @@ struct CellState {
     /// A record of the movement was appended (it may be durable): the ID is never freed for a
     /// retry after that; a failure leaves it pending until recovery settles it.
     recorded: bool,
+    /// Shard and LSN of the movement's first record, once appended: a read answers `pending`
+    /// only once that record is durable (before, the movement exists in memory alone).
+    first_record_opt: Option<(usize, Lsn)>,
 }
 
 impl MovementCell {
@@ -98,11 +101,12 @@ impl MovementCell {
         }
     }
 
-    /// Sets the creation time to that of the movement's first record.
-    fn recorded_at(&self, at: Timestamp) {
+    /// Sets the creation time and place to those of the movement's first record.
+    fn recorded_at(&self, at: Timestamp, shard: usize, lsn: Lsn) {
         let mut s = self.state.lock();
         s.created_at = at;
         s.recorded = true;
+        s.first_record_opt.get_or_insert((shard, lsn));
     }
 
     /// Marks the movement as possibly recorded, keeping its creation time.
@@ -130,8 +134,13 @@ impl MovementCell {
         self.done.notify_waiters();
     }
 
-    /// Waits until the movement is committed or rejected for good.
-    async fn settled(&self) -> Result<MovementView, LedgerError> {
+    /// Waits until the movement is committed or rejected for good. Once a shard's stream has
+    /// failed (`stream_failed`), a movement still pending may stay so until the restart that
+    /// recovers the shard: the wait ends with `Unavailable` (a retry after it is safe).
+    async fn settled(
+        &self,
+        stream_failed: &CancellationToken,
+    ) -> Result<MovementView, LedgerError> {
         loop {
             let notified = self.done.notified();
             tokio::pin!(notified);
@@ -148,7 +157,16 @@ impl MovementCell {
                     return Ok(self.view());
                 }
             }
-            notified.await;
+            tokio::select! {
+                () = &mut notified => {}
+                () = stream_failed.cancelled() => {
+                    if self.state.lock().status == MovementStatus::Pending {
+                        return Err(LedgerError::Unavailable {
+                            reason: "a stream failed; the outcome is known after the node restarts",
+                        });
+                    }
+                }
+            }
         }
     }
 }
@@ -194,6 +212,7 @@ impl MovementTable {
                 balance_after_minor_opt: None,
                 abandoned: false,
                 recorded: false,
+                first_record_opt: None,
             }),
             done: Notify::new(),
         });
@@ -210,6 +229,7 @@ impl MovementTable {
                 balance_after_minor_opt: rec.balance_after_minor_opt,
                 abandoned: false,
                 recorded: true,
+                first_record_opt: None,
             }),
             done: Notify::new(),
         });
@@ -227,6 +247,8 @@ impl MovementTable {
 enum OpenStep {
     /// The account exists with the same parameters (its actor is live or not).
     Exists { active: bool },
+    /// A passive account with this ID exists with other parameters; its latest event is `lsn`.
+    Differs { lsn: Lsn },
     /// The opening is recorded; durable once the ticket says so.
     Created(AccountView, crate::log::Ticket),
     /// The shard's group commit is full: wait for room and try again.
@@ -247,6 +269,8 @@ pub(crate) struct Node {
     stop_writers: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     snapshots_total: AtomicU64,
+    /// Which shards' streams failed; fail-stop signals (see [`StreamHealth`]).
+    health: Arc<StreamHealth>,
 }
 
 /// Returns the names of the fields where two transfers differ.
@@ -287,7 +311,24 @@ fn entry_diff(a: &Entry, b: &Entry) -> Vec<&'static str> {
     out
 }
 
+/// Returns the account a movement's ID belongs to: the account money leaves (a transfer's
+/// debit account) or the entry's account. A caller allowed to post the new request may act on
+/// it, so the gateway has checked that the caller covers it.
+fn owner(body: &MovementBody) -> &AccountId {
+    match body {
+        MovementBody::Transfer(t) => &t.debit_account_id,
+        MovementBody::Entry(e) => &e.account_id,
+    }
+}
+
+/// Returns the names of the fields where a request differs from the original movement of its
+/// ID — or none at all when the two belong to different accounts: the caller may be another
+/// tenant, who must learn nothing of the original (not even which fields differ) by guessing
+/// IDs. Either way the answer is a conflict and nothing changes (docs/api.md).
 fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
+    if owner(original) != owner(new) {
+        return Vec::new();
+    }
     match (original, new) {
         (MovementBody::Transfer(a), MovementBody::Transfer(b)) => transfer_diff(a, b),
         (MovementBody::Entry(a), MovementBody::Entry(b)) => entry_diff(a, b),
@@ -411,6 +452,7 @@ impl Node {
             stop_writers: stop_writers.clone(),
             tasks: Mutex::new(Vec::new()),
             snapshots_total: AtomicU64::new(0),
+            health: Arc::new(StreamHealth::default()),
             config,
         });
         let mut node = Arc::try_unwrap(node).ok().expect("no other reference yet");
@@ -450,6 +492,7 @@ impl Node {
                     wal.clone(),
                     prev_hash,
                     stop_writers.clone(),
+                    node.health.clone(),
                 )));
             }
         }
@@ -500,6 +543,8 @@ impl Node {
             self.release_phase(&t, Rejection::BatchAborted).await
         } else if credited.contains(&t.transfer_id) {
             self.commit_phase(&t).await
+        } else if hold.batch_opt.is_some() {
+            self.finish_decided_batch_transfer(&t, false).await
         } else {
             self.credit_then_commit(&t, true).await
         };
@@ -591,8 +636,8 @@ impl Node {
                 ticket_opt,
                 at,
             } => {
-                if let (Some(cell), Some(_)) = (first_record_of_opt, &ticket_opt) {
-                    cell.recorded_at(at);
+                if let (Some(cell), Some(ticket)) = (first_record_of_opt, &ticket_opt) {
+                    cell.recorded_at(at, self.shard_index(id), ticket.lsn);
                 }
                 Ok((result, ticket_opt))
             }
@@ -629,6 +674,11 @@ impl Node {
                 OpenStep::Exists { active: false } => {
                     return Ok((self.account(&cmd.account_id).await?, false))
                 }
+                OpenStep::Differs { lsn } => {
+                    // `account_exists` only once the opening it refers to is durable.
+                    self.wait_durable_bounded(shard, lsn).await?;
+                    return Err(Rejection::AccountExists.into());
+                }
                 OpenStep::Created(view, ticket) => {
                     ticket.durable().await?;
                     return Ok((view, true));
@@ -643,11 +693,11 @@ impl Node {
     fn try_open(shard: &ShardCore, cmd: &OpenAccount) -> Result<OpenStep, LedgerError> {
         let mut slots = shard.slots.lock();
         if let Some(slot) = slots.get(&cmd.account_id) {
-            return match slot {
-                Slot::Passive(s, _) if !s.same_opening(cmd) => Err(Rejection::AccountExists.into()),
-                Slot::Passive(..) => Ok(OpenStep::Exists { active: false }),
-                Slot::Active(..) => Ok(OpenStep::Exists { active: true }),
-            };
+            return Ok(match slot {
+                Slot::Passive(s, lsn) if !s.same_opening(cmd) => OpenStep::Differs { lsn: *lsn },
+                Slot::Passive(..) => OpenStep::Exists { active: false },
+                Slot::Active(..) => OpenStep::Exists { active: true },
+            });
         }
         let at = Timestamp::now();
         let event = Event::AccountOpened {
@@ -669,24 +719,28 @@ impl Node {
     }
 
     async fn open_existing(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
-        let state = self.account_state(&cmd.account_id).await?;
+        let (state, lsn) = self.account_state(&cmd.account_id).await?;
+        // Answer only from durable state: the opening found may not be durable yet.
+        self.wait_durable_bounded(self.shard(&cmd.account_id), lsn)
+            .await?;
         if !state.same_opening(&cmd) {
             return Err(Rejection::AccountExists.into());
         }
         Ok((self.account(&cmd.account_id).await?, false))
     }
 
-    async fn account_state(&self, id: &AccountId) -> Result<AccountState, LedgerError> {
+    /// Returns the account's state and the LSN of its latest event (durable or not).
+    async fn account_state(&self, id: &AccountId) -> Result<(AccountState, Lsn), LedgerError> {
         {
             let slots = self.shard(id).slots.lock();
             match slots.get(id) {
                 None => return Err(Rejection::AccountNotFound.into()),
-                Some(Slot::Passive(s, _)) => return Ok((**s).clone()),
+                Some(Slot::Passive(s, lsn)) => return Ok(((**s).clone(), *lsn)),
                 Some(Slot::Active(..)) => {}
             }
         }
         match self.ask(id, AccountMsg::State).await? {
-            AccountReply::State(s) => Ok(*s),
+            AccountReply::State(s, lsn) => Ok((*s, lsn)),
             _ => unreachable!("State replies State"),
         }
     }
@@ -714,7 +768,7 @@ impl Node {
             Some(r) => r,
             None => active(self.ask(id, msg).await?),
         };
-        shard.log.wait_durable(lsn).await?;
+        self.wait_durable_bounded(shard, lsn).await?;
         Ok(value)
     }
 
@@ -772,12 +826,47 @@ impl Node {
         })
     }
 
+    /// Returns a movement as durable state shows it. A settled movement is durable (its
+    /// outcome is set after its last record is). A pending one is answered once its first
+    /// record is durable; a bare claim (nothing recorded yet) is memory alone: not found.
     pub(crate) async fn movement(&self, id: &MovementId) -> Result<MovementView, LedgerError> {
         self.check_open()?;
-        self.movements
+        let cell = self
+            .movements
             .get(id)
-            .map(|c| c.view())
-            .ok_or(Rejection::MovementNotFound.into())
+            .ok_or(LedgerError::Rejected(Rejection::MovementNotFound))?;
+        let (status, recorded, first_record_opt) = {
+            let s = cell.state.lock();
+            (s.status, s.recorded, s.first_record_opt)
+        };
+        if status == MovementStatus::Pending {
+            match first_record_opt {
+                Some((shard, lsn)) => self.wait_durable_bounded(&self.shards[shard], lsn).await?,
+                None if recorded => {
+                    return Err(LedgerError::Unavailable {
+                        reason: "the movement's records are in doubt until the node restarts",
+                    })
+                }
+                None => return Err(Rejection::MovementNotFound.into()),
+            }
+        }
+        Ok(cell.view())
+    }
+
+    /// Waits until `shard` is durable up to `lsn`, at most [`READ_DURABLE_WAIT_MS_MAX`]: a read
+    /// answers from durable state, and never hangs on a stalled stream.
+    async fn wait_durable_bounded(&self, shard: &ShardCore, lsn: Lsn) -> Result<(), LedgerError> {
+        match tokio::time::timeout(
+            Duration::from_millis(READ_DURABLE_WAIT_MS_MAX),
+            shard.log.wait_durable(lsn),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(LedgerError::Unavailable {
+                reason: "the state this read reflects is not durable yet",
+            }),
+        }
     }
 
     // ---------------------------------------------------------------- writes
@@ -790,19 +879,25 @@ impl Node {
     ) -> Result<Arc<MovementCell>, Result<Posted, LedgerError>> {
         match self.movements.claim(id, body, Timestamp::now()) {
             Claim::New(cell) => Ok(cell),
-            Claim::Existing(cell) => Err(Self::replay(&cell, body).await),
+            Claim::Existing(cell) => Err(self.replay(&cell, body).await),
         }
     }
 
     /// Answers a request whose ID is already known: what the original answered (the movement,
     /// or its rejection) when the content is the same, else a conflict naming the fields.
-    async fn replay(cell: &MovementCell, body: &MovementBody) -> Result<Posted, LedgerError> {
-        let fields = body_diff(&cell.body, body);
-        if !fields.is_empty() {
-            let fields = fields.into_iter().map(String::from).collect();
+    async fn replay(
+        &self,
+        cell: &MovementCell,
+        body: &MovementBody,
+    ) -> Result<Posted, LedgerError> {
+        if &cell.body != body {
+            let fields = body_diff(&cell.body, body)
+                .into_iter()
+                .map(String::from)
+                .collect();
             return Err(Rejection::IdConflict { fields }.into());
         }
-        let movement = cell.settled().await?;
+        let movement = cell.settled(&self.health.any_failed).await?;
         match (&movement.status, &movement.rejection_opt) {
             (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
             _ => Ok(Posted {
@@ -886,10 +981,10 @@ impl Node {
         event: Event,
         cell_opt: Option<&MovementCell>,
     ) -> Result<(), LedgerError> {
-        if let Some(cell) = cell_opt {
-            cell.recorded_at(event.at());
-        }
         let ticket = self.shard(home).log.append(&event).await?;
+        if let Some(cell) = cell_opt {
+            cell.recorded_at(event.at(), self.shard_index(home), ticket.lsn);
+        }
         ticket.durable().await?;
         Ok(())
     }
@@ -1185,10 +1280,12 @@ impl Node {
                     last_ticket_opt,
                 }) => {
                     note_lsn(&mut final_lsn, shard, &last_ticket_opt);
+                    // The last record of this account's message covers each of its holds.
+                    let last_lsn = last_ticket_opt.as_ref().map_or(0, |t| t.lsn);
                     for (i, (result, recorded)) in idxs.into_iter().zip(results) {
                         if recorded {
                             if let Some(cell) = &cells[i] {
-                                cell.recorded_at(at);
+                                cell.recorded_at(at, shard, last_lsn);
                             }
                         }
                         match result {
@@ -1361,7 +1458,10 @@ impl Node {
             });
         }
         for (i, cell) in replays {
-            out[i] = Some(Self::replay(&cell, &MovementBody::Transfer(cmds[i].clone())).await);
+            out[i] = Some(
+                self.replay(&cell, &MovementBody::Transfer(cmds[i].clone()))
+                    .await,
+            );
         }
         out.into_iter()
             .map(|r| r.expect("every transfer of the batch is answered"))
@@ -1382,11 +1482,11 @@ impl Node {
             reason: reason.clone(),
             at: Timestamp::now(),
         };
-        if let Some(cell) = cell_opt {
-            cell.recorded_at(event.at());
-        }
         let shard = self.shard_index(&t.debit_account_id);
         let ticket = self.shards[shard].log.append(&event).await?;
+        if let Some(cell) = cell_opt {
+            cell.recorded_at(event.at(), shard, ticket.lsn);
+        }
         final_lsn[shard] = final_lsn[shard].max(ticket.lsn);
         Ok(Err(reason))
     }
@@ -1461,7 +1561,9 @@ impl Node {
             }
             let mut out: Vec<Result<Posted, LedgerError>> = (0..n).map(|_| aborted()).collect();
             for (i, cell) in existing {
-                out[i] = Self::replay(&cell, &MovementBody::Transfer(cmds[i].clone())).await;
+                out[i] = self
+                    .replay(&cell, &MovementBody::Transfer(cmds[i].clone()))
+                    .await;
             }
             return out;
         }
@@ -1574,17 +1676,136 @@ impl Node {
                 None => Ok(out),
             };
         }
+        // Room for every credit, reserved on the credit accounts before the commit point, so
+        // that no credit can be refused after it (a partial atomic batch).
+        if let Some(out) = self.reserve_batch_credits(cmds).await? {
+            return Ok(out);
+        }
         // The commit point.
         let decision = Event::BatchCommitted {
             batch_id: batch_id.clone(),
             transfer_ids: cmds.iter().map(|t| t.transfer_id.clone()).collect(),
             at: now,
         };
-        self.record_rejection(&cmds[0].debit_account_id, decision, None)
-            .await?;
-        let finished =
-            futures::future::join_all(cmds.iter().map(|t| self.credit_then_commit(t, true))).await;
+        let decided = self
+            .record_rejection(&cmds[0].debit_account_id, decision, None)
+            .await;
+        if let Err(e) = decided {
+            // Undecided: recovery (at the next start) releases the holds; the reservations
+            // are given back now so that the accounts take credits again.
+            for t in cmds {
+                self.release_incoming(t).await;
+            }
+            return Err(e);
+        }
+        let finished = futures::future::join_all(
+            cmds.iter()
+                .map(|t| self.finish_decided_batch_transfer(t, true)),
+        )
+        .await;
         finished.into_iter().collect()
+    }
+
+    /// Reserves room for each credit of an atomic batch whose holds are all placed and
+    /// durable. `Ok(None)`: every credit is reserved, and the state each reservation was
+    /// checked on is durable (so that a crash cannot hand recovery a balance with less room).
+    /// `Ok(Some(outcomes))`: a credit account has no room; the reservations are given back,
+    /// the holds released, and the batch answered (`balance_overflow` for that transfer,
+    /// `batch_aborted` for the others).
+    async fn reserve_batch_credits(
+        &self,
+        cmds: &[Transfer],
+    ) -> Result<Option<Vec<Result<(), Rejection>>>, LedgerError> {
+        let mut reserved = Vec::with_capacity(cmds.len());
+        let mut lsns = vec![0; self.shards.len()];
+        let mut refusal_opt = None;
+        for (i, t) in cmds.iter().enumerate() {
+            let reply = self
+                .ask(&t.credit_account_id, AccountMsg::ReserveIncoming(t.clone()))
+                .await;
+            match reply {
+                Ok(AccountReply::Reserved(Ok(()), lsn)) => {
+                    reserved.push(t);
+                    let shard = self.shard_index(&t.credit_account_id);
+                    lsns[shard] = lsns[shard].max(lsn);
+                }
+                Ok(AccountReply::Reserved(Err(reason), _)) => {
+                    refusal_opt = Some((Some(i), reason));
+                    break;
+                }
+                Ok(_) => unreachable!("ReserveIncoming replies Reserved"),
+                // The batch is not decided: abort it rather than leave its holds open.
+                Err(e) => {
+                    tracing::warn!(error = %e, "reserving an atomic batch's credit failed; the batch aborts");
+                    refusal_opt = Some((None, Rejection::BatchAborted));
+                    break;
+                }
+            }
+        }
+        let failed = if refusal_opt.is_none() {
+            self.wait_shards_durable(&lsns).await
+        } else {
+            Vec::new()
+        };
+        if refusal_opt.is_none() && failed.is_empty() {
+            return Ok(None);
+        }
+        for t in reserved {
+            self.release_incoming(t).await;
+        }
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e);
+        }
+        let (bad_opt, reason) = refusal_opt.expect("a refusal or a failure");
+        let mut out = Vec::with_capacity(cmds.len());
+        for (i, t) in cmds.iter().enumerate() {
+            let reason = if Some(i) == bad_opt {
+                reason.clone()
+            } else {
+                Rejection::BatchAborted
+            };
+            out.push(self.release_phase(t, reason).await?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Gives back the room reserved for a batch's credit.
+    async fn release_incoming(&self, t: &Transfer) {
+        let reply = self
+            .ask(
+                &t.credit_account_id,
+                AccountMsg::ReleaseIncoming(t.amount_minor),
+            )
+            .await;
+        assert!(
+            matches!(reply, Ok(AccountReply::Reserved(Ok(()), _))),
+            "an account that took a reservation exists and gives it back"
+        );
+    }
+
+    /// Phases 4–6 of a transfer of a decided atomic batch: its credit cannot be refused (its
+    /// room was reserved before the commit point, or, at recovery, the restored balance still
+    /// has that room: see `account::Incoming`). A refusal is a broken invariant: a partial
+    /// atomic batch would follow, and a crash beats that.
+    async fn finish_decided_batch_transfer(
+        &self,
+        t: &Transfer,
+        reserved: bool,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let cmd = if reserved {
+            AccountCommand::CreditReserved(t.clone())
+        } else {
+            AccountCommand::Credit(t.clone())
+        };
+        let (credit, ticket_opt) = self.exec(&t.credit_account_id, cmd).await?;
+        if let Err(reason) = credit {
+            panic!(
+                "the credit of transfer {} of a decided atomic batch was refused ({reason})",
+                t.transfer_id
+            );
+        }
+        ticket_opt.expect("a credit is recorded").durable().await?;
+        self.commit_phase(t).await
     }
 
     pub(crate) async fn post_entry(&self, e: Entry) -> Result<Posted, LedgerError> {
@@ -1651,13 +1872,27 @@ impl Node {
     // ---------------------------------------------------------------- operations
 
     pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
+            && !self.health.any_failed.is_cancelled()
+    }
+
+    /// Returns the shards whose stream failed, with the cause.
+    pub(crate) fn failed_shards(&self) -> Vec<(u32, String)> {
+        self.health.failed()
+    }
+
+    /// Returns a token cancelled once a failed shard's stream takes writes again (the
+    /// process must then restart to recover it).
+    pub(crate) fn restart_required(&self) -> CancellationToken {
+        self.health.restart_required.clone()
     }
 
     pub(crate) fn stats(&self) -> LedgerStats {
         let mut s = LedgerStats {
             in_flight: (self.config.in_flight_max - self.in_flight.available_permits()) as u64,
             snapshots_total: self.snapshots_total.load(Ordering::Relaxed),
+            failed_shards: self.health.failed(),
             backend: {
                 let mut b = self.wal.metrics();
                 b.extend(self.snapshots.metrics());
@@ -1807,7 +2042,8 @@ impl Node {
                 all.push(
                     self.account_state(&id)
                         .await
-                        .map_err(|e| EngineError::Restore(e.to_string()))?,
+                        .map_err(|e| EngineError::Restore(e.to_string()))?
+                        .0,
                 );
             }
         }
@@ -1840,7 +2076,8 @@ impl Node {
                 all.push(
                     self.account_state(&id)
                         .await
-                        .map_err(|e| EngineError::Restore(e.to_string()))?,
+                        .map_err(|e| EngineError::Restore(e.to_string()))?
+                        .0,
                 );
             }
             if s.log.assigned_lsn() == before && s.log.durable_lsn() == before {

@@ -58,31 +58,102 @@ pub async fn restore_shard_with_progress(
         RestoreTarget::AtLsn(lsn) => (lsn, u64::MAX),
         RestoreTarget::AtTime(us) => (Lsn::MAX, us),
     };
-    let mut state = ShardState::empty(shard, movements_window);
-    for meta in snapshots.list(shard).await? {
-        if meta.lsn > limit || meta.taken_at_us > time_limit {
-            continue;
-        }
-        let decoded = match snapshots.get(&meta).await {
-            Ok(bytes) => ShardState::decode(&bytes),
-            Err(e) => Err(e.to_string()),
+    // Candidates, newest first; the empty state last (usable while the stream is unpruned).
+    let mut candidates: Vec<Option<SnapshotMeta>> = snapshots
+        .list(shard)
+        .await?
+        .into_iter()
+        .filter(|meta| meta.lsn <= limit && meta.taken_at_us <= time_limit)
+        .map(Some)
+        .collect();
+    candidates.push(None);
+    let mut first_error_opt = None;
+    for meta_opt in candidates {
+        let state = match &meta_opt {
+            None => ShardState::empty(shard, movements_window),
+            Some(meta) => match load_snapshot(snapshots, meta, shard, movements_window).await {
+                Some(state) => state,
+                None => continue,
+            },
         };
-        match decoded {
-            Ok(mut s) if s.shard == shard && s.lsn == meta.lsn => {
-                s.movements_window = movements_window;
-                state = s;
-                break;
+        match fold_tail(wal, state, limit, time_limit, tail_lsn, progress).await? {
+            Fold::Done(state) => {
+                if let RestoreTarget::AtLsn(lsn) = target {
+                    if state.lsn < lsn {
+                        return Err(EngineError::Restore(format!(
+                            "shard {shard}: stream ends at lsn {}, before {lsn}",
+                            state.lsn
+                        )));
+                    }
+                }
+                return Ok(state);
             }
-            Ok(_) => tracing::warn!(
-                shard,
-                lsn = meta.lsn,
-                "snapshot does not match its manifest, trying an older one"
-            ),
-            Err(e) => {
-                tracing::warn!(shard, lsn = meta.lsn, error = %e, "unusable snapshot, trying an older one")
+            // The snapshot is not on the stream's chain (a newer owner epoch rewrote what it
+            // covers, or it was written from another stream): an older one may be.
+            Fold::NotOnChain(e) => {
+                tracing::warn!(shard, snapshot_lsn = meta_opt.as_ref().map_or(0, |m| m.lsn),
+                    error = %e, "snapshot is not on the stream's chain, trying an older one");
+                first_error_opt.get_or_insert(e);
             }
         }
     }
+    Err(EngineError::Restore(format!(
+        "shard {shard}: no snapshot continues on the stream's chain, and the stream alone does \
+         not start at lsn 1: {}",
+        first_error_opt.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// Returns a snapshot's state if it loads, decodes and matches its manifest (else warns).
+async fn load_snapshot(
+    snapshots: &dyn SnapshotStore,
+    meta: &SnapshotMeta,
+    shard: u32,
+    movements_window: usize,
+) -> Option<ShardState> {
+    let decoded = match snapshots.get(meta).await {
+        Ok(bytes) => ShardState::decode(&bytes),
+        Err(e) => Err(e.to_string()),
+    };
+    match decoded {
+        Ok(mut s) if s.shard == shard && s.lsn == meta.lsn => {
+            s.movements_window = movements_window;
+            Some(s)
+        }
+        Ok(_) => {
+            tracing::warn!(
+                shard,
+                lsn = meta.lsn,
+                "snapshot does not match its manifest, trying an older one"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(shard, lsn = meta.lsn, error = %e, "unusable snapshot, trying an older one");
+            None
+        }
+    }
+}
+
+/// How folding the stream onto a starting state ended.
+enum Fold {
+    /// Folded up to the target.
+    Done(ShardState),
+    /// The first record after the starting state does not continue it.
+    NotOnChain(crate::state::FoldError),
+}
+
+/// Folds the stream after `state` up to the target. An error at the junction (the first
+/// record after the starting state) is `NotOnChain`; any later one is an error of the stream.
+async fn fold_tail(
+    wal: &dyn Wal,
+    mut state: ShardState,
+    limit: Lsn,
+    time_limit: u64,
+    tail_lsn: Lsn,
+    progress: &mut (dyn FnMut(RestoreProgress) + Send),
+) -> Result<Fold, EngineError> {
+    let shard = state.shard;
     let snapshot_lsn = state.lsn;
     let mut report = |state: &ShardState| {
         progress(RestoreProgress {
@@ -92,6 +163,7 @@ pub async fn restore_shard_with_progress(
         })
     };
     report(&state);
+    let mut at_junction = true;
     loop {
         let records = wal.read(shard, state.lsn, RESTORE_READ_RECORDS).await?;
         if records.is_empty() {
@@ -102,7 +174,7 @@ pub async fn restore_shard_with_progress(
                 let events = crate::event::decode_all(&rec.payload)
                     .map_err(|e| EngineError::Restore(format!("shard {shard}: {e}")))?;
                 if events.iter().any(|e| e.at().0 > time_limit) {
-                    return Ok(state);
+                    return Ok(Fold::Done(state));
                 }
             }
             if rec.last_lsn > limit {
@@ -112,23 +184,21 @@ pub async fn restore_shard_with_progress(
                         rec.first_lsn, rec.last_lsn
                     )));
                 }
-                return Ok(state);
+                return Ok(Fold::Done(state));
             }
-            state
-                .apply_record(rec)
-                .map_err(|e| EngineError::Restore(e.to_string()))?;
+            let junction = at_junction && rec.last_lsn > state.lsn;
+            match state.apply_record(rec) {
+                Ok(()) => {}
+                Err(e) if junction && e.chain => return Ok(Fold::NotOnChain(e)),
+                Err(e) => return Err(EngineError::Restore(e.to_string())),
+            }
+            if junction {
+                at_junction = false;
+            }
         }
         report(&state);
     }
-    if let RestoreTarget::AtLsn(lsn) = target {
-        if state.lsn < lsn {
-            return Err(EngineError::Restore(format!(
-                "shard {shard}: stream ends at lsn {}, before {lsn}",
-                state.lsn
-            )));
-        }
-    }
-    Ok(state)
+    Ok(Fold::Done(state))
 }
 
 /// Writes a snapshot of a shard folded from its durable stream — never from live memory, so

@@ -12,7 +12,7 @@ use saldo_persistence::{record, Lsn, Record, RecordHash};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    account::AccountState,
+    account::{AccountState, Unappliable},
     event::{self, Event},
     types::{
         AccountId, MovementBody, MovementId, MovementStatus, MovementView, Rejection, Timestamp,
@@ -114,6 +114,9 @@ pub struct FoldError {
     pub lsn: Lsn,
     /// What is wrong.
     pub reason: String,
+    /// The record does not continue the state's chain (gap, overlap, broken hash), as opposed
+    /// to a record that continues it but holds something that cannot be folded.
+    pub chain: bool,
 }
 
 /// The state of one shard as of a stream position.
@@ -161,86 +164,108 @@ impl ShardState {
         }
     }
 
-    /// Folds one event. Panics on an event that contradicts the state: the stream was verified,
-    /// so that is a bug, and a crash beats a wrong balance.
+    /// Folds one event that the live node decided (simulations, benches, property tests).
+    /// Panics on an event that contradicts the state: that is a bug, and a crash beats a wrong
+    /// balance.
     pub fn apply(&mut self, event: &Event) {
+        if let Err(e) = self.try_apply(event) {
+            panic!("shard {}: event does not apply: {e}: {event:?}", self.shard);
+        }
+    }
+
+    /// Folds one event read from the stream, or says why it cannot be folded (the stream holds
+    /// something `decide` never produces: corruption or a bug). On `Err` the state may be
+    /// half-changed and must be dropped.
+    pub fn try_apply(&mut self, event: &Event) -> Result<(), Unappliable> {
         let window = self.movements_window;
         match event {
             Event::AccountOpened { cmd, at } => {
-                let prev = self
-                    .accounts
+                if cmd.overdraft_limit_minor < 0 {
+                    return Err(Unappliable("an account opened with a negative overdraft"));
+                }
+                if self.accounts.contains_key(&cmd.account_id) {
+                    return Err(Unappliable("an account opened twice"));
+                }
+                self.accounts
                     .insert(cmd.account_id.clone(), AccountState::open(cmd, *at));
-                assert!(prev.is_none(), "account {} opened twice", cmd.account_id);
             }
             Event::EntryApplied { entry, .. } => {
-                self.account(&entry.account_id).apply(event, window)
+                self.account(&entry.account_id)?.try_apply(event, window)?
             }
             Event::HoldPlaced { transfer, .. } => self
-                .account(&transfer.debit_account_id)
-                .apply(event, window),
+                .account(&transfer.debit_account_id)?
+                .try_apply(event, window)?,
             Event::CreditApplied { transfer, .. } => {
-                self.account(&transfer.credit_account_id)
-                    .apply(event, window);
-                assert!(
-                    self.credited.insert(transfer.transfer_id.clone()),
-                    "credited twice"
-                );
+                if self.credited.contains(&transfer.transfer_id) {
+                    return Err(Unappliable("a transfer credited twice"));
+                }
+                self.account(&transfer.credit_account_id)?
+                    .try_apply(event, window)?;
+                self.credited.insert(transfer.transfer_id.clone());
             }
             Event::HoldCommitted {
                 transfer_id,
                 debit_account_id,
                 ..
-            } => {
-                self.account(debit_account_id).apply(event, window);
-                let m = self
-                    .movements
-                    .get_mut(transfer_id)
-                    .expect("commit of a known transfer");
-                assert_eq!(m.status, MovementStatus::Pending);
-                m.status = MovementStatus::Committed;
             }
-            Event::HoldReleased {
+            | Event::HoldReleased {
                 transfer_id,
                 debit_account_id,
-                reason,
                 ..
             } => {
-                self.account(debit_account_id).apply(event, window);
-                let m = self
+                let pending = self
                     .movements
-                    .get_mut(transfer_id)
-                    .expect("release of a known transfer");
-                assert_eq!(m.status, MovementStatus::Pending);
-                m.status = MovementStatus::Rejected;
-                m.rejection_opt = Some(reason.clone());
+                    .get(transfer_id)
+                    .is_some_and(|m| m.status == MovementStatus::Pending);
+                if !pending {
+                    return Err(Unappliable("a commit or release of no pending transfer"));
+                }
+                self.account(debit_account_id)?.try_apply(event, window)?;
+                let m = self.movements.get_mut(transfer_id).expect("checked above");
+                if let Event::HoldReleased { reason, .. } = event {
+                    m.status = MovementStatus::Rejected;
+                    m.rejection_opt = Some(reason.clone());
+                } else {
+                    m.status = MovementStatus::Committed;
+                }
             }
             Event::BatchCommitted { batch_id, .. } => {
-                assert!(
-                    self.batches_committed.insert(batch_id.clone()),
-                    "batch decided twice"
-                );
+                if !self.batches_committed.insert(batch_id.clone()) {
+                    return Err(Unappliable("a batch decided twice"));
+                }
             }
             Event::EntryRejected { .. } | Event::TransferRejected { .. } => {}
         }
         if let Some((id, record)) = MovementRecord::created_by(event) {
-            let prev = self.movements.insert(id.clone(), record);
-            assert!(prev.is_none(), "movement {id} took effect twice");
+            if self.movements.insert(id, record).is_some() {
+                return Err(Unappliable("a movement ID took effect twice"));
+            }
         }
+        Ok(())
     }
 
-    fn account(&mut self, id: &AccountId) -> &mut AccountState {
+    fn account(&mut self, id: &AccountId) -> Result<&mut AccountState, Unappliable> {
         self.accounts
             .get_mut(id)
-            .unwrap_or_else(|| panic!("event for unknown account {id}"))
+            .ok_or(Unappliable("an event for an unknown account"))
     }
 
-    /// Folds a verified stream record, skipping events at or below `self.lsn` (a record may
-    /// straddle the position). Checks continuity and the hash chain.
+    /// Folds a verified stream record. Checks continuity and the hash chain: the record must
+    /// start right after the state's position and chain onto its hash, or lie wholly at or
+    /// below it (already folded; a reader may be handed it again). A record that straddles the
+    /// position means that the stream's chain changed under the state (a newer owner epoch
+    /// replaced records this state folded): folding it would mix two writers' histories, so it
+    /// is refused, naming the epochs.
     pub fn apply_record(&mut self, rec: &Record) -> Result<(), FoldError> {
-        let err = |reason: String| FoldError {
+        let chain_err = |reason: String| FoldError {
             shard: self.shard,
             lsn: rec.first_lsn,
             reason,
+            chain: true,
+        };
+        let err = |reason: String| FoldError {
+            chain: false,
+            ..chain_err(reason)
         };
         if rec.shard != self.shard {
             return Err(err(format!("record of shard {}", rec.shard)));
@@ -249,16 +274,26 @@ impl ShardState {
             return Ok(());
         }
         if rec.first_lsn > self.lsn + 1 {
-            return Err(err(format!(
+            return Err(chain_err(format!(
                 "gap: state at {}, record starts at {}",
                 self.lsn, rec.first_lsn
             )));
         }
-        if rec.first_lsn == self.lsn + 1 {
-            // The first record of a shard follows the all-zero hash at LSN 0.
-            record::check_follows(Some((self.lsn, self.record_hash)), rec)
-                .map_err(|r| err(r.into()))?;
+        if rec.first_lsn <= self.lsn {
+            return Err(chain_err(format!(
+                "record {}..={} of epoch {} straddles the state's position {}: the stream's \
+                 chain changed under the state (another owner epoch rewrote it); fold from an \
+                 older snapshot",
+                rec.first_lsn, rec.last_lsn, rec.epoch, self.lsn
+            )));
         }
+        // The first record of a shard follows the all-zero hash at LSN 0.
+        record::check_follows(Some((self.lsn, self.record_hash)), rec).map_err(|r| {
+            chain_err(format!(
+                "{r}: record {}..={} of epoch {} does not chain onto the state at lsn {}",
+                rec.first_lsn, rec.last_lsn, rec.epoch, self.lsn
+            ))
+        })?;
         let events = event::decode_all(&rec.payload).map_err(|e| err(e.to_string()))?;
         if events.len() as u64 != rec.last_lsn - rec.first_lsn + 1 {
             return Err(err(format!(
@@ -269,9 +304,15 @@ impl ShardState {
             )));
         }
         for (lsn, ev) in (rec.first_lsn..).zip(&events) {
-            if lsn > self.lsn {
-                self.apply(ev);
-            }
+            self.try_apply(ev).map_err(|e| FoldError {
+                shard: self.shard,
+                lsn,
+                reason: format!(
+                    "event cannot be applied ({e}): {ev:?}; see docs/runbook.md, \
+                     \"A shard refuses to restore\""
+                ),
+                chain: false,
+            })?;
         }
         self.lsn = rec.last_lsn;
         self.record_hash = rec.hash;

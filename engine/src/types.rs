@@ -235,6 +235,10 @@ pub enum Rejection {
     },
     /// A transfer in an atomic batch was not applied because another one was rejected.
     BatchAborted,
+    /// The movement would take a balance, or the sum of an account's holds, past the largest
+    /// amount the ledger represents (`i64::MAX` minor units). Last in the enum: rejections are
+    /// recorded in the stream by their index.
+    BalanceOverflow,
 }
 
 impl Rejection {
@@ -251,6 +255,7 @@ impl Rejection {
             Rejection::InvalidId => "invalid_request",
             Rejection::IdConflict { .. } => "id_conflict",
             Rejection::BatchAborted => "batch_aborted",
+            Rejection::BalanceOverflow => "balance_overflow",
         }
     }
 }
@@ -469,10 +474,11 @@ pub struct DailyRow {
     pub day: Day,
     /// Posted balance at the start of the day.
     pub opening_minor: i64,
-    /// Sum of money in (transfers received, credit entries).
-    pub credits_minor: i64,
-    /// Sum of money out (transfers sent, debit entries).
-    pub debits_minor: i64,
+    /// Sum of money in (transfers received, credit entries); i128 because a client can drive
+    /// a day's total past any balance.
+    pub credits_minor: i128,
+    /// Sum of money out (transfers sent, debit entries); i128 as `credits_minor`.
+    pub debits_minor: i128,
     /// Number of movements that day.
     pub num_movements: u64,
     /// Posted balance at the end of the day (`opening + credits - debits`).

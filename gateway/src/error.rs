@@ -45,6 +45,7 @@ pub const CODES: &[&str] = &[
     "same_account",
     "invalid_amount",
     "batch_aborted",
+    "balance_overflow",
     "rate_limited",
     "unavailable",
     "internal",
@@ -194,7 +195,7 @@ impl ApiError {
             }
             ApiError::Rejected(r) => {
                 if let Rejection::IdConflict { fields } = r {
-                    problem.fields = Some(fields.clone());
+                    problem.fields = (!fields.is_empty()).then(|| fields.clone());
                 }
                 rejection_detail(r)
             }
@@ -227,6 +228,7 @@ fn rejection_parts(r: &Rejection) -> (StatusCode, &'static str, &'static str) {
         Rejection::InvalidAmount => (S::UNPROCESSABLE_ENTITY, code, "Invalid amount"),
         Rejection::InvalidId => (S::BAD_REQUEST, code, "Invalid request"),
         Rejection::BatchAborted => (S::UNPROCESSABLE_ENTITY, code, "Batch aborted"),
+        Rejection::BalanceOverflow => (S::UNPROCESSABLE_ENTITY, code, "Balance overflow"),
     }
 }
 
@@ -236,6 +238,10 @@ fn rejection_detail(r: &Rejection) -> String {
         Rejection::MovementNotFound => "no transfer with this id".to_owned(),
         Rejection::AccountExists => {
             "an account with this id exists with other parameters".to_owned()
+        }
+        // No fields: the caller may not see the original movement (see routes::hide_foreign).
+        Rejection::IdConflict { fields } if fields.is_empty() => {
+            "this id was used before with other content; nothing changed".to_owned()
         }
         Rejection::IdConflict { fields } => format!(
             "this id was used before with other content; differing fields: {}; nothing changed",
@@ -254,6 +260,10 @@ fn rejection_detail(r: &Rejection) -> String {
         Rejection::BatchAborted => {
             "not applied: another transfer of this atomic batch was rejected".to_owned()
         }
+        Rejection::BalanceOverflow => "the movement would take a balance or the account's holds \
+            past the largest amount the ledger represents (9223372036854775807 minor units); \
+            nothing changed"
+            .to_owned(),
     }
 }
 

@@ -89,8 +89,9 @@ pub fn format_minor(minor: i64, scale: u32) -> String {
     AmountText::new(minor, scale).as_str().to_owned()
 }
 
-/// Longest formatted amount: a sign, the 19 digits of `i64::MIN` and a decimal point.
-const AMOUNT_TEXT_BYTES_MAX: usize = 24;
+/// Longest formatted amount: a sign, the 39 digits of `i128::MIN` and a decimal point (day
+/// totals are `i128`: see `engine::account::DayTotals`).
+const AMOUNT_TEXT_BYTES_MAX: usize = 44;
 
 /// A formatted amount kept inline (no heap allocation): answers carry many of them, and the
 /// daily report is read a lot. Serializes as a JSON string.
@@ -104,10 +105,11 @@ pub struct AmountText {
 
 impl AmountText {
     /// Returns the decimal form of `minor` units in a currency of `scale`.
-    pub fn new(minor: i64, scale: u32) -> AmountText {
+    pub fn new(minor: impl Into<i128>, scale: u32) -> AmountText {
+        let minor: i128 = minor.into();
         assert!(scale <= 4, "ISO 4217 scales are 0 to 4");
         let scale = scale as usize;
-        let mut digits = [b'0'; 20];
+        let mut digits = [b'0'; 40];
         let mut start = digits.len();
         let mut n = minor.unsigned_abs();
         loop {

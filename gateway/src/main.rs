@@ -15,6 +15,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            // A failed invariant stops the process: a crash beats a wrong balance, and a dead
+            // actor that answers 503 forever is neither. The restart restores from what is
+            // durable (a panic in a kameo actor would otherwise only stop that actor).
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default_hook(info);
+                std::process::abort();
+            }));
             let config = args.load().context("failed to load the configuration")?;
             let _telemetry =
                 gateway::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;

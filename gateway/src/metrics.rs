@@ -334,6 +334,35 @@ fn render_engine(out: &mut String, s: &LedgerStats) {
         "Snapshots written.",
         s.snapshots_total,
     );
+    gauge(
+        out,
+        "saldo_shards_failed",
+        "Shards whose stream failed: they refuse writes until the process restarts.",
+        s.failed_shards.len() as u64,
+    );
+    if !s.failed_shards.is_empty() {
+        use std::fmt::Write as _;
+        out.push_str("# HELP saldo_shard_failed A shard whose stream failed, with the cause.\n");
+        out.push_str("# TYPE saldo_shard_failed gauge\n");
+        for (shard, cause) in &s.failed_shards {
+            let cause: String = cause
+                .chars()
+                .take(200)
+                .map(|c| {
+                    if c == '"' || c == '\\' || c == '\n' {
+                        ' '
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                out,
+                "saldo_shard_failed{{shard=\"{shard}\",cause=\"{cause}\"}} 1"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

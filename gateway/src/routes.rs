@@ -421,9 +421,9 @@ async fn get_transfer_by_id(
     if !caller.may_access(t.debit_account_id.as_str())
         && !caller.may_access(t.credit_account_id.as_str())
     {
-        return Err(ApiError::Forbidden {
-            detail: "the token does not grant access to either account of this transfer".into(),
-        });
+        // Another tenant's transfer: the caller learns nothing of it, not even that the ID
+        // is in use (a 403 would say so).
+        return Err(saldo_engine::types::Rejection::MovementNotFound.into());
     }
     let body = api::transfer_response(&view).ok_or(ApiError::Internal)?;
     Ok(json(StatusCode::OK, &body))
@@ -591,8 +591,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
                 status: "ready".into(),
             },
         )),
-        Some(_) => Err(ApiError::Unavailable {
-            detail: "the ledger is not ready".into(),
+        Some(ledger) => Err(ApiError::Unavailable {
+            detail: match ledger.failed_shards().first() {
+                Some((shard, cause)) => format!(
+                    "shard {shard} cannot make writes durable: {cause}; the node exits for a \
+                     restart once its stream takes writes again (docs/runbook.md)"
+                )
+                .into(),
+                None => "the ledger is not ready".into(),
+            },
         }),
         None => Err(ApiError::Unavailable {
             detail: "the ledger is starting".into(),

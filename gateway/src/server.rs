@@ -69,6 +69,16 @@ pub enum GatewayError {
     /// The HTTP server failed.
     #[error("http server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// A shard's stream failed and now takes writes again: the node is fail-stop, and a
+    /// restart recovers the shard from what is durable.
+    #[error(
+        "the stream of shard(s) {shards} failed and takes writes again; exiting so that a \
+         restart recovers them from what is durable (docs/runbook.md)"
+    )]
+    RestartRequired {
+        /// The shards that failed.
+        shards: String,
+    },
     /// The data directory was written with another shard count: routing would change and
     /// accounts would go missing.
     #[error(
@@ -347,8 +357,16 @@ pub async fn run(
         Some(Ok(ledger)) => {
             state.set_ledger(ledger);
             tracing::info!(shards = config.engine.shards, "ledger restored; serving");
+            let ledger = state.ledger_opt().expect("set above");
             tokio::select! {
                 _ = &mut shutdown => tracing::info!("shutdown requested"),
+                () = ledger.restart_required() => {
+                    let failed = ledger.failed_shards();
+                    tracing::error!(?failed, "a failed stream takes writes again; exiting so that a restart recovers the shard");
+                    outcome = Err(GatewayError::RestartRequired {
+                        shards: failed.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>().join(", "),
+                    });
+                }
                 joined = &mut server => {
                     outcome = flatten_serve(joined);
                     tracing::error!("http server stopped on its own");

@@ -470,6 +470,29 @@ impl Wal for LocalFileWal {
     fn describe(&self) -> String {
         format!("file:{}", self.dir.display())
     }
+
+    /// Writes and syncs a scratch file of the largest record's size beside the shard
+    /// directories, then removes it: the disk has room and syncs again.
+    async fn probe(&self, shard: u32) -> Result<(), WalError> {
+        if self.read_only {
+            return Err(io_err(std::io::Error::other(
+                "the stream is open read-only",
+            )));
+        }
+        let path = self.dir.join(format!("probe-{shard:05}.tmp"));
+        tokio::task::spawn_blocking(move || {
+            let written = File::create(&path).and_then(|mut f| {
+                f.write_all(&vec![0u8; WAL_RECORD_BYTES_MAX])?;
+                f.sync_all()
+            });
+            // Removed whether or not the write worked: a probe never leaves a file behind.
+            let removed = fs::remove_file(&path);
+            written.and(removed)
+        })
+        .await
+        .map_err(|e| io_err(std::io::Error::other(e)))?
+        .map_err(io_err)
+    }
 }
 
 fn read_located(

@@ -97,4 +97,11 @@ pub trait Wal: Send + Sync + 'static {
     fn metrics(&self) -> Vec<crate::metrics::MetricSample> {
         Vec::new()
     }
+
+    /// Returns `Ok` once the backend takes writes again after an append of `shard` failed,
+    /// without writing to the stream (a failed node asks it before restarting to recover).
+    /// By default: the shard's tail can be read (the service answers again).
+    async fn probe(&self, shard: u32) -> Result<(), WalError> {
+        self.tail(shard).await.map(|_| ())
+    }
 }
