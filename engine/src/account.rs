@@ -864,6 +864,91 @@ mod tests {
     }
 
     #[test]
+    fn holds_that_would_overflow_held_funds_are_refused_in_decide() {
+        // Balance + overdraft limit above i64::MAX: the available check alone lets a second
+        // hold through whose sum overflows `held` in apply.
+        let mut a = account(i64::MAX);
+        run(&mut a, entry("c", EntryKind::Credit, i64::MAX), 10).unwrap();
+        run(&mut a, AccountCommand::Hold(transfer("t1", i64::MAX), None), 20).unwrap();
+        assert_eq!(
+            run(&mut a, AccountCommand::Hold(transfer("t2", 1), None), 30),
+            Err(Rejection::BalanceOverflow)
+        );
+        assert_eq!(a.held_minor(), i64::MAX);
+    }
+
+    #[test]
+    fn day_totals_past_the_balance_type_saturate_instead_of_stopping_the_account() {
+        // The reproduced poison pill: credit and debit 100,000,000,000,000.00 on one day.
+        let mut a = account(0);
+        let amount = 10_000_000_000_000_000;
+        for i in 0..1_000 {
+            run(&mut a, entry(&format!("c{i}"), EntryKind::Credit, amount), 20).unwrap();
+            run(&mut a, entry(&format!("d{i}"), EntryKind::Debit, amount), 20).unwrap();
+        }
+        let day = a.daily(Timestamp(20).day(), Timestamp(20).day());
+        assert_eq!(day[0].credits_minor, 1_000 * i128::from(amount));
+        assert_eq!(day[0].debits_minor, 1_000 * i128::from(amount));
+        assert_eq!(day[0].num_movements, 2_000);
+        assert_eq!(a.balance_minor(), 0);
+    }
+
+    #[test]
+    fn a_reserved_credit_keeps_its_room_against_later_credits() {
+        let mut a = account(0);
+        run(&mut a, entry("c", EntryKind::Credit, i64::MAX - 10), 10).unwrap();
+        let mut incoming = transfer("in", 6);
+        incoming.debit_account_id = AccountId::new("x").unwrap();
+        incoming.credit_account_id = AccountId::new("a").unwrap();
+        a.reserve_incoming(&incoming).unwrap();
+        let mut second = incoming.clone();
+        second.transfer_id = MovementId::new("in2").unwrap();
+        assert_eq!(
+            a.reserve_incoming(&second),
+            Err(Rejection::BalanceOverflow),
+            "6 + 6 past the room of 10"
+        );
+        assert_eq!(
+            run(&mut a, entry("late", EntryKind::Credit, 5), 20),
+            Err(Rejection::BalanceOverflow),
+            "a later credit cannot take the reserved room"
+        );
+        run(&mut a, AccountCommand::CreditReserved(incoming), 30).unwrap();
+        a.release_incoming(6);
+        assert_eq!(a.balance_minor(), i64::MAX - 4);
+        run(&mut a, entry("fits", EntryKind::Credit, 4), 40).unwrap();
+    }
+
+    #[test]
+    fn an_event_that_contradicts_the_state_is_an_error_of_the_fold_not_a_panic() {
+        let mut a = account(0);
+        let commit = Event::HoldCommitted {
+            transfer_id: MovementId::new("ghost").unwrap(),
+            debit_account_id: AccountId::new("a").unwrap(),
+            at: Timestamp(20),
+        };
+        assert_eq!(
+            a.try_apply(&commit, 8),
+            Err(Unappliable("no open hold for the transfer"))
+        );
+        let overflow = Event::EntryApplied {
+            entry: Entry {
+                entry_id: MovementId::new("e").unwrap(),
+                account_id: AccountId::new("a").unwrap(),
+                kind: EntryKind::Debit,
+                amount_minor: 5,
+                description_opt: None,
+            },
+            balance_after_minor: -5,
+            at: Timestamp(30),
+        };
+        assert_eq!(
+            a.try_apply(&overflow, 8),
+            Err(Unappliable("the account is below its allowance (I4)"))
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "time goes backwards")]
     fn time_going_backwards_is_a_bug() {
         let mut a = account(0);

@@ -368,3 +368,84 @@ pub fn digest<'a>(accounts: impl IntoIterator<Item = &'a AccountState>) -> [u8; 
     }
     *hasher.finalize().as_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use saldo_persistence::record;
+
+    use super::*;
+    use crate::types::{Currency, Entry, EntryKind, OpenAccount};
+
+    fn opening(id: &str) -> Event {
+        Event::AccountOpened {
+            cmd: OpenAccount {
+                account_id: AccountId::new(id).unwrap(),
+                currency: Currency::new("BRL").unwrap(),
+                overdraft_limit_minor: 0,
+                metadata_opt: None,
+            },
+            at: Timestamp(1),
+        }
+    }
+
+    fn credit(id: &str, amount_minor: i64, balance_after_minor: i64) -> Event {
+        Event::EntryApplied {
+            entry: Entry {
+                entry_id: MovementId::new(id).unwrap(),
+                account_id: AccountId::new("a").unwrap(),
+                kind: EntryKind::Credit,
+                amount_minor,
+                description_opt: None,
+            },
+            balance_after_minor,
+            at: Timestamp(2),
+        }
+    }
+
+    fn rec(epoch: u64, first: Lsn, prev: &RecordHash, events: &[Event]) -> Record {
+        let mut payload = Vec::new();
+        for ev in events {
+            event::encode_into(ev, &mut payload);
+        }
+        let last = first + events.len() as u64 - 1;
+        let bytes = record::encode(0, epoch, first, last, prev, &payload).bytes;
+        record::decode(&bytes).unwrap().0
+    }
+
+    #[test]
+    fn a_record_that_straddles_the_position_is_refused_not_mixed_in() {
+        let r1 = rec(1, 1, &[0; 32], &[opening("a"), opening("b")]);
+        let r2 = rec(1, 3, &r1.hash, &[opening("c"), opening("d")]);
+        let mut state = ShardState::empty(0, 4);
+        state.apply_record(&r1).unwrap();
+        state.apply_record(&r2).unwrap();
+        // A newer epoch rewrote the stream from lsn 2 on: its record overlaps what the state
+        // folded from the older epoch.
+        let newer = rec(
+            2,
+            2,
+            &r1.hash,
+            &[opening("x"), opening("y"), opening("v"), opening("z")],
+        );
+        let e = state.apply_record(&newer).unwrap_err();
+        assert!(e.chain, "{e}");
+        assert!(e.reason.contains("straddles") && e.reason.contains("epoch 2"), "{e}");
+        assert!(!state.accounts.contains_key(&AccountId::new("z").unwrap()));
+        // A record that starts right after the state must chain onto its hash.
+        let forked = rec(2, 5, &r1.hash, &[opening("w")]);
+        let e = state.apply_record(&forked).unwrap_err();
+        assert!(e.chain && e.reason.contains("hash chain"), "{e}");
+    }
+
+    #[test]
+    fn an_event_that_cannot_be_applied_is_reported_with_shard_and_lsn() {
+        let r1 = rec(1, 1, &[0; 32], &[opening("a"), credit("c1", 5, 5)]);
+        // Credited twice under one ID: a second movement with the same ID.
+        let r2 = rec(1, 3, &r1.hash, &[credit("c2", 5, 10), credit("c1", 5, 15)]);
+        let mut state = ShardState::empty(0, 4);
+        state.apply_record(&r1).unwrap();
+        let e = state.apply_record(&r2).unwrap_err();
+        assert_eq!((e.shard, e.lsn, e.chain), (0, 4, false));
+        assert!(e.reason.contains("cannot be applied"), "{e}");
+    }
+}

@@ -948,3 +948,352 @@ async fn writes_left_by_their_callers_still_count_against_the_in_flight_bound() 
     assert!(created);
     l.shutdown().await;
 }
+
+// ------------------------------------------------------------------ issue 13: money safety
+
+/// A stream that fails on demand, as a full disk does: appends fail while `failing` is set,
+/// and so does the probe that asks whether the stream takes writes again.
+#[derive(Clone)]
+struct FailingWal {
+    inner: MemoryWal,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingWal {
+    fn refusal(&self) -> Option<saldo_persistence::WalError> {
+        self.failing
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| {
+                saldo_persistence::WalError::Unavailable(Box::new(std::io::Error::other(
+                    "no space left on device",
+                )))
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl saldo_persistence::Wal for FailingWal {
+    async fn append(
+        &self,
+        shard: u32,
+        record: saldo_persistence::record::EncodedRecord,
+    ) -> Result<(), saldo_persistence::WalError> {
+        match self.refusal() {
+            Some(e) => Err(e),
+            None => self.inner.append(shard, record).await,
+        }
+    }
+    async fn tail(
+        &self,
+        shard: u32,
+    ) -> Result<Option<saldo_persistence::wal::Tail>, saldo_persistence::WalError> {
+        self.inner.tail(shard).await
+    }
+    async fn read(
+        &self,
+        shard: u32,
+        after_lsn: saldo_persistence::Lsn,
+        max_records: usize,
+    ) -> Result<Vec<saldo_persistence::Record>, saldo_persistence::WalError> {
+        self.inner.read(shard, after_lsn, max_records).await
+    }
+    async fn prune(
+        &self,
+        shard: u32,
+        lsn: saldo_persistence::Lsn,
+    ) -> Result<(), saldo_persistence::WalError> {
+        self.inner.prune(shard, lsn).await
+    }
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+    async fn probe(&self, _shard: u32) -> Result<(), saldo_persistence::WalError> {
+        self.refusal().map_or(Ok(()), Err)
+    }
+}
+
+fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, LedgerError>) -> bool {
+    matches!(r, Err(LedgerError::Unavailable { .. }))
+}
+
+/// Defect 5 and issue 17: after a failed append every waiter gets an answer (no read, retry
+/// or batch hangs), the node says it is not ready and which shard failed, reads of durable
+/// state still answer, and once the stream takes writes again the node asks to be restarted;
+/// the restart then settles every ID exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writable() {
+    let bound = Duration::from_secs(10);
+    for shards in [1, 4] {
+        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = FailingWal {
+            inner: wal.clone(),
+            failing: failing.clone(),
+        };
+        let l = Ledger::open(config(shards), Arc::new(stream), Arc::new(snaps.clone()))
+            .await
+            .unwrap();
+        let (a, b, c) = if shards > 1 {
+            names(&l)
+        } else {
+            ("alice".into(), "bob".into(), "carol".into())
+        };
+        for x in [&a, &b, &c, &"dora".to_string()] {
+            open_account(&l, x, 0).await;
+        }
+        credit(&l, "fund-a", &a, 1_000).await.unwrap();
+        credit(&l, "fund-c", &c, 50).await.unwrap();
+        credit(&l, "fund-d", "dora", 7).await.unwrap();
+        assert!(l.is_ready());
+
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let first = tokio::time::timeout(bound, l.transfer(transfer("f-1", &a, &b, 100)))
+            .await
+            .expect("a write on a failed stream is answered");
+        assert!(is_unavailable(&first), "{first:?}");
+        assert!(!l.is_ready(), "not ready while a shard cannot make writes durable");
+        assert!(!l.failed_shards().is_empty());
+        let retry = tokio::time::timeout(bound, l.transfer(transfer("f-1", &a, &b, 100)))
+            .await
+            .expect("a retry of a pending ID is answered, not left waiting");
+        assert!(is_unavailable(&retry), "{retry:?}");
+        let batch = tokio::time::timeout(
+            bound,
+            l.transfer_batch(vec![transfer("f-2", &c, &b, 10)], false),
+        )
+        .await
+        .expect("a batch on a failed stream is answered");
+        assert!(batch.iter().all(is_unavailable), "{batch:?}");
+        let entry = tokio::time::timeout(bound, credit(&l, "f-3", &b, 1))
+            .await
+            .expect("an entry on a failed stream is answered");
+        assert!(is_unavailable(&entry), "{entry:?}");
+        let read_a = tokio::time::timeout(bound, l.account(&id(&a)))
+            .await
+            .expect("a read of state that is not durable is answered");
+        assert!(is_unavailable(&read_a), "{read_a:?}");
+        let read_d = tokio::time::timeout(bound, l.account(&id("dora")))
+            .await
+            .expect("a read of durable state is answered");
+        assert_eq!(read_d.unwrap().balance_minor, 7);
+
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(bound, l.restart_required())
+            .await
+            .expect("the node asks for a restart once the stream takes writes");
+        l.shutdown().await;
+
+        // The restart: what is durable, and every ID settles exactly once.
+        let l = open(&wal, &snaps, config(shards)).await;
+        assert!(l.is_ready());
+        l.transfer(transfer("f-1", &a, &b, 100)).await.unwrap();
+        l.transfer(transfer("f-1", &a, &b, 100)).await.unwrap();
+        let batch = l
+            .transfer_batch(vec![transfer("f-2", &c, &b, 10)], false)
+            .await;
+        assert!(batch.iter().all(Result::is_ok), "{batch:?}");
+        credit(&l, "f-3", &b, 1).await.unwrap();
+        assert_eq!(balance(&l, &a).await, 900);
+        assert_eq!(balance(&l, &b).await, 111);
+        assert_eq!(balance(&l, &c).await, 40);
+        assert_eq!(balance(&l, "dora").await, 7);
+        for x in [&a, &b, &c] {
+            assert_eq!(l.account(&id(x)).await.unwrap().held_minor, 0);
+        }
+        l.shutdown().await;
+    }
+}
+
+/// Defect 6: a transfer whose records are not durable is not shown as pending, and an
+/// opening that is not durable is not the ground of `account_exists`: a crash could undo
+/// both. The answers wait (within a bound) or say 503, never what memory alone holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_conflicts_answer_only_from_durable_state() {
+    let (l, wal, snaps, gate, (a, b, _)) = gated_ledger(config(1)).await;
+    credit(&l, "fund", &a, 100).await.unwrap();
+    gate.send_replace(false);
+    let _pending = {
+        let (l, t) = (l.clone(), transfer("p-1", &a, &b, 10));
+        tokio::spawn(async move { l.transfer(t).await })
+    };
+    let _opening = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            l.open_account(OpenAccount {
+                account_id: id("newbie"),
+                currency: brl(),
+                overdraft_limit_minor: 0,
+                metadata_opt: None,
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), l.movement(&mid("p-1")))
+        .await
+        .expect("a read never hangs");
+    assert!(
+        seen.is_err(),
+        "a transfer with no durable record is not shown: {seen:?}"
+    );
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        l.open_account(OpenAccount {
+            account_id: id("newbie"),
+            currency: Currency::new("USD").unwrap(),
+            overdraft_limit_minor: 0,
+            metadata_opt: None,
+        }),
+    )
+    .await
+    .expect("an opening never hangs");
+    assert!(
+        !matches!(
+            other,
+            Err(LedgerError::Rejected(Rejection::AccountExists))
+        ),
+        "account_exists answered on an opening that is not durable: {other:?}"
+    );
+    // The crash at this moment: neither exists.
+    let l = open(&wal, &snaps, config(1)).await;
+    assert_eq!(
+        l.movement(&mid("p-1")).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::MovementNotFound)
+    );
+    assert_eq!(
+        l.account(&id("newbie")).await.unwrap_err(),
+        LedgerError::Rejected(Rejection::AccountNotFound)
+    );
+}
+
+/// Defect 7: an ID already used on another account conflicts without saying anything about
+/// the original (the caller may be another tenant); on the same account the differing fields
+/// are named.
+#[tokio::test]
+async fn an_id_taken_on_another_account_conflicts_without_naming_fields() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(2)).await;
+    for x in ["ma", "mb", "other"] {
+        open_account(&l, x, 0).await;
+    }
+    credit(&l, "fund-ma", "ma", 100).await.unwrap();
+    credit(&l, "fund-other", "other", 100).await.unwrap();
+    l.transfer(transfer("t-x", "ma", "mb", 10)).await.unwrap();
+    let conflict = |fields: &[&str]| {
+        Err::<(), _>(LedgerError::Rejected(Rejection::IdConflict {
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+        }))
+    };
+    let probe = l.transfer(transfer("t-x", "other", "mb", 99)).await;
+    assert_eq!(probe.map(|_| ()), conflict(&[]));
+    let entry = credit(&l, "t-x", "other", 5).await;
+    assert_eq!(entry.map(|_| ()), conflict(&[]));
+    let same_owner = l.transfer(transfer("t-x", "ma", "mb", 11)).await;
+    assert_eq!(same_owner.map(|_| ()), conflict(&["amount"]));
+    assert_eq!(balance(&l, "other").await, 100);
+}
+
+/// Defect 1: a day of huge credits and debits on one account (the reproduced poison pill)
+/// neither stops the account nor makes the ledger unable to restart.
+#[tokio::test]
+async fn a_day_of_huge_entries_leaves_the_ledger_able_to_restart() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(1)).await;
+    open_account(&l, "merchant", 0).await;
+    let amount = 10_000_000_000_000_000; // 100,000,000,000,000.00 BRL
+    for i in 0..1_000 {
+        credit(&l, &format!("c-{i}"), "merchant", amount).await.unwrap();
+        l.post_entry(Entry {
+            entry_id: mid(&format!("d-{i}")),
+            account_id: id("merchant"),
+            kind: EntryKind::Debit,
+            amount_minor: amount,
+            description_opt: None,
+        })
+        .await
+        .unwrap();
+    }
+    let today = Timestamp::now().day();
+    let report = |l: Ledger| async move {
+        let days = l.daily(&id("merchant"), today, today).await.unwrap().days;
+        (days[0].credits_minor, days[0].debits_minor)
+    };
+    let expected = (1_000 * i128::from(amount), 1_000 * i128::from(amount));
+    assert_eq!(report(l.clone()).await, expected);
+    l.shutdown().await;
+    let l = open(&wal, &snaps, config(1)).await;
+    assert_eq!(report(l.clone()).await, expected);
+    credit(&l, "after", "merchant", 1).await.unwrap();
+    assert_eq!(balance(&l, "merchant").await, 1);
+}
+
+/// Defect 1: an atomic batch whose credit would overflow its account applies nothing (the
+/// credit's room is reserved before the commit point), on one shard and across shards.
+#[tokio::test]
+async fn an_atomic_batch_whose_credit_would_overflow_applies_nothing() {
+    for shards in [1, 4] {
+        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+        let l = open(&wal, &snaps, config(shards)).await;
+        let (a, b, _) = if shards > 1 {
+            names(&l)
+        } else {
+            ("alice".into(), "bob".into(), "carol".into())
+        };
+        open_account(&l, &a, 0).await;
+        open_account(&l, &b, 0).await;
+        credit(&l, "fund-a", &a, 100).await.unwrap();
+        credit(&l, "fund-b", &b, i64::MAX - 10).await.unwrap();
+        let results = l
+            .transfer_batch(
+                vec![transfer("at-1", &a, &b, 5), transfer("at-2", &a, &b, 6)],
+                true,
+            )
+            .await;
+        let results: Vec<_> = results.into_iter().map(|r| r.map(|_| ())).collect();
+        assert_eq!(
+            results,
+            vec![
+                Err(LedgerError::Rejected(Rejection::BatchAborted)),
+                Err(LedgerError::Rejected(Rejection::BalanceOverflow)),
+            ]
+        );
+        for l in [l.clone(), open(&wal, &snaps, config(shards)).await] {
+            assert_eq!(balance(&l, &a).await, 100);
+            assert_eq!(balance(&l, &b).await, i64::MAX - 10);
+            assert_eq!(l.account(&id(&a)).await.unwrap().held_minor, 0);
+        }
+        // The room given back: a credit that fits goes through.
+        l.transfer(transfer("at-3", &a, &b, 10)).await.unwrap();
+    }
+}
+
+/// Defect 1: an event that cannot be applied (here: a commit of a hold that does not exist)
+/// makes restore refuse the shard with an error naming the shard, the LSN and the event,
+/// instead of a panic.
+#[tokio::test]
+async fn an_unappliable_event_refuses_restore_naming_shard_lsn_and_event() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(1)).await;
+    open_account(&l, "a", 0).await;
+    l.shutdown().await;
+    write_events(
+        &wal,
+        0,
+        &[saldo_engine::event::Event::HoldCommitted {
+            transfer_id: mid("ghost"),
+            debit_account_id: id("a"),
+            at: Timestamp::now(),
+        }],
+    )
+    .await;
+    let e = Ledger::open(config(1), Arc::new(wal.clone()), Arc::new(snaps.clone()))
+        .await
+        .err()
+        .expect("restore refuses the shard");
+    let text = e.to_string();
+    assert!(
+        text.contains("shard 0 at lsn 2") && text.contains("HoldCommitted"),
+        "{text}"
+    );
+    assert!(text.contains("runbook"), "{text}");
+}
