@@ -979,7 +979,12 @@ impl saldo_persistence::Wal for FailingWal {
         record: saldo_persistence::record::EncodedRecord,
     ) -> Result<(), saldo_persistence::WalError> {
         match self.refusal() {
-            Some(e) => Err(e),
+            Some(e) => {
+                // A failing write takes a while (a disk retrying): what is appended meanwhile
+                // waits in the next batch, and must learn of the failure too.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(e)
+            }
             None => self.inner.append(shard, record).await,
         }
     }
@@ -1047,16 +1052,36 @@ async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writab
         assert!(l.is_ready());
 
         failing.store(true, std::sync::atomic::Ordering::SeqCst);
-        let first = tokio::time::timeout(bound, l.transfer(transfer("f-1", &a, &b, 100)))
-            .await
-            .expect("a write on a failed stream is answered");
-        assert!(is_unavailable(&first), "{first:?}");
+        let first = {
+            let (l, t) = (l.clone(), transfer("f-1", &a, &b, 100));
+            tokio::spawn(async move { l.transfer(t).await })
+        };
+        // Appended while the failing record is written: in the batch after it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = {
+            let (l, t) = (l.clone(), transfer("f-4", &c, &b, 10));
+            tokio::spawn(async move { l.transfer(t).await })
+        };
+        for write in [first, second] {
+            let answer = tokio::time::timeout(bound, write)
+                .await
+                .expect("a write on a failed stream is answered")
+                .unwrap();
+            assert!(is_unavailable(&answer), "{answer:?}");
+        }
         assert!(!l.is_ready(), "not ready while a shard cannot make writes durable");
         assert!(!l.failed_shards().is_empty());
-        let retry = tokio::time::timeout(bound, l.transfer(transfer("f-1", &a, &b, 100)))
+        for (tid, from) in [("f-1", &a), ("f-4", &c)] {
+            let amount = if tid == "f-1" { 100 } else { 10 };
+            let retry = tokio::time::timeout(bound, l.transfer(transfer(tid, from, &b, amount)))
+                .await
+                .expect("a retry of a pending ID is answered, not left waiting");
+            assert!(is_unavailable(&retry), "{retry:?}");
+        }
+        let read_c = tokio::time::timeout(bound, l.account(&id(&c)))
             .await
-            .expect("a retry of a pending ID is answered, not left waiting");
-        assert!(is_unavailable(&retry), "{retry:?}");
+            .expect("a read of state appended after the failed record is answered");
+        assert!(is_unavailable(&read_c), "{read_c:?}");
         let batch = tokio::time::timeout(
             bound,
             l.transfer_batch(vec![transfer("f-2", &c, &b, 10)], false),
@@ -1088,14 +1113,15 @@ async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writab
         assert!(l.is_ready());
         l.transfer(transfer("f-1", &a, &b, 100)).await.unwrap();
         l.transfer(transfer("f-1", &a, &b, 100)).await.unwrap();
+        l.transfer(transfer("f-4", &c, &b, 10)).await.unwrap();
         let batch = l
             .transfer_batch(vec![transfer("f-2", &c, &b, 10)], false)
             .await;
         assert!(batch.iter().all(Result::is_ok), "{batch:?}");
         credit(&l, "f-3", &b, 1).await.unwrap();
         assert_eq!(balance(&l, &a).await, 900);
-        assert_eq!(balance(&l, &b).await, 111);
-        assert_eq!(balance(&l, &c).await, 40);
+        assert_eq!(balance(&l, &b).await, 121);
+        assert_eq!(balance(&l, &c).await, 30);
         assert_eq!(balance(&l, "dora").await, 7);
         for x in [&a, &b, &c] {
             assert_eq!(l.account(&id(x)).await.unwrap().held_minor, 0);
