@@ -369,6 +369,67 @@ async fn a_merchant_token_sees_and_moves_only_its_own_accounts() {
     s.stop().await;
 }
 
+/// Issue 13, defect 7: a merchant who guesses another merchant's transfer or entry ID learns
+/// nothing about it: the conflict names no fields, the transfer reads as not found, and the
+/// other merchant still sees the differing fields of its own reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_learns_nothing_of_another_merchants_movement_by_guessing_its_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = TestServer::start(jwt_config(dir.path())).await;
+    let admin = rs256(&claims("ops", "ledger:admin"));
+    for id in ["m1:main", "m1:shop", "m2:main"] {
+        let r = call(
+            &s,
+            "POST",
+            "/v1/accounts",
+            Some(&admin),
+            Some(json!({"id": id, "currency": "BRL"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let body = json!({"id": format!("fund-{id}"), "type": "credit", "amount": "100"});
+        let path = format!("/v1/accounts/{id}/entries");
+        let r = call(&s, "POST", &path, Some(&admin), Some(body)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let token = |sub: &str, accounts: &str| {
+        let mut c = claims(sub, "ledger:read ledger:write");
+        c["saldo:accounts"] = json!([accounts]);
+        rs256(&c)
+    };
+    let (m1, m2) = (token("merchant-1", "m1:*"), token("merchant-2", "m2:*"));
+    let secret = json!({"id": "m1-pay-77", "from": "m1:main", "to": "m1:shop",
+        "amount": "42.17", "currency": "BRL", "description": "secret supplier"});
+    let r = call(&s, "POST", "/v1/transfers", Some(&m1), Some(secret)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let guess = json!({"id": "m1-pay-77", "from": "m2:main", "to": "m1:shop",
+        "amount": "1", "currency": "BRL"});
+    let r = call(&s, "POST", "/v1/transfers", Some(&m2), Some(guess)).await;
+    r.assert_problem(409, "id_conflict");
+    assert!(r.body.get("fields").is_none(), "{}", r.text);
+    for leak in ["42.17", "secret", "m1:main", "amount", "description"] {
+        assert!(!r.text.contains(leak), "the conflict leaks {leak:?}: {}", r.text);
+    }
+    let entry = json!({"id": "m1-pay-77", "type": "credit", "amount": "1"});
+    let r = call(&s, "POST", "/v1/accounts/m2:main/entries", Some(&m2), Some(entry)).await;
+    r.assert_problem(409, "id_conflict");
+    assert!(r.body.get("fields").is_none(), "{}", r.text);
+    call(&s, "GET", "/v1/transfers/m1-pay-77", Some(&m2), None)
+        .await
+        .assert_problem(404, "transfer_not_found");
+
+    // The owner reusing its own ID with other content is told what differs.
+    let reuse = json!({"id": "m1-pay-77", "from": "m1:main", "to": "m1:shop",
+        "amount": "43.00", "currency": "BRL", "description": "secret supplier"});
+    let r = call(&s, "POST", "/v1/transfers", Some(&m1), Some(reuse)).await;
+    r.assert_problem(409, "id_conflict");
+    assert_eq!(r.body["fields"], json!(["amount"]), "{}", r.text);
+    let r = call(&s, "GET", "/v1/accounts/m2:main", Some(&admin), None).await;
+    assert_eq!(r.body["balance"], "100.00", "nothing changed");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cognito_access_tokens_match_the_audience_on_client_id() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -120,3 +120,63 @@ async fn a_data_dir_refuses_another_shard_count() {
         .expect("same count opens");
     again.shutdown().await;
 }
+
+/// Issue 13, defect 1, reproduced over HTTP: one account holder posts, on one UTC day, credit
+/// and debit entries of 100,000,000,000,000 BRL a thousand times (the day's totals pass
+/// `i64::MAX` minor units after 922 pairs). Every entry is answered, the daily report shows
+/// the totals, and the node restarts on that stream with the same report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_of_huge_entries_neither_stops_the_account_nor_the_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.fsync = true;
+    let s = TestServer::start(config.clone()).await;
+    s.funded_account("poison", "0").await;
+    for i in 0..1_000 {
+        for kind in ["credit", "debit"] {
+            let r = s
+                .post(
+                    "/v1/accounts/poison/entries",
+                    json!({"id": format!("p-{kind}-{i}"), "type": kind, "amount": "100000000000000"}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{kind} {i}: {}", r.text);
+        }
+    }
+    let today = saldo_engine::types::Timestamp::now().day();
+    let range = format!(
+        "/v1/accounts/poison/daily?from={}&to={}",
+        gateway::format::date(saldo_engine::types::Day(today.0 - 1)),
+        gateway::format::date(saldo_engine::types::Day(today.0 + 1)),
+    );
+    let totals = |body: &serde_json::Value| {
+        let days = body["days"].as_array().expect("days").clone();
+        let (mut credits, mut debits, mut movements) = (0i128, 0i128, 0u64);
+        for d in days {
+            let minor = |k: &str| d[k].as_str().unwrap().replace('.', "").parse::<i128>().unwrap();
+            credits += minor("credits");
+            debits += minor("debits");
+            movements += d["movements"].as_u64().unwrap();
+        }
+        (credits, debits, movements)
+    };
+    let r = s.get(&range).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let expected = (1_000 * 10_000_000_000_000_000, 1_000 * 10_000_000_000_000_000, 2_000);
+    assert_eq!(totals(&r.body), expected, "{}", r.text);
+    s.stop().await;
+
+    let s = TestServer::start(config).await;
+    let r = s.get(&range).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(totals(&r.body), expected);
+    assert_eq!(s.balance("poison").await, "0.00");
+    let r = s
+        .post(
+            "/v1/accounts/poison/entries",
+            json!({"id": "after", "type": "credit", "amount": "1.00"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "the account still takes writes: {}", r.text);
+    s.stop().await;
+}
