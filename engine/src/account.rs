@@ -869,7 +869,12 @@ mod tests {
         // hold through whose sum overflows `held` in apply.
         let mut a = account(i64::MAX);
         run(&mut a, entry("c", EntryKind::Credit, i64::MAX), 10).unwrap();
-        run(&mut a, AccountCommand::Hold(transfer("t1", i64::MAX), None), 20).unwrap();
+        run(
+            &mut a,
+            AccountCommand::Hold(transfer("t1", i64::MAX), None),
+            20,
+        )
+        .unwrap();
         assert_eq!(
             run(&mut a, AccountCommand::Hold(transfer("t2", 1), None), 30),
             Err(Rejection::BalanceOverflow)
@@ -883,8 +888,18 @@ mod tests {
         let mut a = account(0);
         let amount = 10_000_000_000_000_000;
         for i in 0..1_000 {
-            run(&mut a, entry(&format!("c{i}"), EntryKind::Credit, amount), 20).unwrap();
-            run(&mut a, entry(&format!("d{i}"), EntryKind::Debit, amount), 20).unwrap();
+            run(
+                &mut a,
+                entry(&format!("c{i}"), EntryKind::Credit, amount),
+                20,
+            )
+            .unwrap();
+            run(
+                &mut a,
+                entry(&format!("d{i}"), EntryKind::Debit, amount),
+                20,
+            )
+            .unwrap();
         }
         let day = a.daily(Timestamp(20).day(), Timestamp(20).day());
         assert_eq!(day[0].credits_minor, 1_000 * i128::from(amount));

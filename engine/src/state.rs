@@ -429,7 +429,10 @@ mod tests {
         );
         let e = state.apply_record(&newer).unwrap_err();
         assert!(e.chain, "{e}");
-        assert!(e.reason.contains("straddles") && e.reason.contains("epoch 2"), "{e}");
+        assert!(
+            e.reason.contains("straddles") && e.reason.contains("epoch 2"),
+            "{e}"
+        );
         assert!(!state.accounts.contains_key(&AccountId::new("z").unwrap()));
         // A record that starts right after the state must chain onto its hash.
         let forked = rec(2, 5, &r1.hash, &[opening("w")]);

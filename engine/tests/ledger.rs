@@ -1069,7 +1069,10 @@ async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writab
                 .unwrap();
             assert!(is_unavailable(&answer), "{answer:?}");
         }
-        assert!(!l.is_ready(), "not ready while a shard cannot make writes durable");
+        assert!(
+            !l.is_ready(),
+            "not ready while a shard cannot make writes durable"
+        );
         assert!(!l.failed_shards().is_empty());
         for (tid, from) in [("f-1", &a), ("f-4", &c)] {
             let amount = if tid == "f-1" { 100 } else { 10 };
@@ -1174,10 +1177,7 @@ async fn reads_and_conflicts_answer_only_from_durable_state() {
     .await
     .expect("an opening never hangs");
     assert!(
-        !matches!(
-            other,
-            Err(LedgerError::Rejected(Rejection::AccountExists))
-        ),
+        !matches!(other, Err(LedgerError::Rejected(Rejection::AccountExists))),
         "account_exists answered on an opening that is not durable: {other:?}"
     );
     // The crash at this moment: neither exists.
@@ -1228,7 +1228,9 @@ async fn a_day_of_huge_entries_leaves_the_ledger_able_to_restart() {
     open_account(&l, "merchant", 0).await;
     let amount = 10_000_000_000_000_000; // 100,000,000,000,000.00 BRL
     for i in 0..1_000 {
-        credit(&l, &format!("c-{i}"), "merchant", amount).await.unwrap();
+        credit(&l, &format!("c-{i}"), "merchant", amount)
+            .await
+            .unwrap();
         l.post_entry(Entry {
             entry_id: mid(&format!("d-{i}")),
             account_id: id("merchant"),

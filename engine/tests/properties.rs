@@ -228,8 +228,11 @@ enum EdgeOp {
 
 fn edge_op() -> impl Strategy<Value = EdgeOp> {
     prop_oneof![
-        (0..ACCOUNTS, 0..ACCOUNTS, extreme_amount())
-            .prop_map(|(from, to, amount)| EdgeOp::Hold { from, to, amount }),
+        (0..ACCOUNTS, 0..ACCOUNTS, extreme_amount()).prop_map(|(from, to, amount)| EdgeOp::Hold {
+            from,
+            to,
+            amount
+        }),
         Just(EdgeOp::Settle),
         (0..ACCOUNTS, any::<bool>(), extreme_amount()).prop_map(|(account, credit, amount)| {
             EdgeOp::Entry {
@@ -308,7 +311,10 @@ impl EdgeModel {
                     currency: Currency::new("BRL").unwrap(),
                     description_opt: None,
                 };
-                if self.exec(from, AccountCommand::Hold(t.clone(), None)).is_ok() {
+                if self
+                    .exec(from, AccountCommand::Hold(t.clone(), None))
+                    .is_ok()
+                {
                     self.open.push_back(t);
                 }
             }

@@ -409,10 +409,21 @@ async fn a_merchant_learns_nothing_of_another_merchants_movement_by_guessing_its
     r.assert_problem(409, "id_conflict");
     assert!(r.body.get("fields").is_none(), "{}", r.text);
     for leak in ["42.17", "secret", "m1:main", "amount", "description"] {
-        assert!(!r.text.contains(leak), "the conflict leaks {leak:?}: {}", r.text);
+        assert!(
+            !r.text.contains(leak),
+            "the conflict leaks {leak:?}: {}",
+            r.text
+        );
     }
     let entry = json!({"id": "m1-pay-77", "type": "credit", "amount": "1"});
-    let r = call(&s, "POST", "/v1/accounts/m2:main/entries", Some(&m2), Some(entry)).await;
+    let r = call(
+        &s,
+        "POST",
+        "/v1/accounts/m2:main/entries",
+        Some(&m2),
+        Some(entry),
+    )
+    .await;
     r.assert_problem(409, "id_conflict");
     assert!(r.body.get("fields").is_none(), "{}", r.text);
     call(&s, "GET", "/v1/transfers/m1-pay-77", Some(&m2), None)

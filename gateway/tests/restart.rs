@@ -153,7 +153,13 @@ async fn a_day_of_huge_entries_neither_stops_the_account_nor_the_restart() {
         let days = body["days"].as_array().expect("days").clone();
         let (mut credits, mut debits, mut movements) = (0i128, 0i128, 0u64);
         for d in days {
-            let minor = |k: &str| d[k].as_str().unwrap().replace('.', "").parse::<i128>().unwrap();
+            let minor = |k: &str| {
+                d[k].as_str()
+                    .unwrap()
+                    .replace('.', "")
+                    .parse::<i128>()
+                    .unwrap()
+            };
             credits += minor("credits");
             debits += minor("debits");
             movements += d["movements"].as_u64().unwrap();
@@ -162,7 +168,11 @@ async fn a_day_of_huge_entries_neither_stops_the_account_nor_the_restart() {
     };
     let r = s.get(&range).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let expected = (1_000 * 10_000_000_000_000_000, 1_000 * 10_000_000_000_000_000, 2_000);
+    let expected = (
+        1_000 * 10_000_000_000_000_000,
+        1_000 * 10_000_000_000_000_000,
+        2_000,
+    );
     assert_eq!(totals(&r.body), expected, "{}", r.text);
     s.stop().await;
 
