@@ -1598,3 +1598,116 @@ fn amounts_format_and_parse() {
         ]
     );
 }
+
+/// Issue 17 on Kinesis: the stream answers every call with a server error for longer than
+/// the retry budget. The node's appends fail, `/readyz` turns 503 naming the shard, writes are
+/// refused; once the stream answers again the node exits non-zero (fail-stop), and restarted,
+/// every acknowledged transfer is there exactly once with the money exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_stream_down_past_the_retry_budget_turns_readiness_off_until_a_restart() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
+    let emu = emulators();
+    let name = unique("down");
+    let direct = Store {
+        stream: name.clone(),
+        kinesis_endpoint: emu.kinesis.endpoint().to_owned(),
+        dynamodb: Some((name.clone(), emu.dynamodb.endpoint().to_owned())),
+    };
+    let proxy = FaultProxy::start(emu.kinesis.endpoint(), FaultPlan::none()).await;
+    let proxied = direct.via(&proxy.endpoint());
+    let no_snapshots = [
+        "--snapshot-every-events",
+        "0",
+        "--snapshot-interval-ms",
+        "0",
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = start_node(
+        "node whose stream goes down",
+        &proxied,
+        dir.path(),
+        &[&no_snapshots[..], &["--create-resources"]].concat(),
+    )
+    .await;
+    let client = http_client();
+    let accounts = Arc::new(open_accounts(&client, &node.base, &name, 8).await);
+    let seed = seed();
+    eprintln!("AWS_TEST_SEED={seed}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = run_load(&client, &node.base, &name, &accounts, 4, seed, &stop).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_plan(FaultPlan {
+        server_error_rate: 1.0,
+        seed,
+        ..FaultPlan::none()
+    });
+    // The retry budget (AWS_ATTEMPTS_MAX attempts, backing off to 2 s) runs out: not ready.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let detail = loop {
+        let (status, body) = get(&client, format!("{}/readyz", node.base)).await;
+        if status == 503 {
+            break body["detail"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the stream down\n{}",
+            node.proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(detail.contains("shard"), "readyz names the shard: {detail}");
+    let (status, body) = post(
+        &client,
+        format!("{}/v1/transfers", node.base),
+        &json!({"id": format!("{name}-late"), "from": accounts[0].id, "to": accounts[1].id,
+            "amount": "0.01", "currency": "BRL"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &json!("unavailable")),
+        "{body}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut attempts = Vec::new();
+    for task in load {
+        attempts.extend(task.await.expect("load task"));
+    }
+    eprintln!("load while the stream went down: {:?}", tally(&attempts));
+    assert!(
+        tally(&attempts).get("committed").copied().unwrap_or(0) > 0,
+        "some load was acknowledged before the stream went down"
+    );
+
+    // The stream answers again: the node exits non-zero for its supervisor to restart it.
+    proxy.set_plan(FaultPlan::none());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Ok(Some(status)) = node.proc.child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node neither exits nor writes again\n{}",
+            node.proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(exit.code(), Some(1), "{}", node.proc.log_tail(30));
+    assert!(
+        node.proc.log_contains("takes writes again"),
+        "{}",
+        node.proc.log_tail(30)
+    );
+    drop(node);
+    let node = start_node(
+        "node restarted after the outage",
+        &direct,
+        dir.path(),
+        &no_snapshots,
+    )
+    .await;
+    check_money(&client, &node.base, &accounts, attempts).await;
+    drop(node);
+    drop(proxy);
+}
