@@ -1716,13 +1716,15 @@ impl Node {
         &self,
         cmds: &[Transfer],
     ) -> Result<Option<Vec<Result<(), Rejection>>>, LedgerError> {
+        let replies = futures::future::join_all(
+            cmds.iter()
+                .map(|t| self.ask(&t.credit_account_id, AccountMsg::ReserveIncoming(t.clone()))),
+        )
+        .await;
         let mut reserved = Vec::with_capacity(cmds.len());
         let mut lsns = vec![0; self.shards.len()];
         let mut refusal_opt = None;
-        for (i, t) in cmds.iter().enumerate() {
-            let reply = self
-                .ask(&t.credit_account_id, AccountMsg::ReserveIncoming(t.clone()))
-                .await;
+        for (i, (t, reply)) in cmds.iter().zip(replies).enumerate() {
             match reply {
                 Ok(AccountReply::Reserved(Ok(()), lsn)) => {
                     reserved.push(t);
@@ -1730,15 +1732,13 @@ impl Node {
                     lsns[shard] = lsns[shard].max(lsn);
                 }
                 Ok(AccountReply::Reserved(Err(reason), _)) => {
-                    refusal_opt = Some((Some(i), reason));
-                    break;
+                    refusal_opt.get_or_insert((Some(i), reason));
                 }
                 Ok(_) => unreachable!("ReserveIncoming replies Reserved"),
                 // The batch is not decided: abort it rather than leave its holds open.
                 Err(e) => {
                     tracing::warn!(error = %e, "reserving an atomic batch's credit failed; the batch aborts");
-                    refusal_opt = Some((None, Rejection::BatchAborted));
-                    break;
+                    refusal_opt.get_or_insert((None, Rejection::BatchAborted));
                 }
             }
         }
