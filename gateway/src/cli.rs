@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Directory of the stream and snapshots [default: ./data].
     #[arg(long, env = "SALDO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Number of logical shards, a power of two [default: 2].
+    /// Number of logical shards, a power of two, fixed for the life of the stream
+    /// [default: 1].
     #[arg(long, env = "SALDO_SHARDS")]
     pub shards: Option<u32>,
     /// fsync each group commit [default: true].
@@ -311,6 +312,37 @@ mod tests {
             "openid ledger:read ledger:write"
         );
         assert!(parse(&["--console-oauth-client-id", "console"]).is_err());
+    }
+
+    #[test]
+    fn storage_flags_parse_before_and_after_the_shard_subcommand() {
+        let flags = ["--wal", "kinesis", "--kinesis-stream", "s", "--shards", "8"];
+        let before = [&["saldo", "shard"][..], &flags[..], &["list"][..]].concat();
+        let after = [&["saldo", "shard", "list"][..], &flags[..]].concat();
+        for argv in [before, after] {
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Command::Shard(args) = cli.command else {
+                panic!("shard")
+            };
+            assert_eq!(args.store.shards, Some(8), "{argv:?}");
+            assert_eq!(args.store.storage.kinesis_stream.as_deref(), Some("s"));
+        }
+    }
+
+    #[test]
+    fn no_help_text_says_the_shard_count_defaults_to_two() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for name in ["serve", "shard", "snapshotter"] {
+            let sub = cli.find_subcommand(name).expect("subcommand");
+            let shards = sub
+                .get_arguments()
+                .find(|a| a.get_id() == "shards")
+                .unwrap_or_else(|| panic!("{name} takes --shards"));
+            let help = shards.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains("1]"), "{name}: {help}");
+            assert!(!help.contains("2]"), "{name}: {help}");
+        }
     }
 
     #[test]

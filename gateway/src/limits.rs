@@ -31,6 +31,12 @@ pub const BATCH_BODY_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// (it stores metadata in every snapshot).
 pub const METADATA_BYTES_MAX: usize = saldo_engine::limits::METADATA_BYTES_MAX;
 
+/// A stream whose records expire (Kinesis retention: 24 h at least) needs every shard
+/// snapshotted at least this many times per retention period. Four leaves three quarters of
+/// the retention (18 h of Kinesis' minimum) for failed snapshots (a snapshot store outage) to
+/// be retried before a record could expire uncovered.
+pub const RETENTION_PER_SNAPSHOT_INTERVAL_MIN: u64 = 4;
+
 /// Rows returned by `GET …/movements` when the request names no `limit`.
 pub const MOVEMENTS_PAGE_DEFAULT: usize = 50;
 

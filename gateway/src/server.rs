@@ -34,7 +34,7 @@ use crate::{
     auth::{AuthSetupError, Authenticator, Scope},
     config::{AuthMode, Config},
     error::ApiError,
-    limits::SHUTDOWN_GRACE_MS,
+    limits::{RETENTION_PER_SNAPSHOT_INTERVAL_MIN, SHUTDOWN_GRACE_MS},
     listener::PeerAddr,
     metrics::{self, METRICS, ROUTES},
     ratelimit::ClientKey,
@@ -79,76 +79,80 @@ pub enum GatewayError {
         /// The shards that failed.
         shards: String,
     },
-    /// The data directory was written with another shard count: routing would change and
-    /// accounts would go missing.
+    /// The stream was created with another shard count: routing would change, and accounts
+    /// and IDs on the dropped shards would go missing.
     #[error(
-        "{path} was created with {on_disk} shards but --shards is {configured}; \
-         start with --shards {on_disk} (the shard count is fixed for the life of a data directory)"
+        "{location} was created with {recorded} shards but --shards is {configured}; \
+         start with --shards {recorded} (the shard count is fixed for the life of a stream)"
     )]
     ShardCountMismatch {
-        /// The layout file.
-        path: std::path::PathBuf,
-        /// Shards recorded in the data directory.
-        on_disk: u32,
+        /// Where the count is recorded (the stream's layout file, or its Kinesis stream).
+        location: String,
+        /// Shards recorded with the stream.
+        recorded: u32,
         /// Shards asked for.
         configured: u32,
     },
+    /// The snapshot settings cannot cover every record before the stream's retention expires
+    /// it: a shard quiet for that long would restart without its newest records.
+    #[error("{0}")]
+    SnapshotCadence(String),
 }
 
-/// Name of the file that records a data directory's shard count.
-const LAYOUT_FILE: &str = "layout.json";
-
-/// Checks the shard count against the one the data directory was created with, recording it
-/// on first use. A directory without the file but with shard streams (older layout) must have
-/// no stream above the configured count.
-pub fn check_layout(
-    data_dir: &std::path::Path,
-    shards_on_disk: &[u32],
-    shards: u32,
-) -> Result<(), GatewayError> {
-    let path = data_dir.join(LAYOUT_FILE);
-    let io = |source| GatewayError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let on_disk = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("shards").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| {
-                    io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "unreadable layout file",
-                    ))
-                })? as u32;
-            if on_disk != shards {
-                return Err(GatewayError::ShardCountMismatch {
-                    path,
-                    on_disk,
-                    configured: shards,
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let highest_opt = shards_on_disk.last().copied();
-            if let Some(highest) = highest_opt.filter(|&h| h >= shards) {
-                return Err(GatewayError::ShardCountMismatch {
-                    path,
-                    on_disk: highest + 1,
-                    configured: shards,
-                });
-            }
-            let tmp = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{{\"shards\": {shards}}}\n")).map_err(io)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)
-        }
-        Err(e) => Err(io(e)),
+/// Returns the gateway error for a stream error, naming the fix of a shard count mismatch.
+pub fn wal_error(e: saldo_persistence::WalError) -> GatewayError {
+    match e {
+        saldo_persistence::WalError::ShardCountMismatch {
+            location,
+            recorded,
+            configured,
+        } => GatewayError::ShardCountMismatch {
+            location,
+            recorded,
+            configured,
+        },
+        e => GatewayError::Wal(e),
     }
+}
+
+/// Checks that the snapshots cover every record well before the stream's retention (if its
+/// records expire) can drop it: snapshots by time, at most every
+/// `retention / RETENTION_PER_SNAPSHOT_INTERVAL_MIN`. A node with both triggers off relies on
+/// a `saldo snapshotter`, which checks its own interval; it is warned about, not refused.
+pub fn check_snapshot_cadence(
+    snapshot_every_events: u64,
+    snapshot_interval_ms: u64,
+    retention_ms_opt: Option<u64>,
+) -> Result<(), GatewayError> {
+    let Some(retention_ms) = retention_ms_opt else {
+        return Ok(());
+    };
+    let interval_ms_max = retention_ms / RETENTION_PER_SNAPSHOT_INTERVAL_MIN;
+    if snapshot_every_events == 0 && snapshot_interval_ms == 0 {
+        tracing::warn!(
+            retention_ms,
+            interval_ms_max,
+            "node snapshots are off: a saldo snapshotter must snapshot every shard at least \
+             every interval_ms_max, or a shard quiet for longer than the stream's retention \
+             restarts without its newest records"
+        );
+        return Ok(());
+    }
+    if snapshot_interval_ms == 0 || snapshot_interval_ms > interval_ms_max {
+        return Err(GatewayError::SnapshotCadence(format!(
+            "the stream keeps records for {retention_ms} ms, so every shard needs a snapshot at \
+             least every {interval_ms_max} ms (a quarter of that), but --snapshot-interval-ms is \
+             {snapshot_interval_ms}{}: set --snapshot-interval-ms to at most {interval_ms_max}, \
+             or turn node snapshots off (--snapshot-every-events 0 --snapshot-interval-ms 0) and \
+             run saldo snapshotter with --interval-ms at most {interval_ms_max}",
+            if snapshot_interval_ms == 0 {
+                " (off)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Returns the router of the API over `state`, with the console without single sign-on.
@@ -309,10 +313,15 @@ pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
     let storage =
         crate::storage::open_storage(&config.storage, &config.data_dir, config.fsync, false)
             .await?;
-    check_layout(
-        &config.data_dir,
-        &storage.shards_on_disk,
-        config.engine.shards,
+    storage
+        .wal
+        .claim_shard_count(config.engine.shards)
+        .await
+        .map_err(wal_error)?;
+    check_snapshot_cadence(
+        config.engine.snapshot_every_events,
+        config.engine.snapshot_interval_ms,
+        storage.wal.retention_ms().await.map_err(wal_error)?,
     )?;
     let mut engine = config.engine_config();
     if config.storage.wal == crate::storage::WalBackend::Kinesis {

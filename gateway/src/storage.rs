@@ -123,35 +123,36 @@ impl StorageSettings {
     }
 }
 
-/// Storage flags, shared by every subcommand.
+/// Storage flags, shared by every subcommand. Global: `saldo shard list --wal kinesis …` and
+/// `saldo shard --wal kinesis … list` both work.
 #[derive(Debug, Default, Clone, Args)]
 pub struct StorageArgs {
     /// Write-ahead stream backend [default: file].
-    #[arg(long, env = "SALDO_WAL", value_enum)]
+    #[arg(long, global = true, env = "SALDO_WAL", value_enum)]
     pub wal: Option<WalBackend>,
     /// Snapshot store backend [default: dir].
-    #[arg(long, env = "SALDO_SNAPSHOT_STORE", value_enum)]
+    #[arg(long, global = true, env = "SALDO_SNAPSHOT_STORE", value_enum)]
     pub snapshot_store: Option<SnapshotBackend>,
     /// Kinesis stream name (with --wal kinesis).
-    #[arg(long, env = "SALDO_KINESIS_STREAM")]
+    #[arg(long, global = true, env = "SALDO_KINESIS_STREAM")]
     pub kinesis_stream: Option<String>,
     /// Kinesis endpoint URL (an emulator; default: AWS).
-    #[arg(long, env = "SALDO_KINESIS_ENDPOINT")]
+    #[arg(long, global = true, env = "SALDO_KINESIS_ENDPOINT")]
     pub kinesis_endpoint: Option<String>,
     /// Shards of a stream made by --create-resources [default: 1].
-    #[arg(long, env = "SALDO_KINESIS_SHARDS")]
+    #[arg(long, global = true, env = "SALDO_KINESIS_SHARDS")]
     pub kinesis_shards: Option<u32>,
     /// DynamoDB table name (with --snapshot-store dynamodb).
-    #[arg(long, env = "SALDO_DYNAMODB_TABLE")]
+    #[arg(long, global = true, env = "SALDO_DYNAMODB_TABLE")]
     pub dynamodb_table: Option<String>,
     /// DynamoDB endpoint URL (an emulator; default: AWS).
-    #[arg(long, env = "SALDO_DYNAMODB_ENDPOINT")]
+    #[arg(long, global = true, env = "SALDO_DYNAMODB_ENDPOINT")]
     pub dynamodb_endpoint: Option<String>,
     /// AWS region (default: the provider chain, AWS_REGION).
-    #[arg(long, env = "SALDO_AWS_REGION")]
+    #[arg(long, global = true, env = "SALDO_AWS_REGION")]
     pub aws_region: Option<String>,
     /// Create a missing Kinesis stream / DynamoDB table (development and tests).
-    #[arg(long, env = "SALDO_CREATE_RESOURCES", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, global = true, env = "SALDO_CREATE_RESOURCES", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub create_resources: Option<bool>,
 }
 
@@ -192,8 +193,6 @@ pub struct Storage {
     pub wal: Arc<dyn Wal>,
     /// The snapshots.
     pub snapshots: Arc<dyn SnapshotStore>,
-    /// Shard streams found in a file stream (empty for Kinesis): for the layout check.
-    pub shards_on_disk: Vec<u32>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -214,12 +213,9 @@ pub async fn open_storage(
     fsync: bool,
     read_only: bool,
 ) -> Result<Storage, GatewayError> {
-    let (wal, shards_on_disk): (Arc<dyn Wal>, Vec<u32>) = match settings.wal {
+    let wal: Arc<dyn Wal> = match settings.wal {
         WalBackend::File if read_only => {
-            let wal =
-                LocalFileWal::open_read_only(data_dir.join("wal")).map_err(GatewayError::Wal)?;
-            let on_disk = wal.shards_on_disk().map_err(GatewayError::Wal)?;
-            (Arc::new(wal), on_disk)
+            Arc::new(LocalFileWal::open_read_only(data_dir.join("wal")).map_err(GatewayError::Wal)?)
         }
         WalBackend::File => {
             let dir = data_dir.join("wal");
@@ -232,8 +228,7 @@ pub async fn open_storage(
             })
             .await
             .expect("opening the stream does not panic")?;
-            let on_disk = wal.shards_on_disk().map_err(GatewayError::Wal)?;
-            (Arc::new(wal), on_disk)
+            Arc::new(wal)
         }
         WalBackend::Kinesis => {
             let stream = settings.kinesis_stream.as_deref().unwrap_or_default();
@@ -244,7 +239,7 @@ pub async fn open_storage(
             )
             .await
             .map_err(GatewayError::Wal)?;
-            (Arc::new(wal), Vec::new())
+            Arc::new(wal)
         }
     };
     let snapshots: Arc<dyn SnapshotStore> = match settings.snapshot_store {
@@ -274,9 +269,5 @@ pub async fn open_storage(
             )
         }
     };
-    Ok(Storage {
-        wal,
-        snapshots,
-        shards_on_disk,
-    })
+    Ok(Storage { wal, snapshots })
 }

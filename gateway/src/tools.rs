@@ -35,20 +35,22 @@ pub const SNAPSHOTTER_METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9091";
 /// Records read per call while verifying a stream end to end.
 const VERIFY_READ_RECORDS: usize = 1_000;
 
-/// Where the stream and snapshots are: the settings every tool needs.
+/// Where the stream and snapshots are: the settings every tool needs. Every flag is global, so
+/// it may come before or after the subcommand (`saldo shard list --data-dir …`).
 #[derive(Debug, Default, Clone, Args)]
 pub struct StoreArgs {
     /// TOML config file, as for `saldo serve` (flags and SALDO_* variables override it).
-    #[arg(long, env = "SALDO_CONFIG")]
+    #[arg(long, global = true, env = "SALDO_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory of the file backends [default: ./data].
-    #[arg(long, env = "SALDO_DATA_DIR")]
+    #[arg(long, global = true, env = "SALDO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Number of logical shards of the cluster [default: the data directory's layout, else 2].
-    #[arg(long, env = "SALDO_SHARDS")]
+    /// Number of logical shards of the cluster, checked against the count the stream records
+    /// [default: the count the stream records, else the config's, 1].
+    #[arg(long, global = true, env = "SALDO_SHARDS")]
     pub shards: Option<u32>,
     /// Movement history rows per account (as the nodes use) [default: 100].
-    #[arg(long, env = "SALDO_MOVEMENTS_WINDOW")]
+    #[arg(long, global = true, env = "SALDO_MOVEMENTS_WINDOW")]
     pub movements_window: Option<usize>,
     /// Where the stream and snapshots live.
     #[command(flatten)]
@@ -56,16 +58,14 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Returns the configuration: file (or defaults) overridden by flags, validated. Without
-    /// `--shards`, the data directory's layout file decides.
+    /// Returns the configuration: file (or defaults) overridden by flags, validated. The shard
+    /// count is settled once the stream is open ([`StoreArgs::settle_shards`]).
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::from_file(self.config.as_deref())?;
         if let Some(dir) = &self.data_dir {
             config.data_dir.clone_from(dir);
         }
         if let Some(n) = self.shards {
-            config.engine.shards = n;
-        } else if let Some(n) = layout_shards(&config.data_dir) {
             config.engine.shards = n;
         }
         if let Some(n) = self.movements_window {
@@ -76,19 +76,47 @@ impl StoreArgs {
         Ok(config)
     }
 
+    /// Settles the shard count with the one the stream records: `--shards` must equal it, and
+    /// without the flag it is the count. A stream that records none (not yet written by a node
+    /// of this release) leaves the configured count.
+    pub async fn settle_shards(&self, config: &mut Config, wal: &dyn Wal) -> anyhow::Result<()> {
+        let recorded_opt = wal
+            .recorded_shard_count()
+            .await
+            .context("failed to read the shard count the stream records")?;
+        match (self.shards, recorded_opt) {
+            (Some(configured), Some(recorded)) if configured != recorded => {
+                Err(crate::server::GatewayError::ShardCountMismatch {
+                    location: wal.describe(),
+                    recorded,
+                    configured,
+                }
+                .into())
+            }
+            (None, Some(recorded)) => {
+                config.engine.shards = recorded;
+                Ok(())
+            }
+            (None, None) => {
+                tracing::warn!(
+                    shards = config.engine.shards,
+                    stream = %wal.describe(),
+                    "the stream records no shard count: using the configured one (pass --shards N)"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn open(&self) -> anyhow::Result<(Config, Storage)> {
-        let config = self.load().context("failed to load the configuration")?;
+        let mut config = self.load().context("failed to load the configuration")?;
         let storage = open_storage(&config.storage, &config.data_dir, config.fsync, true)
             .await
             .context("failed to open the stream and snapshot store")?;
+        self.settle_shards(&mut config, &*storage.wal).await?;
         Ok((config, storage))
     }
-}
-
-fn layout_shards(data_dir: &Path) -> Option<u32> {
-    let bytes = std::fs::read(data_dir.join("layout.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("shards")?.as_u64().map(|n| n as u32)
 }
 
 /// Flags of `saldo snapshotter`.
@@ -117,7 +145,7 @@ pub struct SnapshotterArgs {
 
 /// `saldo snapshotter`: follows the stream until SIGINT/SIGTERM.
 pub async fn snapshotter(args: &SnapshotterArgs) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .store
         .load()
         .context("failed to load the configuration")?;
@@ -130,6 +158,7 @@ pub async fn snapshotter(args: &SnapshotterArgs) -> anyhow::Result<()> {
     let storage = open_storage(&config.storage, &config.data_dir, config.fsync, false)
         .await
         .context("failed to open the stream and snapshot store")?;
+    args.store.settle_shards(&mut config, &*storage.wal).await?;
     let shards = if args.shard.is_empty() {
         (0..config.engine.shards).collect()
     } else {
@@ -147,6 +176,7 @@ pub async fn snapshotter(args: &SnapshotterArgs) -> anyhow::Result<()> {
     let interval_ms = args
         .interval_ms
         .unwrap_or(config.engine.snapshot_interval_ms);
+    check_interval_within_retention(interval_ms, &*storage.wal).await?;
     let sconfig = SnapshotterConfig {
         shards: shards.clone(),
         every_events: args
@@ -200,6 +230,27 @@ pub async fn snapshotter(args: &SnapshotterArgs) -> anyhow::Result<()> {
     }
     stop.cancel();
     let _ = server.await;
+    Ok(())
+}
+
+/// Refuses a snapshot interval that lets a quiet shard's records expire before a snapshot
+/// covers them (the snapshotter is what covers them when the nodes' snapshots are off).
+async fn check_interval_within_retention(interval_ms: u64, wal: &dyn Wal) -> anyhow::Result<()> {
+    let retention_opt = wal
+        .retention_ms()
+        .await
+        .context("failed to read the stream's retention")?;
+    let Some(retention_ms) = retention_opt else {
+        return Ok(());
+    };
+    let interval_ms_max = retention_ms / crate::limits::RETENTION_PER_SNAPSHOT_INTERVAL_MIN;
+    if interval_ms == 0 || interval_ms > interval_ms_max {
+        bail!(
+            "the stream keeps records for {retention_ms} ms, so every shard needs a snapshot at \
+             least every {interval_ms_max} ms (a quarter of that), but --interval-ms is \
+             {interval_ms}: pass --interval-ms at most {interval_ms_max}"
+        );
+    }
     Ok(())
 }
 

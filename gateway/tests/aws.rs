@@ -97,11 +97,25 @@ struct Store {
 }
 
 impl Store {
+    /// A Kinesis stream and a DynamoDB table, both named `name`, on the emulators.
+    fn on(emu: &Emulators, name: &str) -> Store {
+        Store {
+            stream: name.to_owned(),
+            kinesis_endpoint: emu.kinesis.endpoint().to_owned(),
+            dynamodb: Some((name.to_owned(), emu.dynamodb.endpoint().to_owned())),
+        }
+    }
+
     /// The storage flags (every subcommand takes the same).
     fn flags(&self) -> Vec<String> {
+        self.flags_with_shards(SHARDS)
+    }
+
+    /// The storage flags with another shard count than the file's [`SHARDS`].
+    fn flags_with_shards(&self, shards: u32) -> Vec<String> {
         let mut f = vec![
             "--shards".into(),
-            SHARDS.to_string(),
+            shards.to_string(),
             // Also in AWS_REGION: without the flag, an endpoint override makes saldo build
             // aws-config's default region chain, which panics (see
             // `a_region_from_the_environment_works_with_an_emulator_endpoint`).
@@ -268,8 +282,8 @@ struct Node {
     base: String,
 }
 
-/// Starts `saldo serve` on 127.0.0.1:0 and waits until `/readyz` answers 200.
-async fn start_node(name: &str, store: &Store, data_dir: &Path, extra: &[&str]) -> Node {
+/// The arguments of `saldo serve` on 127.0.0.1:0 with JSON logs, `flags` and `extra`.
+fn serve_args(flags: Vec<String>, data_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--listen".into(),
@@ -279,8 +293,18 @@ async fn start_node(name: &str, store: &Store, data_dir: &Path, extra: &[&str]) 
         "--data-dir".into(),
         data_dir.display().to_string(),
     ];
-    args.extend(store.flags());
+    args.extend(flags);
     args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts `saldo serve` on 127.0.0.1:0 and waits until `/readyz` answers 200.
+async fn start_node(name: &str, store: &Store, data_dir: &Path, extra: &[&str]) -> Node {
+    start_serve(name, serve_args(store.flags(), data_dir, extra)).await
+}
+
+/// Starts `saldo ARGS` (a `serve`) and waits until `/readyz` answers 200.
+async fn start_serve(name: &str, args: Vec<String>) -> Node {
     let mut proc = Proc::spawn(name, &args);
     let deadline = Instant::now() + NODE_START_TIMEOUT;
     let addr = loop {
@@ -1423,11 +1447,13 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     // The node writes its own snapshots to DynamoDB (straight, not through the proxy): the
     // restart starts from them and `verify` checks them against the stream. Every 20 events,
     // so that a snapshot is due even when the faults let little load through.
+    // The interval is there because a Kinesis stream's records expire: the node refuses
+    // snapshot settings that could leave a quiet shard uncovered (see docs/kinesis.md).
     let snapshots = [
         "--snapshot-every-events",
         "20",
         "--snapshot-interval-ms",
-        "0",
+        "3600000",
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = start_node(
@@ -1531,6 +1557,262 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
 /// `RegionProviderChain::default_provider()`, whose IMDS region provider is built with a
 /// provider config that has no HTTP client (the SDK's default client feature is off). The
 /// other tests here pass `--aws-region` to get past it.
+/// `saldo serve` expected to refuse to start: returns its output once it exited.
+async fn serve_refused(store: &Store, data_dir: &Path, shards: u32, extra: &[&str]) -> ToolOutput {
+    let out = run_saldo(serve_args(store.flags_with_shards(shards), data_dir, extra)).await;
+    assert!(
+        !out.status.success(),
+        "serve must refuse: {}",
+        out.describe()
+    );
+    out
+}
+
+/// Defect 2 of issue 13: the shard count is recorded with the stream (a Kinesis tag), so a node
+/// on a fresh data directory (a stateless container) with another `--shards` is refused,
+/// and the operator tools learn the count from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_fresh_data_dir_with_another_shard_count_is_refused_on_kinesis() {
+    let emu = emulators();
+    let name = unique("layout");
+    let store = Store::on(&emu, &name);
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let args = serve_args(
+        store.flags_with_shards(2),
+        first_dir.path(),
+        &["--create-resources"],
+    );
+    let mut node = start_serve("node with 2 shards", args).await;
+    node.proc.terminate(Duration::from_secs(30)).await;
+
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let out = serve_refused(&store, fresh.path(), 4, &[]).await;
+    assert!(
+        out.stderr
+            .contains("was created with 2 shards but --shards is 4")
+            && out.stderr.contains("start with --shards 2"),
+        "the refusal names both counts and the fix: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(&format!("kinesis:{name}")),
+        "{}",
+        out.describe()
+    );
+
+    // The tools learn the count from the stream without --shards, and refuse another.
+    let mut list_args: Vec<String> = vec![
+        "shard".into(),
+        "list".into(),
+        "--output".into(),
+        "json".into(),
+    ];
+    list_args.extend(store.flags().into_iter().skip(2)); // without --shards
+    let out = run_saldo(list_args).await;
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(
+        out.json()["shards"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        out.describe()
+    );
+    let out = run_saldo(shard_args(&store, fresh.path(), &["list"])).await;
+    assert!(
+        !out.status.success(),
+        "--shards 4 on a 2-shard stream: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("start with --shards 2"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Defect 4 of issue 13: a shard quiet for longer than the stream's retention has no record
+/// left on Kinesis. Simulated with two streams: a node on stream A writes snapshots covering
+/// everything to the DynamoDB table; a node with the same table on an empty stream B (every
+/// record "expired") starts from the snapshots alone, serves the balances, takes new writes
+/// and restarts again on top of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_stream_expired_restarts_from_its_snapshots_on_kinesis() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
+    let emu = emulators();
+    let name = unique("expiry");
+    let store_a = Store {
+        stream: format!("{name}-a"),
+        ..Store::on(&emu, &name)
+    };
+    let store_b = Store {
+        stream: format!("{name}-b"),
+        ..store_a.clone()
+    };
+    let snapshots = [
+        "--snapshot-every-events",
+        "0",
+        "--snapshot-interval-ms",
+        "200",
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_node(
+        "node on stream A",
+        &store_a,
+        dir.path(),
+        &[&snapshots[..], &["--create-resources"]].concat(),
+    )
+    .await;
+    let client = http_client();
+    let accounts = open_accounts(&client, &node.base, &name, 8).await;
+    let mut rng = Rng::new(seed());
+    let all: Vec<usize> = (0..accounts.len()).collect();
+    sequential_transfers(
+        &client,
+        &node.base,
+        &accounts,
+        &all,
+        &format!("{name}-a"),
+        20,
+        &mut rng,
+    )
+    .await;
+    let balances = |base: String| {
+        let client = client.clone();
+        let ids: Vec<String> = accounts.iter().map(|a| a.id.clone()).collect();
+        async move {
+            let mut out = Vec::new();
+            for id in ids {
+                let (status, body) = get(&client, format!("{base}/v1/accounts/{id}")).await;
+                assert_eq!(status, 200, "{id}: {body}");
+                out.push(body["balance"].clone());
+            }
+            out
+        }
+    };
+    let before = balances(node.base.clone()).await;
+    // Wait until every shard's newest snapshot is at its stream's tail.
+    let deadline = Instant::now() + SNAPSHOTTER_CATCH_UP_TIMEOUT;
+    loop {
+        let out = run_saldo(shard_args(&store_a, dir.path(), &["list"])).await;
+        assert!(out.status.success(), "{}", out.describe());
+        let list = out.json();
+        let covered = list["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .all(|row| {
+                row["tail_lsn"].as_u64() == Some(0)
+                    || row["newest_snapshot_lsn"].as_u64() == row["tail_lsn"].as_u64()
+            });
+        if covered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots did not reach the tails: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut node = node;
+    node.proc.terminate(Duration::from_secs(30)).await;
+
+    // Stream B holds nothing: the records "expired". The node starts on the snapshots alone.
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let node = start_node(
+        "node on empty stream B",
+        &store_b,
+        fresh.path(),
+        &[&snapshots[..], &["--create-resources"]].concat(),
+    )
+    .await;
+    assert_eq!(
+        balances(node.base.clone()).await,
+        before,
+        "the snapshots' balances"
+    );
+    sequential_transfers(
+        &client,
+        &node.base,
+        &accounts,
+        &all,
+        &format!("{name}-b"),
+        20,
+        &mut rng,
+    )
+    .await;
+    let after = balances(node.base.clone()).await;
+    assert_ne!(after, before, "new writes moved money");
+    let mut node = node;
+    node.proc.terminate(Duration::from_secs(30)).await;
+    let node = start_node(
+        "node restarted on stream B",
+        &store_b,
+        fresh.path(),
+        &snapshots,
+    )
+    .await;
+    assert_eq!(
+        balances(node.base.clone()).await,
+        after,
+        "restored after the new writes"
+    );
+    verify_every_shard(&store_b, fresh.path(), &node.base).await;
+}
+
+/// A stream whose records expire needs snapshots that cover every record before it can:
+/// `saldo serve` refuses snapshot settings that cannot (only a count, or an interval past a
+/// quarter of the retention), and so does `saldo snapshotter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_settings_that_let_records_expire_uncovered_are_refused_on_kinesis() {
+    let emu = emulators();
+    let name = unique("cadence");
+    let store = Store::on(&emu, &name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for interval in ["0", "21600001"] {
+        let out = serve_refused(
+            &store,
+            dir.path(),
+            SHARDS,
+            &[
+                "--snapshot-every-events",
+                "1000",
+                "--snapshot-interval-ms",
+                interval,
+                "--create-resources",
+            ],
+        )
+        .await;
+        assert!(
+            out.stderr
+                .contains("--snapshot-interval-ms to at most 21600000"),
+            "{}",
+            out.describe()
+        );
+    }
+    let mut args: Vec<String> = vec![
+        "snapshotter".into(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ];
+    args.extend(store.flags());
+    args.extend(
+        [
+            "--interval-ms",
+            "0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--create-resources",
+        ]
+        .map(String::from),
+    );
+    let out = run_saldo(args).await;
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("--interval-ms at most 21600000"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_from_the_environment_works_with_an_emulator_endpoint() {
     let emu = emulators();

@@ -204,6 +204,82 @@ async fn shard_tools_list_restore_and_verify_beside_a_live_node() {
     assert_eq!(restored["checksum"].as_str(), Some(after[0].1.as_str()));
 }
 
+/// Runs `saldo ARGS` (no data dir added).
+fn saldo_raw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("saldo runs")
+}
+
+/// Defect 8 of issue 13: the storage flags are global, so they may follow the subcommand
+/// (`saldo shard list --data-dir …`) as well as precede it; without `--shards` the tools
+/// learn the count from the stream, and another `--shards` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_flags_work_before_and_after_the_shard_subcommand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.engine.shards = 2;
+    let ledger = gateway::server::open_ledger(&config)
+        .await
+        .expect("a node records 2 shards");
+    ledger.shutdown().await;
+    drop(ledger);
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let before = saldo_raw(&[
+        "shard",
+        "--data-dir",
+        data_dir,
+        "--wal",
+        "file",
+        "--output",
+        "json",
+        "list",
+    ]);
+    let after = saldo_raw(&[
+        "shard",
+        "list",
+        "--data-dir",
+        data_dir,
+        "--wal",
+        "file",
+        "--output",
+        "json",
+    ]);
+    for out in [&before, &after] {
+        let list = json_out(out);
+        assert_eq!(list["shards"].as_array().map(Vec::len), Some(2), "{list}");
+    }
+    let snapshots_after = saldo_raw(&[
+        "shard",
+        "snapshots",
+        "1",
+        "--data-dir",
+        data_dir,
+        "--shards",
+        "2",
+    ]);
+    assert!(
+        snapshots_after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&snapshots_after.stderr)
+    );
+    let wrong = saldo_raw(&["shard", "list", "--data-dir", data_dir, "--shards", "4"]);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("created with 2 shards but --shards is 4") && stderr.contains("--shards 2"),
+        "{stderr}"
+    );
+    // The snapshotter takes its flags after its name too (it refuses the file stream, which
+    // proves the flags were parsed).
+    let snapshotter = saldo_raw(&["snapshotter", "--data-dir", data_dir, "--wal", "file"]);
+    assert_ne!(snapshotter.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&snapshotter.stderr).contains("--wal kinesis"));
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("read dir") {

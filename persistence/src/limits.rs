@@ -57,6 +57,11 @@ pub const KINESIS_STREAM_ACTIVE_TIMEOUT_MS: u64 = 300_000;
 /// How often to ask whether the stream is ACTIVE (DescribeStreamSummary: 20 calls/s per
 /// account on AWS).
 pub const KINESIS_STREAM_POLL_INTERVAL_MS: u64 = 250;
+/// Tags a Kinesis stream may have (AWS limit).
+pub const KINESIS_STREAM_TAGS_MAX: usize = 50;
+/// Tags asked for per ListTagsForStream call: AWS takes up to 50, kinesalite (an older API
+/// model) up to 10.
+pub const KINESIS_LIST_TAGS_PAGE: usize = 10;
 /// Shards a stream may have (ListShards pages are bounded too): a sanity bound.
 pub const KINESIS_SHARDS_MAX: usize = 10_000;
 
@@ -68,6 +73,8 @@ const _: () = assert!(KINESIS_SALDO_PARTITION_KEY_BYTES_MAX <= KINESIS_PARTITION
 const _: () = assert!(KINESIS_RECORD_BYTES_MAX <= KINESIS_SHARD_BYTES_PER_SEC as usize);
 const _: () = assert!(KINESIS_RECORD_BYTES_MAX <= KINESIS_PUT_RECORDS_BYTES_MAX);
 const _: () = assert!(KINESIS_READ_BYTES_MAX >= WAL_RECORD_BYTES_MAX);
+const _: () =
+    assert!(KINESIS_LIST_TAGS_PAGE >= 1 && KINESIS_LIST_TAGS_PAGE <= KINESIS_STREAM_TAGS_MAX);
 
 // ---- DynamoDB snapshot store (`snapshot::dynamodb`) ----
 

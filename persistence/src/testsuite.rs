@@ -5,7 +5,7 @@
 use crate::{
     record::{self, EncodedRecord, RecordHash},
     snapshot::{meta_for, SnapshotStore},
-    wal::Wal,
+    wal::{Wal, WalError},
 };
 
 /// Appends `n` records of `events_per_record` LSNs each to `shard`, continuing the chain.
@@ -94,6 +94,96 @@ pub async fn wal_conformance(wal: &dyn Wal) {
         wal.tail(7).await.expect("tail").map(|t| t.last_lsn),
         Some(61)
     );
+
+    // A stream written before the shard count was recorded (shards 7 and 8 have records):
+    // a count that would drop a shard is refused, one that keeps them all is recorded.
+    assert_eq!(wal.recorded_shard_count().await.expect("recorded"), None);
+    assert_mismatch(wal.claim_shard_count(4).await, 16, 4);
+    wal.claim_shard_count(16)
+        .await
+        .expect("a count covering every shard");
+    assert_eq!(
+        wal.recorded_shard_count().await.expect("recorded"),
+        Some(16)
+    );
+}
+
+/// Asserts that a claim was refused as a shard count mismatch naming both counts.
+fn assert_mismatch(result: Result<(), WalError>, recorded_want: u32, configured_want: u32) {
+    match result {
+        Err(WalError::ShardCountMismatch {
+            recorded,
+            configured,
+            ..
+        }) => assert_eq!(
+            (recorded, configured),
+            (recorded_want, configured_want),
+            "the mismatch names the recorded and the configured count"
+        ),
+        other => panic!(
+            "claiming {configured_want} shards on a stream of {recorded_want} must be refused, \
+             got {other:?}"
+        ),
+    }
+}
+
+/// Checks [`Wal::claim_shard_count`] on a new stream seen through two handles (`other`: another
+/// node or a later start on the same stream, whatever its local disk holds): the first claim
+/// records the count, the same count passes on both handles, another count is refused naming
+/// both, and the record outlives the records of the stream.
+pub async fn shard_count_conformance(wal: &dyn Wal, other: &dyn Wal) {
+    assert_eq!(wal.recorded_shard_count().await.expect("recorded"), None);
+    wal.claim_shard_count(4)
+        .await
+        .expect("the first claim records");
+    wal.claim_shard_count(4)
+        .await
+        .expect("the same count again");
+    other
+        .claim_shard_count(4)
+        .await
+        .expect("the same count elsewhere");
+    assert_eq!(
+        other.recorded_shard_count().await.expect("recorded"),
+        Some(4)
+    );
+    assert_mismatch(other.claim_shard_count(2).await, 4, 2);
+    assert_mismatch(wal.claim_shard_count(8).await, 4, 8);
+    append_records(wal, 3, 2, 1).await;
+    assert_mismatch(other.claim_shard_count(1).await, 4, 1);
+    assert_eq!(wal.recorded_shard_count().await.expect("recorded"), Some(4));
+}
+
+/// Checks that of two first claims with different counts racing on a new stream (two nodes
+/// started at once), at most one succeeds, and that the count recorded afterwards (if any) is
+/// the one that did.
+pub async fn shard_count_race_conformance(wal: &dyn Wal, other: &dyn Wal) {
+    let (a, b) = tokio::join!(wal.claim_shard_count(2), other.claim_shard_count(4));
+    assert!(
+        a.is_err() || b.is_err(),
+        "two different shard counts were both accepted on one stream"
+    );
+    let winner_opt = match (&a, &b) {
+        (Ok(()), _) => Some(2),
+        (_, Ok(())) => Some(4),
+        _ => None,
+    };
+    for (result, n) in [(a, 2u32), (b, 4)] {
+        if let Err(e) = result {
+            assert!(
+                matches!(e, WalError::ShardCountMismatch { configured, .. } if configured == n),
+                "a lost race is a mismatch: {e}"
+            );
+        }
+    }
+    if let Some(n) = winner_opt {
+        for handle in [wal, other] {
+            assert_eq!(
+                handle.recorded_shard_count().await.expect("recorded"),
+                Some(n)
+            );
+        }
+    }
 }
 
 /// Checks the promises of [`SnapshotStore`]: newest first, verified reads, retention.

@@ -67,6 +67,42 @@ async fn kinesis_passes_the_wal_conformance_suite() {
 }
 
 #[tokio::test]
+async fn kinesis_records_the_shard_count_as_a_stream_tag() {
+    let emulator = Emulator::kinesis();
+    let first = open(emulator.endpoint(), "layout", 2).await;
+    // A second handle opened later: another node on a fresh data directory.
+    let second = open(emulator.endpoint(), "layout", 2).await;
+    testsuite::shard_count_conformance(&first, &second).await;
+    let tags = sdk_client(emulator.endpoint())
+        .await
+        .list_tags_for_stream()
+        .stream_name("layout")
+        .send()
+        .await
+        .expect("list tags");
+    assert_eq!(
+        tags.tags()
+            .iter()
+            .map(|t| (t.key(), t.value()))
+            .collect::<Vec<_>>(),
+        vec![("saldo-shards-4", Some("4"))]
+    );
+    let (a, b) = (
+        open(emulator.endpoint(), "layout-race", 1).await,
+        open(emulator.endpoint(), "layout-race", 1).await,
+    );
+    testsuite::shard_count_race_conformance(&a, &b).await;
+}
+
+#[tokio::test]
+async fn kinesis_reports_its_retention() {
+    let emulator = Emulator::kinesis();
+    let wal = open(emulator.endpoint(), "retention", 1).await;
+    // kinesalite creates streams with AWS's default (and minimum) retention, 24 h.
+    assert_eq!(wal.retention_ms().await.unwrap(), Some(24 * 3_600_000));
+}
+
+#[tokio::test]
 async fn a_missing_stream_is_an_error_naming_it_and_the_flag() {
     let emulator = Emulator::kinesis();
     let mut settings = AwsSettings::emulator(emulator.endpoint());

@@ -12,17 +12,72 @@ use saldo_persistence::{
 #[tokio::test]
 async fn local_file_wal_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    // In a subdirectory, as in a data directory: the parent is where a layout file of an older
+    // data directory is looked for.
+    let wal_dir = dir.path().join("wal");
+    let wal = LocalFileWal::open(&wal_dir, true).unwrap();
     testsuite::wal_conformance(&wal).await;
     // Reopening reads the same stream back.
     drop(wal);
-    let wal = LocalFileWal::open(dir.path(), true).unwrap();
+    let wal = LocalFileWal::open(&wal_dir, true).unwrap();
     assert_eq!(wal.tail(7).await.unwrap().map(|t| t.last_lsn), Some(61));
 }
 
 #[tokio::test]
 async fn memory_wal_passes_the_conformance_suite() {
     testsuite::wal_conformance(&MemoryWal::new()).await;
+}
+
+#[tokio::test]
+async fn local_file_wal_records_the_shard_count_in_the_stream_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let (a, b) = (
+        LocalFileWal::open(&wal_dir, true).unwrap(),
+        LocalFileWal::open(&wal_dir, true).unwrap(),
+    );
+    testsuite::shard_count_conformance(&a, &b).await;
+    assert!(wal_dir.join("layout.json").is_file());
+    let race_dir = dir.path().join("race");
+    let (a, b) = (
+        LocalFileWal::open(&race_dir, true).unwrap(),
+        LocalFileWal::open(&race_dir, true).unwrap(),
+    );
+    testsuite::shard_count_race_conformance(&a, &b).await;
+}
+
+#[tokio::test]
+async fn memory_wal_records_the_shard_count() {
+    let wal = MemoryWal::new();
+    testsuite::shard_count_conformance(&wal, &wal.clone()).await;
+    let wal = MemoryWal::new();
+    testsuite::shard_count_race_conformance(&wal, &wal.clone()).await;
+}
+
+#[tokio::test]
+async fn a_data_directory_from_before_the_move_keeps_its_shard_count() {
+    // Written by main before the layout file moved into the stream's directory.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("layout.json"), "{\"shards\": 4}\n").unwrap();
+    let wal_dir = dir.path().join("wal");
+    let wal = LocalFileWal::open(&wal_dir, true).unwrap();
+    testsuite::append_records(&wal, 3, 2, 1).await;
+    assert_eq!(wal.recorded_shard_count().await.unwrap(), Some(4));
+    match wal.claim_shard_count(2).await {
+        Err(WalError::ShardCountMismatch {
+            recorded: 4,
+            configured: 2,
+            location,
+        }) => assert!(location.ends_with("layout.json"), "{location}"),
+        other => panic!("another count must be refused: {other:?}"),
+    }
+    wal.claim_shard_count(4).await.unwrap();
+    assert!(
+        wal_dir.join("layout.json").is_file(),
+        "copied into the stream's directory"
+    );
+    let read_only = LocalFileWal::open_read_only(&wal_dir).unwrap();
+    assert_eq!(read_only.recorded_shard_count().await.unwrap(), Some(4));
 }
 
 #[tokio::test]

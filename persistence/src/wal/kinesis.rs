@@ -31,6 +31,13 @@
 //! location. A corrupt ledger shard stays corrupt (every call on it reports it); the others go
 //! on.
 //!
+//! ## The shard count
+//! The cluster's shard count is a stream tag, `saldo-shards-{n}` = `{n}` (tags stay for the
+//! life of the stream; records expire with its retention). One key per count rather than one
+//! key whose value is the count: tags have no conditional write, so a second first start with
+//! another count would overwrite a single key unseen, while with a key per count the two
+//! starts cannot both see only their own (see [`KinesisWal::claim_shard_count`]).
+//!
 //! ## Failure model
 //! Throttling, 5xx, timeouts and lost answers are retried with bounded [`Backoff`]; then the
 //! append fails with `Unavailable`. A put whose answer was lost may have been stored: the
@@ -67,11 +74,12 @@ use crate::{
     aws::{self, AwsSettings, Backoff, AWS_ATTEMPT_TIMEOUT},
     limits::{
         KINESIS_CATCH_UP_CALLS_MAX, KINESIS_GET_RECORDS_INTERVAL_MS, KINESIS_GET_RECORDS_MAX,
-        KINESIS_PUT_PENDING_MAX, KINESIS_PUT_QUEUE_MAX, KINESIS_PUT_RECORDS_BYTES_MAX,
-        KINESIS_PUT_RECORDS_MAX, KINESIS_READ_BYTES_MAX, KINESIS_READ_CALLS_MAX,
-        KINESIS_RECORD_BYTES_MAX, KINESIS_SHARDS_MAX, KINESIS_SHARD_BYTES_PER_SEC,
-        KINESIS_SHARD_RECORDS_PER_SEC, KINESIS_STREAM_ACTIVE_TIMEOUT_MS,
-        KINESIS_STREAM_POLL_INTERVAL_MS, WAL_READ_RECORDS_MAX, WAL_RECORD_BYTES_MAX,
+        KINESIS_LIST_TAGS_PAGE, KINESIS_PUT_PENDING_MAX, KINESIS_PUT_QUEUE_MAX,
+        KINESIS_PUT_RECORDS_BYTES_MAX, KINESIS_PUT_RECORDS_MAX, KINESIS_READ_BYTES_MAX,
+        KINESIS_READ_CALLS_MAX, KINESIS_RECORD_BYTES_MAX, KINESIS_SHARDS_MAX,
+        KINESIS_SHARD_BYTES_PER_SEC, KINESIS_SHARD_RECORDS_PER_SEC,
+        KINESIS_STREAM_ACTIVE_TIMEOUT_MS, KINESIS_STREAM_POLL_INTERVAL_MS, KINESIS_STREAM_TAGS_MAX,
+        WAL_READ_RECORDS_MAX, WAL_RECORD_BYTES_MAX,
     },
     metrics::{MetricKind, MetricSample},
     record::{self, EncodedRecord, Lsn, Record, RecordHash},
@@ -89,6 +97,9 @@ const HEADER_SHARD_OFFSET: usize = 8;
 const HEADER_EPOCH_OFFSET: usize = 12;
 /// Steps a Kinesis shard's hash range is divided into when placing ledger shards in it.
 const HASH_KEY_SLOTS: u128 = 1 << 16;
+
+/// Prefix of the stream tag that records the cluster's shard count: `saldo-shards-4` = `4`.
+pub const SHARD_COUNT_TAG_PREFIX: &str = "saldo-shards-";
 
 /// Returns the partition key of ledger shard `shard` (`saldo-shard-{shard}`).
 pub fn partition_key(shard: u32) -> String {
@@ -771,6 +782,71 @@ impl KinesisWal {
     /// Returns the name of the stream.
     pub fn stream_name(&self) -> &str {
         &self.inner.stream_name
+    }
+
+    /// Returns the shard counts the stream's tags record (sorted; more than one only after two
+    /// first starts with different counts raced, or a hand-made tag).
+    async fn shard_count_tags(&self) -> Result<Vec<u32>, WalError> {
+        let (client, stream_name) = (&self.inner.client, &self.inner.stream_name);
+        let mut counts = Vec::new();
+        let mut start_opt: Option<String> = None;
+        // One more page than the tags can fill: a bound on the loop, never reached.
+        for _ in 0..=KINESIS_STREAM_TAGS_MAX / KINESIS_LIST_TAGS_PAGE {
+            let out = with_retry(&self.inner.metrics, || {
+                let call = client
+                    .list_tags_for_stream()
+                    .stream_name(stream_name)
+                    .limit(KINESIS_LIST_TAGS_PAGE as i32);
+                match &start_opt {
+                    Some(key) => call.exclusive_start_tag_key(key.clone()),
+                    None => call,
+                }
+                .send()
+            })
+            .await
+            .map_err(|e| sdk_error("ListTagsForStream", stream_name, e))?;
+            counts.extend(out.tags().iter().filter_map(|tag| {
+                tag.key()
+                    .strip_prefix(SHARD_COUNT_TAG_PREFIX)?
+                    .parse::<u32>()
+                    .ok()
+            }));
+            match out.tags().last() {
+                Some(last) if out.has_more_tags() => start_opt = Some(last.key().to_string()),
+                _ => break,
+            }
+        }
+        counts.sort_unstable();
+        counts.dedup();
+        Ok(counts)
+    }
+
+    /// Adds (`add`) or removes the shard count tag of `num_shards`.
+    async fn set_shard_count_tag(&self, num_shards: u32, add: bool) -> Result<(), WalError> {
+        let (client, stream_name) = (&self.inner.client, &self.inner.stream_name);
+        let key = format!("{SHARD_COUNT_TAG_PREFIX}{num_shards}");
+        if add {
+            with_retry(&self.inner.metrics, || {
+                client
+                    .add_tags_to_stream()
+                    .stream_name(stream_name)
+                    .tags(key.clone(), num_shards.to_string())
+                    .send()
+            })
+            .await
+            .map_err(|e| sdk_error("AddTagsToStream", stream_name, e))?;
+        } else {
+            with_retry(&self.inner.metrics, || {
+                client
+                    .remove_tags_from_stream()
+                    .stream_name(stream_name)
+                    .tag_keys(key.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| sdk_error("RemoveTagsFromStream", stream_name, e))?;
+        }
+        Ok(())
     }
 
     fn writer(&self, shard: u32) -> Arc<LedgerWriter> {
@@ -1580,6 +1656,80 @@ impl Wal for KinesisWal {
             }
         }
         Ok(())
+    }
+
+    /// Reads the stream's tags; on a stream without a count tag (new, or written before the
+    /// tag existed: then no ledger shard with records may lie at or above `num_shards`) adds
+    /// `saldo-shards-{num_shards}` and reads the tags again. Of two first starts with different
+    /// counts, the one that reads second sees both tags: it takes its own back and refuses.
+    /// Both may refuse (both read after both wrote, and both take theirs back); the next start
+    /// then finds no tag. Neither can go on beside the other.
+    async fn claim_shard_count(&self, num_shards: u32) -> Result<(), WalError> {
+        let mismatch = |recorded: u32| WalError::ShardCountMismatch {
+            location: self.describe(),
+            recorded,
+            configured: num_shards,
+        };
+        let counts = self.shard_count_tags().await?;
+        if let Some(&other) = counts.iter().find(|&&n| n != num_shards) {
+            return Err(mismatch(other));
+        }
+        if !counts.is_empty() {
+            return Ok(());
+        }
+        let with_records: Vec<u32> = self
+            .inner
+            .index
+            .lock()
+            .iter()
+            .filter(|(_, ledger)| ledger.tail_opt.is_some())
+            .map(|(&shard, _)| shard)
+            .collect();
+        super::check_unrecorded_shard_count(self.describe(), with_records, num_shards)?;
+        self.set_shard_count_tag(num_shards, true).await?;
+        let counts = self.shard_count_tags().await?;
+        if let Some(&other) = counts.iter().find(|&&n| n != num_shards) {
+            if let Err(e) = self.set_shard_count_tag(num_shards, false).await {
+                tracing::warn!(error = %e, num_shards, "could not take back a shard count tag");
+            }
+            return Err(mismatch(other));
+        }
+        tracing::info!(
+            stream = %self.inner.stream_name,
+            num_shards,
+            "recorded the shard count as a stream tag"
+        );
+        Ok(())
+    }
+
+    async fn recorded_shard_count(&self) -> Result<Option<u32>, WalError> {
+        match self.shard_count_tags().await?[..] {
+            [] => Ok(None),
+            [n] => Ok(Some(n)),
+            ref several => Err(unavailable(format!(
+                "kinesis stream {} records several shard counts {several:?} (tags \
+                 {SHARD_COUNT_TAG_PREFIX}N): remove the tags that are not the cluster's",
+                self.inner.stream_name
+            ))),
+        }
+    }
+
+    async fn retention_ms(&self) -> Result<Option<u64>, WalError> {
+        let (client, stream_name) = (&self.inner.client, &self.inner.stream_name);
+        let out = with_retry(&self.inner.metrics, || {
+            client
+                .describe_stream_summary()
+                .stream_name(stream_name)
+                .send()
+        })
+        .await
+        .map_err(|e| sdk_error("DescribeStreamSummary", stream_name, e))?;
+        let hours = out
+            .stream_description_summary()
+            .map(|s| s.retention_period_hours())
+            .ok_or_else(|| unavailable(format!("kinesis stream {stream_name} has no summary")))?;
+        let hours = u64::try_from(hours).unwrap_or(0).max(1);
+        Ok(Some(hours * 3_600_000))
     }
 
     fn describe(&self) -> String {

@@ -15,6 +15,12 @@
 //!
 //! A failed write or fsync is reported as `Unavailable` and the shard is then poisoned: after an
 //! fsync error the page cache can no longer be trusted, so the only safe way on is a restart.
+//!
+//! `<dir>/layout.json` (`{"shards": 4}`) records the cluster's shard count
+//! ([`Wal::claim_shard_count`]). Data directories written before it lived in the stream's
+//! directory have it one level up (`<data-dir>/layout.json`, beside `wal/`): it is read from
+//! there when the stream's own is missing, and copied into the stream's directory on the
+//! next claim.
 
 use std::{
     collections::HashMap,
@@ -76,6 +82,53 @@ pub struct LocalFileWal {
 
 fn io_err(e: std::io::Error) -> WalError {
     WalError::Unavailable(Box::new(e))
+}
+
+/// Name of the file that records the stream's shard count.
+const LAYOUT_FILE: &str = "layout.json";
+
+/// Returns the shard count a layout file records, `None` when there is no file.
+fn read_layout(path: &Path) -> Result<Option<u32>, WalError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("shards")?.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unreadable layout file {}", path.display()),
+            ))
+        })
+}
+
+/// Writes a layout file unless one exists (a hard link is created atomically and never
+/// replaces a file, so of two first starts only one records its count); returns the count
+/// the file holds afterwards.
+fn write_layout_once(path: &Path, num_shards: u32) -> Result<u32, WalError> {
+    let dir = path
+        .parent()
+        .expect("a layout file sits in the stream's directory");
+    // Unique per claim, also between two handles of one process.
+    static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let claim = CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{LAYOUT_FILE}.{}.{claim}.tmp", std::process::id()));
+    let written = (|| {
+        fs::write(&tmp, format!("{{\"shards\": {num_shards}}}\n"))?;
+        File::open(&tmp)?.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => sync_dir(dir),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    written.map_err(io_err)?;
+    read_layout(path)?.ok_or_else(|| io_err(std::io::ErrorKind::NotFound.into()))
 }
 
 impl LocalFileWal {
@@ -150,6 +203,54 @@ impl LocalFileWal {
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// Returns the stream's layout file and the one of a data directory written before the
+    /// file moved into the stream's directory.
+    fn layout_paths(&self) -> (PathBuf, Option<PathBuf>) {
+        let legacy_opt = self.dir.parent().map(|p| p.join(LAYOUT_FILE));
+        (self.dir.join(LAYOUT_FILE), legacy_opt)
+    }
+
+    fn recorded_layout(&self) -> Result<Option<(u32, PathBuf)>, WalError> {
+        let (path, legacy_opt) = self.layout_paths();
+        for p in std::iter::once(path).chain(legacy_opt) {
+            if let Some(n) = read_layout(&p)? {
+                return Ok(Some((n, p)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn claim_shard_count_blocking(&self, num_shards: u32) -> Result<(), WalError> {
+        let (path, _) = self.layout_paths();
+        let mismatch = |recorded: u32, at: &Path| WalError::ShardCountMismatch {
+            location: format!("file:{}", at.display()),
+            recorded,
+            configured: num_shards,
+        };
+        let recorded_opt = self.recorded_layout()?;
+        if let Some((recorded, at)) = &recorded_opt {
+            if *recorded != num_shards {
+                return Err(mismatch(*recorded, at));
+            }
+            if *at == path || self.read_only {
+                return Ok(());
+            }
+        } else {
+            super::check_unrecorded_shard_count(
+                self.describe(),
+                self.shards_on_disk()?,
+                num_shards,
+            )?;
+            if self.read_only {
+                return Ok(());
+            }
+        }
+        match write_layout_once(&path, num_shards)? {
+            n if n == num_shards => Ok(()),
+            n => Err(mismatch(n, &path)),
+        }
     }
 }
 
@@ -465,6 +566,16 @@ impl Wal for LocalFileWal {
             tracing::info!(shard, file = %seg.path.display(), "pruned stream segment covered by a snapshot");
         }
         Ok(())
+    }
+
+    async fn claim_shard_count(&self, num_shards: u32) -> Result<(), WalError> {
+        // A few small file operations, once at start: not worth a blocking-pool hop (and
+        // `block_in_place` would panic on a current-thread runtime).
+        self.claim_shard_count_blocking(num_shards)
+    }
+
+    async fn recorded_shard_count(&self) -> Result<Option<u32>, WalError> {
+        Ok(self.recorded_layout()?.map(|(n, _)| n))
     }
 
     fn describe(&self) -> String {

@@ -14,12 +14,36 @@ use crate::record::{self, EncodedRecord, Lsn, Record};
 #[derive(Clone, Default)]
 pub struct MemoryWal {
     shards: Arc<Mutex<HashMap<u32, Vec<EncodedRecord>>>>,
+    /// The recorded shard count (see [`Wal::claim_shard_count`]).
+    shard_count: Arc<Mutex<Option<u32>>>,
+    /// Set by [`MemoryWal::with_retention_ms`]: records may expire ([`MemoryWal::expire`]), so
+    /// an empty shard takes any first record, as a Kinesis stream does.
+    retention_ms_opt: Option<u64>,
 }
 
 impl MemoryWal {
     /// Returns an empty stream.
     pub fn new() -> MemoryWal {
         MemoryWal::default()
+    }
+
+    /// Returns an empty stream whose records expire after `retention_ms`, as a Kinesis stream's
+    /// do; a test makes them expire with [`MemoryWal::expire`].
+    pub fn with_retention_ms(retention_ms: u64) -> MemoryWal {
+        MemoryWal {
+            retention_ms_opt: Some(retention_ms),
+            ..MemoryWal::default()
+        }
+    }
+
+    /// Drops every record of a shard, as the retention of a stream does to a shard that had no
+    /// write for that long. Only for a stream made by [`MemoryWal::with_retention_ms`].
+    pub fn expire(&self, shard: u32) {
+        assert!(
+            self.retention_ms_opt.is_some(),
+            "records of a stream without retention never expire"
+        );
+        self.shards.lock().remove(&shard);
     }
 
     /// Returns the number of records of a shard.
@@ -39,9 +63,14 @@ impl Wal for MemoryWal {
     async fn append(&self, shard: u32, record: EncodedRecord) -> Result<(), WalError> {
         let mut shards = self.shards.lock();
         let log = shards.entry(shard).or_default();
-        let (expected_first, expected_prev) = log
-            .last()
-            .map_or((1, [0; 32]), |r| (r.last_lsn + 1, r.hash));
+        let expected_opt = match log.last() {
+            Some(r) => Some((r.last_lsn + 1, r.hash)),
+            // Records may have expired: the first record continues a snapshot.
+            None if self.retention_ms_opt.is_some() => None,
+            None => Some((1, [0; 32])),
+        };
+        let (expected_first, expected_prev) =
+            expected_opt.unwrap_or((record.first_lsn, record.prev_hash));
         if record.first_lsn != expected_first || record.prev_hash != expected_prev {
             return Err(WalError::OutOfOrder {
                 shard,
@@ -101,6 +130,38 @@ impl Wal for MemoryWal {
             log.drain(..n);
         }
         Ok(())
+    }
+
+    async fn claim_shard_count(&self, num_shards: u32) -> Result<(), WalError> {
+        let mut recorded = self.shard_count.lock();
+        match *recorded {
+            Some(n) if n == num_shards => Ok(()),
+            Some(n) => Err(WalError::ShardCountMismatch {
+                location: self.describe(),
+                recorded: n,
+                configured: num_shards,
+            }),
+            None => {
+                let with_records: Vec<u32> = self
+                    .shards
+                    .lock()
+                    .iter()
+                    .filter(|(_, log)| !log.is_empty())
+                    .map(|(&shard, _)| shard)
+                    .collect();
+                super::check_unrecorded_shard_count(self.describe(), with_records, num_shards)?;
+                *recorded = Some(num_shards);
+                Ok(())
+            }
+        }
+    }
+
+    async fn recorded_shard_count(&self) -> Result<Option<u32>, WalError> {
+        Ok(*self.shard_count.lock())
+    }
+
+    async fn retention_ms(&self) -> Result<Option<u64>, WalError> {
+        Ok(self.retention_ms_opt)
     }
 
     fn describe(&self) -> String {

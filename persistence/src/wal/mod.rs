@@ -43,6 +43,19 @@ pub enum WalError {
         /// What is wrong.
         reason: String,
     },
+    /// The stream records another shard count than the one asked for: routing by the count
+    /// decides which shard holds each account and ID, so opening it with another count would
+    /// lose shards (their IDs would run again, their holds' credits would stay).
+    #[error("{location} records {recorded} shards, not {configured}")]
+    ShardCountMismatch {
+        /// Where the count is recorded (`file:/data/wal/layout.json`, `kinesis:saldo-prod`).
+        location: String,
+        /// The count the stream records (or, for a stream from before the record existed,
+        /// the smallest count its shards allow).
+        recorded: u32,
+        /// The count asked for.
+        configured: u32,
+    },
     /// The backend failed (I/O error, service unavailable). For the file backend a failed
     /// fsync is fatal: the engine stops rather than trust the page cache.
     #[error("wal backend unavailable: {0}")]
@@ -53,6 +66,24 @@ impl WalError {
     /// Returns whether retrying the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, WalError::Unavailable(_))
+    }
+}
+
+/// Checks a shard count against a stream that records none yet (written before the record
+/// existed): no shard with records may lie at or above `configured`, or a count that small
+/// would drop it. Returns the mismatch naming the smallest count the stream allows.
+pub(crate) fn check_unrecorded_shard_count(
+    location: String,
+    shards_with_records: impl IntoIterator<Item = u32>,
+    configured: u32,
+) -> Result<(), WalError> {
+    match shards_with_records.into_iter().max() {
+        Some(highest) if highest >= configured => Err(WalError::ShardCountMismatch {
+            location,
+            recorded: (highest + 1).next_power_of_two(),
+            configured,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -70,7 +101,10 @@ pub struct Tail {
 pub trait Wal: Send + Sync + 'static {
     /// Appends one encoded record (see [`crate::record::encode`]) to `shard`'s stream and
     /// returns once it is durable. The record must continue the shard's stream: its first LSN
-    /// follows the tail and its `prev_hash` is the tail's hash.
+    /// follows the tail and its `prev_hash` is the tail's hash. An empty shard takes a record
+    /// at LSN 1 after the all-zero hash; a backend whose records expire ([`Wal::retention_ms`])
+    /// takes any first record, since a shard quiet for longer than the retention has an empty
+    /// stream and continues its snapshot (at `snapshot.lsn + 1`, on the snapshot's hash).
     async fn append(&self, shard: u32, record: EncodedRecord) -> Result<(), WalError>;
 
     /// Returns the shard's tail, or `None` for an empty stream.
@@ -89,6 +123,34 @@ pub trait Wal: Send + Sync + 'static {
     /// retained snapshot). A backend that cannot prune (Kinesis: retention does it) does
     /// nothing.
     async fn prune(&self, shard: u32, lsn: Lsn) -> Result<(), WalError>;
+
+    /// Records the cluster's shard count in the stream on its first use, or checks it against
+    /// the recorded one: [`WalError::ShardCountMismatch`] when they differ. The record lives
+    /// with the stream (a file beside the shard directories, a Kinesis stream tag), so every
+    /// node and tool that reads the stream sees it, whatever its local disk holds. A stream
+    /// written before the record existed must hold no shard at or above `num_shards`.
+    ///
+    /// The default refuses: every backend must decide where its record lives (a wrapper
+    /// delegates to the backend it wraps).
+    async fn claim_shard_count(&self, num_shards: u32) -> Result<(), WalError> {
+        let _ = num_shards;
+        Err(WalError::Unavailable(
+            format!("{} does not record a shard count", self.describe()).into(),
+        ))
+    }
+
+    /// Returns the shard count the stream records, or `None` when none is recorded yet.
+    async fn recorded_shard_count(&self) -> Result<Option<u32>, WalError> {
+        Err(WalError::Unavailable(
+            format!("{} does not record a shard count", self.describe()).into(),
+        ))
+    }
+
+    /// Returns how long the stream keeps a record before it expires on its own (Kinesis
+    /// retention), or `None` when records stay until [`Wal::prune`] drops them.
+    async fn retention_ms(&self) -> Result<Option<u64>, WalError> {
+        Ok(None)
+    }
 
     /// Returns a human-readable name for logs (`file:/data/wal`).
     fn describe(&self) -> String;
