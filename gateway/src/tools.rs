@@ -371,6 +371,20 @@ pub enum ShardCommand {
     /// Rebuilds a shard, checks the stream's hash chain end to end and every snapshot against
     /// it, and compares the state with a live node's.
     Verify(VerifyArgs),
+    /// Cuts a shard's file stream after a record boundary, moving the records after it into
+    /// `<data-dir>/quarantine/`: the way out when restore refuses an event it cannot apply
+    /// (docs/runbook.md §6). Stop the node first.
+    Cut(CutArgs),
+}
+
+/// Flags of `saldo shard cut`.
+#[derive(Debug, Args)]
+pub struct CutArgs {
+    /// The shard.
+    pub shard: u32,
+    /// The LSN of the last record to keep (a record boundary: the last LSN of a record).
+    #[arg(long)]
+    pub after: Lsn,
 }
 
 /// Flags of `saldo shard restore`.
@@ -446,7 +460,38 @@ pub async fn shard(args: &ShardArgs) -> anyhow::Result<i32> {
             check(v.shard)?;
             verify(&storage, v, window, args.output).await
         }
+        ShardCommand::Cut(c) => {
+            check(c.shard)?;
+            drop(storage);
+            cut(&config, c)
+        }
     }
+}
+
+/// `saldo shard cut`: the file stream only (a Kinesis stream's records cannot be removed).
+fn cut(config: &Config, c: &CutArgs) -> anyhow::Result<i32> {
+    if config.storage.wal != crate::storage::WalBackend::File {
+        bail!(
+            "saldo shard cut works on the file stream only: records of a Kinesis stream cannot \
+             be removed; start the nodes on a new stream from snapshots (docs/runbook.md §6)"
+        );
+    }
+    let wal =
+        saldo_persistence::wal::local_file::LocalFileWal::open(config.data_dir.join("wal"), true)?;
+    let quarantine = config
+        .data_dir
+        .join("quarantine")
+        .join(format!("shard-{:05}-after-{}", c.shard, c.after));
+    let moved = wal
+        .cut_after(c.shard, c.after, &quarantine)
+        .with_context(|| format!("cannot cut shard {} after lsn {}", c.shard, c.after))?;
+    println!(
+        "shard {}: the stream now ends at lsn {}; {moved} record(s) moved to {}",
+        c.shard,
+        c.after,
+        quarantine.display()
+    );
+    Ok(0)
 }
 
 async fn list(storage: &Storage, shards: u32, output: Output) -> anyhow::Result<i32> {

@@ -292,3 +292,89 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Issue 13, defect 1: the way out of a stream holding an event the engine cannot apply.
+/// `saldo serve` refuses to start, naming the shard, the LSN and the runbook; `saldo shard cut`
+/// moves the record and what follows into the quarantine; the node then starts from the state
+/// before it and takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unappliable_event_refuses_the_start_and_shard_cut_is_the_way_out() {
+    use saldo_persistence::Wal;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(dir.path());
+    config.engine.shards = 1;
+    config.engine.snapshot_every_events = 0;
+    config.engine.snapshot_interval_ms = 0;
+    let s = TestServer::start(config.clone()).await;
+    s.funded_account("cut-a", "10.00").await;
+    s.stop().await;
+
+    // A record that passes its checksum and chain but holds a commit of a hold that never was.
+    let wal_dir = dir.path().join("wal");
+    let tail = {
+        let wal = saldo_persistence::wal::local_file::LocalFileWal::open(&wal_dir, true).unwrap();
+        let tail = wal.tail(0).await.unwrap().expect("a tail");
+        let mut payload = Vec::new();
+        saldo_engine::event::encode_into(
+            &saldo_engine::event::Event::HoldCommitted {
+                transfer_id: saldo_engine::MovementId::new("ghost").unwrap(),
+                debit_account_id: saldo_engine::AccountId::new("cut-a").unwrap(),
+                at: saldo_engine::Timestamp::now(),
+            },
+            &mut payload,
+        );
+        let rec = saldo_persistence::record::encode(
+            0,
+            1,
+            tail.last_lsn + 1,
+            tail.last_lsn + 1,
+            &tail.hash,
+            &payload,
+        );
+        wal.append(0, rec).await.unwrap();
+        tail.last_lsn
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("saldo starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("saldo serve started on a stream it cannot fold");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    let lsn = tail + 1;
+    assert!(
+        stderr.contains(&format!("shard 0 at lsn {lsn}")) && stderr.contains("runbook"),
+        "the refusal names the shard, the LSN and the way out: {stderr}"
+    );
+
+    let out = saldo(dir.path(), &["cut", "0", "--after", &tail.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quarantine = dir
+        .path()
+        .join(format!("quarantine/shard-00000-after-{tail}"));
+    assert_eq!(walk(&quarantine).len(), 1, "the cut record is kept");
+    let s = TestServer::start(config).await;
+    assert_eq!(s.balance("cut-a").await, "10.00");
+    s.funded_account("cut-b", "1.00").await;
+    s.stop().await;
+}

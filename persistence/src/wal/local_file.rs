@@ -190,6 +190,99 @@ impl LocalFileWal {
         Ok(log)
     }
 
+    /// Cuts a shard's stream after the record that ends at `lsn`: the records after it move,
+    /// byte for byte, into `quarantine` (segment files named by their first LSN, readable by
+    /// the same decoder), and the stream's tail becomes `lsn`. The operator's way out when the
+    /// stream holds an event the engine cannot apply (docs/runbook.md): never run it on a
+    /// stream a node has open. Returns how many records moved.
+    pub fn cut_after(&self, shard: u32, lsn: Lsn, quarantine: &Path) -> Result<usize, WalError> {
+        if self.read_only {
+            return Err(io_err(std::io::Error::other(
+                "the stream is open read-only",
+            )));
+        }
+        let log = self.shard(shard)?;
+        let mut log = log.lock();
+        let not_a_boundary = || WalError::OutOfOrder {
+            shard,
+            reason: "the cut must be at a record boundary of the stream (or 0)",
+        };
+        // The first record to move: (segment, record) right after `lsn`.
+        let mut start_opt = None;
+        for (si, seg) in log.segments.iter().enumerate() {
+            for (ri, rec) in seg.records.iter().enumerate() {
+                if rec.first_lsn == lsn + 1 {
+                    start_opt = Some((si, ri));
+                } else if rec.first_lsn <= lsn && lsn < rec.last_lsn {
+                    return Err(not_a_boundary());
+                }
+            }
+        }
+        let Some((si, ri)) = start_opt else {
+            return match log.tail_opt {
+                Some(t) if t.last_lsn == lsn => Ok(0),
+                None if lsn == 0 => Ok(0),
+                _ => Err(not_a_boundary()),
+            };
+        };
+        fs::create_dir_all(quarantine).map_err(io_err)?;
+        log.file_opt = None;
+        let mut moved = 0;
+        let later: Vec<Segment> = log.segments.drain(si + 1..).collect();
+        for seg in later {
+            moved += seg.records.len();
+            let name = seg.path.file_name().expect("segments have names");
+            let target = quarantine.join(name);
+            fs::copy(&seg.path, &target).map_err(io_err)?;
+            File::open(&target)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err)?;
+            fs::remove_file(&seg.path).map_err(io_err)?;
+        }
+        let seg = &mut log.segments[si];
+        let cut = seg.records[ri].offset;
+        let bytes = fs::read(&seg.path).map_err(io_err)?;
+        let target = quarantine.join(format!("{:020}.seg", seg.records[ri].first_lsn));
+        let mut f = File::create(&target).map_err(io_err)?;
+        f.write_all(&bytes[cut as usize..]).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+        sync_dir(quarantine).map_err(io_err)?;
+        moved += seg.records.len() - ri;
+        seg.records.truncate(ri);
+        seg.size_bytes = cut;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err)?;
+        file.set_len(cut).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        if seg.records.is_empty() {
+            let path = seg.path.clone();
+            log.segments.pop();
+            fs::remove_file(&path).map_err(io_err)?;
+        }
+        sync_dir(&log.dir).map_err(io_err)?;
+        // The new tail: the last record left, read back to learn its hash.
+        log.tail_opt = match log
+            .segments
+            .last()
+            .and_then(|s| s.records.last().map(|r| (s, r)))
+        {
+            None => None,
+            Some((seg, loc)) => {
+                let bytes = fs::read(&seg.path).map_err(io_err)?;
+                let start = loc.offset as usize;
+                let (rec, _) = record::decode(&bytes[start..start + loc.len as usize])
+                    .map_err(|e| io_err(std::io::Error::other(e)))?;
+                Some(Tail {
+                    last_lsn: rec.last_lsn,
+                    hash: rec.hash,
+                })
+            }
+        };
+        Ok(moved)
+    }
+
     /// Returns the shard directories present on disk (shard numbers), sorted.
     pub fn shards_on_disk(&self) -> Result<Vec<u32>, WalError> {
         let mut out = Vec::new();
