@@ -1786,10 +1786,11 @@ impl Node {
                 AccountMsg::ReleaseIncoming(t.amount_minor),
             )
             .await;
-        assert!(
-            matches!(reply, Ok(AccountReply::Reserved(Ok(()), _))),
-            "an account that took a reservation exists and gives it back"
-        );
+        if let Err(e) = reply {
+            // Only room near the balance type's limit stays held back, until the restart
+            // (reservations live in memory): not worth stopping the node for.
+            tracing::warn!(account = %t.credit_account_id, error = %e, "a reservation was not given back");
+        }
     }
 
     /// Phases 4–6 of a transfer of a decided atomic batch: its credit cannot be refused (its
