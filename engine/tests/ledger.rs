@@ -663,10 +663,35 @@ fn public_futures_are_send(l: Ledger, cmd: OpenAccount, t: Transfer, e: Entry) {
 /// A stream whose appends can be held back: a record is durable only once the gate lets it
 /// through, so a test sees what the ledger answers while its records are in flight, and a
 /// ledger reopened on the inner stream is the node after a crash at that moment.
+///
+/// It can also fail on demand, as a full disk does: while `failing` is set, appends fail
+/// (after a while, as a disk retrying: what is appended meanwhile waits in the next batch), and
+/// so does the probe that asks whether the stream takes writes again.
 #[derive(Clone)]
 struct GatedWal {
     inner: MemoryWal,
     open: Arc<tokio::sync::watch::Sender<bool>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GatedWal {
+    fn new(inner: MemoryWal) -> GatedWal {
+        GatedWal {
+            inner,
+            open: Arc::new(tokio::sync::watch::channel(true).0),
+            failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    fn refusal(&self) -> Option<saldo_persistence::WalError> {
+        self.failing
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| {
+                saldo_persistence::WalError::Unavailable(Box::new(std::io::Error::other(
+                    "no space left on device",
+                )))
+            })
+    }
 }
 
 #[async_trait::async_trait]
@@ -676,10 +701,17 @@ impl saldo_persistence::Wal for GatedWal {
         shard: u32,
         record: saldo_persistence::record::EncodedRecord,
     ) -> Result<(), saldo_persistence::WalError> {
+        if let Some(e) = self.refusal() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Err(e);
+        }
         let mut rx = self.open.subscribe();
         // A closed gate never opens again in these tests: the append hangs, as on a dead disk.
         let _ = rx.wait_for(|open| *open).await;
         self.inner.append(shard, record).await
+    }
+    async fn probe(&self, _shard: u32) -> Result<(), saldo_persistence::WalError> {
+        self.refusal().map_or(Ok(()), Err)
     }
     async fn tail(
         &self,
@@ -719,11 +751,8 @@ async fn gated_ledger(
     (String, String, String),
 ) {
     let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
-    let gate = Arc::new(tokio::sync::watch::channel(true).0);
-    let gated = GatedWal {
-        inner: wal.clone(),
-        open: gate.clone(),
-    };
+    let gated = GatedWal::new(wal.clone());
+    let gate = gated.open.clone();
     let shards = cfg.num_shards;
     let l = Ledger::open(cfg, Arc::new(gated), Arc::new(snaps.clone()))
         .await
@@ -951,72 +980,6 @@ async fn writes_left_by_their_callers_still_count_against_the_in_flight_bound() 
 
 // ------------------------------------------------------------------ issue 13: money safety
 
-/// A stream that fails on demand, as a full disk does: appends fail while `failing` is set,
-/// and so does the probe that asks whether the stream takes writes again.
-#[derive(Clone)]
-struct FailingWal {
-    inner: MemoryWal,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl FailingWal {
-    fn refusal(&self) -> Option<saldo_persistence::WalError> {
-        self.failing
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .then(|| {
-                saldo_persistence::WalError::Unavailable(Box::new(std::io::Error::other(
-                    "no space left on device",
-                )))
-            })
-    }
-}
-
-#[async_trait::async_trait]
-impl saldo_persistence::Wal for FailingWal {
-    async fn append(
-        &self,
-        shard: u32,
-        record: saldo_persistence::record::EncodedRecord,
-    ) -> Result<(), saldo_persistence::WalError> {
-        match self.refusal() {
-            Some(e) => {
-                // A failing write takes a while (a disk retrying): what is appended meanwhile
-                // waits in the next batch, and must learn of the failure too.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Err(e)
-            }
-            None => self.inner.append(shard, record).await,
-        }
-    }
-    async fn tail(
-        &self,
-        shard: u32,
-    ) -> Result<Option<saldo_persistence::wal::Tail>, saldo_persistence::WalError> {
-        self.inner.tail(shard).await
-    }
-    async fn read(
-        &self,
-        shard: u32,
-        after_lsn: saldo_persistence::Lsn,
-        max_records: usize,
-    ) -> Result<Vec<saldo_persistence::Record>, saldo_persistence::WalError> {
-        self.inner.read(shard, after_lsn, max_records).await
-    }
-    async fn prune(
-        &self,
-        shard: u32,
-        lsn: saldo_persistence::Lsn,
-    ) -> Result<(), saldo_persistence::WalError> {
-        self.inner.prune(shard, lsn).await
-    }
-    fn describe(&self) -> String {
-        "failing".into()
-    }
-    async fn probe(&self, _shard: u32) -> Result<(), saldo_persistence::WalError> {
-        self.refusal().map_or(Ok(()), Err)
-    }
-}
-
 fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, LedgerError>) -> bool {
     matches!(r, Err(LedgerError::Unavailable { .. }))
 }
@@ -1030,11 +993,8 @@ async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writab
     let bound = Duration::from_secs(10);
     for shards in [1, 4] {
         let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
-        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stream = FailingWal {
-            inner: wal.clone(),
-            failing: failing.clone(),
-        };
+        let stream = GatedWal::new(wal.clone());
+        let failing = stream.failing.clone();
         let l = Ledger::open(config(shards), Arc::new(stream), Arc::new(snaps.clone()))
             .await
             .unwrap();

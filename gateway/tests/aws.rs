@@ -1428,15 +1428,12 @@ async fn shard_restore_at_a_position_gives_the_balances_the_node_had_then() {
     drop(node);
 }
 
-/// A node whose Kinesis calls go through a fault proxy (20% throttled, 5% 5xx, 5% answers lost
-/// after the write) keeps every acknowledgement: after a clean restart straight on kinesalite
-/// every acknowledged transfer is there, the money is exact, and `saldo shard verify` passes
-/// (the lost answers' retries left duplicates in the stream that readers skip).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_rides_through_throttling_and_lost_answers() {
-    let _one_at_a_time = UNDER_LOAD.lock().await;
+/// Returns the emulators (hold them: they stop when the last holder lets go), a test's unique
+/// name, its store straight on the emulators, a fault proxy (no faults yet) in front of
+/// kinesalite, and the same store through the proxy.
+async fn behind_fault_proxy(test: &str) -> (Arc<Emulators>, String, Store, FaultProxy, Store) {
     let emu = emulators();
-    let name = unique("faults");
+    let name = unique(test);
     let direct = Store {
         stream: name.clone(),
         kinesis_endpoint: emu.kinesis.endpoint().to_owned(),
@@ -1444,6 +1441,17 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     };
     let proxy = FaultProxy::start(emu.kinesis.endpoint(), FaultPlan::none()).await;
     let proxied = direct.via(&proxy.endpoint());
+    (emu, name, direct, proxy, proxied)
+}
+
+/// A node whose Kinesis calls go through a fault proxy (20% throttled, 5% 5xx, 5% answers lost
+/// after the write) keeps every acknowledgement: after a clean restart straight on kinesalite
+/// every acknowledged transfer is there, the money is exact, and `saldo shard verify` passes
+/// (the lost answers' retries left duplicates in the stream that readers skip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rides_through_throttling_and_lost_answers() {
+    let _one_at_a_time = UNDER_LOAD.lock().await;
+    let (_emu, name, direct, proxy, proxied) = behind_fault_proxy("faults").await;
     // The node writes its own snapshots to DynamoDB (straight, not through the proxy): the
     // restart starts from them and `verify` checks them against the stream. Every 20 events,
     // so that a snapshot is due even when the faults let little load through.
@@ -1888,15 +1896,7 @@ fn amounts_format_and_parse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kinesis_stream_down_past_the_retry_budget_turns_readiness_off_until_a_restart() {
     let _one_at_a_time = UNDER_LOAD.lock().await;
-    let emu = emulators();
-    let name = unique("down");
-    let direct = Store {
-        stream: name.clone(),
-        kinesis_endpoint: emu.kinesis.endpoint().to_owned(),
-        dynamodb: Some((name.clone(), emu.dynamodb.endpoint().to_owned())),
-    };
-    let proxy = FaultProxy::start(emu.kinesis.endpoint(), FaultPlan::none()).await;
-    let proxied = direct.via(&proxy.endpoint());
+    let (_emu, name, direct, proxy, proxied) = behind_fault_proxy("down").await;
     let no_snapshots = [
         "--snapshot-every-events",
         "0",
