@@ -132,6 +132,24 @@ pub struct ServeArgs {
     /// Console sign-in: scopes [default: openid ledger:read ledger:write].
     #[arg(long, env = "SALDO_CONSOLE_OAUTH_SCOPE")]
     pub console_oauth_scope: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first; reloaded when it changes).
+    #[arg(long, env = "SALDO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SALDO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A TLS-terminating proxy is in front: allows --auth jwt on plain HTTP, and token-carrying
+    /// requests must come from a --trusted-proxy with X-Forwarded-Proto: https.
+    #[arg(long, env = "SALDO_BEHIND_TLS_PROXY")]
+    pub behind_tls_proxy: bool,
+    /// Address or network of the TLS proxy (e.g. 10.0.0.0/8); repeatable, or comma-separated
+    /// in SALDO_TRUSTED_PROXIES.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SALDO_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::forwarded::TrustedProxy>,
     /// Where the stream and snapshots live.
     #[command(flatten)]
     pub storage: crate::storage::StorageArgs,
@@ -165,6 +183,14 @@ impl ServeArgs {
         set(&mut config.auth, &self.auth);
         set(&mut config.log_format, &self.log_format);
         set_opt(&mut config.otlp_endpoint, &self.otlp_endpoint);
+        let tls = &mut config.tls;
+        set_opt(&mut tls.cert_file, &self.tls_cert);
+        set_opt(&mut tls.key_file, &self.tls_key);
+        // A bare flag can only turn the proxy mode on; the file's `true` stays.
+        tls.behind_tls_proxy |= self.behind_tls_proxy;
+        if !self.trusted_proxies.is_empty() {
+            tls.trusted_proxies.clone_from(&self.trusted_proxies);
+        }
         let jwt = &mut config.jwt;
         set_opt(&mut jwt.issuer, &self.jwt_issuer);
         set_opt(&mut jwt.audience, &self.jwt_audience);
@@ -343,6 +369,40 @@ mod tests {
             assert!(help.contains("1]"), "{name}: {help}");
             assert!(!help.contains("2]"), "{name}: {help}");
         }
+    }
+
+    #[test]
+    fn jwt_beyond_loopback_without_tls_is_refused_naming_both_ways_out() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let jwt = ["--auth", "jwt", "--jwt-hs256-secret", secret];
+        let wide = [&jwt[..], &["--listen", "0.0.0.0:8080"]].concat();
+        let err = parse_serve(&wide).expect_err("clear-text tokens");
+        let message = err.to_string();
+        assert!(message.contains("--tls-cert/--tls-key"), "{message}");
+        assert!(message.contains("--behind-tls-proxy"), "{message}");
+        parse_serve(&jwt).expect("loopback is fine");
+        let proxied = [
+            &wide[..],
+            &["--behind-tls-proxy", "--trusted-proxy", "10.0.0.0/8"],
+        ];
+        let config = parse_serve(&proxied.concat()).expect("proxy in front");
+        assert_eq!(config.tls.trusted_proxies.len(), 1);
+        let tls = [&wide[..], &["--tls-cert", "c.pem", "--tls-key", "k.pem"]].concat();
+        let config = parse_serve(&tls).expect("https");
+        assert!(config.tls.cert_files().is_some());
+    }
+
+    #[test]
+    fn the_proxy_flag_needs_trusted_proxies_and_they_need_the_flag() {
+        let err = parse_serve(&["--behind-tls-proxy"]).expect_err("no proxies");
+        assert!(err.to_string().contains("--trusted-proxy"), "{err}");
+        let err = parse_serve(&["--trusted-proxy", "10.0.0.1"]).expect_err("no flag");
+        assert!(err.to_string().contains("--behind-tls-proxy"), "{err}");
+        assert!(Cli::try_parse_from(["saldo", "serve", "--trusted-proxy", "ten"]).is_err());
+        assert!(
+            Cli::try_parse_from(["saldo", "serve", "--tls-cert", "c.pem"]).is_err(),
+            "the key goes with the certificate"
+        );
     }
 
     #[test]

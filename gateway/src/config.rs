@@ -17,6 +17,10 @@
 //! audience = "my-app-client-id"
 //! jwks_url = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_XXXX/.well-known/jwks.json"
 //!
+//! [tls]                   # HTTPS (docs/api.md "TLS"); or behind_tls_proxy + trusted_proxies
+//! cert_file = "/etc/saldo/tls/tls.crt"
+//! key_file = "/etc/saldo/tls/tls.key"
+//!
 //! [engine]
 //! shards = 2
 //!
@@ -86,6 +90,69 @@ pub struct Config {
     pub console: ConsoleSettings,
     /// Where the stream and snapshots live (`[storage]`).
     pub storage: crate::storage::StorageSettings,
+    /// HTTPS, or the TLS-terminating proxy in front (`[tls]`).
+    pub tls: TlsSettings,
+}
+
+/// Encryption in transit (`[tls]` in the file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first; with `key_file`, the gateway serves HTTPS only.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    pub key_file: Option<PathBuf>,
+    /// A proxy in front terminates TLS: `--auth jwt` may then listen on plain HTTP beyond
+    /// loopback, and token-carrying requests must arrive through `trusted_proxies` with
+    /// `X-Forwarded-Proto: https` (see [`crate::forwarded`]).
+    pub behind_tls_proxy: bool,
+    /// Networks whose `X-Forwarded-Proto` is believed (only with `behind_tls_proxy`).
+    pub trusted_proxies: Vec<crate::forwarded::TrustedProxy>,
+}
+
+impl TlsSettings {
+    /// Returns the certificate files when HTTPS is configured.
+    pub fn cert_files(&self) -> Option<crate::tls::CertFiles> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Checks the settings against each other and the listen address and auth mode.
+    fn validate(&self, listen: SocketAddr, auth: AuthMode) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return invalid("--tls-cert and --tls-key go together (tls.cert_file, tls.key_file)");
+        }
+        if self.behind_tls_proxy && self.trusted_proxies.is_empty() {
+            return invalid(
+                "--behind-tls-proxy needs at least one --trusted-proxy (the proxies' addresses, \
+                 e.g. 10.0.0.0/8): X-Forwarded-Proto is believed only from them",
+            );
+        }
+        if !self.behind_tls_proxy && !self.trusted_proxies.is_empty() {
+            return invalid("--trusted-proxy is used only with --behind-tls-proxy");
+        }
+        if self.trusted_proxies.len() > crate::limits::TRUSTED_PROXIES_MAX {
+            return invalid("too many trusted proxies (TRUSTED_PROXIES_MAX)");
+        }
+        if auth == AuthMode::Jwt
+            && !listen.ip().is_loopback()
+            && self.cert_files().is_none()
+            && !self.behind_tls_proxy
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--auth jwt on {listen} without TLS would send bearer tokens in clear text; \
+                 serve HTTPS with --tls-cert/--tls-key, or say that a TLS-terminating proxy \
+                 is in front with --behind-tls-proxy (and --trusted-proxy)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -102,6 +169,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             console: ConsoleSettings::default(),
             storage: crate::storage::StorageSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -304,6 +372,7 @@ impl Config {
         if self.jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return invalid("the hs256 secret must be at least 32 bytes".into());
         }
+        self.tls.validate(self.listen, self.auth)?;
         if let Some(oauth) = self.console.console_config().oauth_opt {
             if let Err(e) = oauth.validate() {
                 return invalid(e.to_string());

@@ -31,6 +31,7 @@ pub const CODES: &[&str] = &[
     "invalid_request",
     "unauthenticated",
     "forbidden",
+    "tls_required",
     "not_found",
     "account_not_found",
     "transfer_not_found",
@@ -78,6 +79,9 @@ pub enum ApiError {
         /// What was missing.
         detail: Cow<'static, str>,
     },
+    /// 403 `tls_required`: with `--behind-tls-proxy`, the request did not come through a
+    /// trusted proxy that says the client used HTTPS.
+    TlsRequired,
     /// 404 `not_found`: no such route.
     RouteNotFound,
     /// 405: the route exists but not for this method.
@@ -133,6 +137,7 @@ impl ApiError {
                 (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated")
             }
             ApiError::Forbidden { .. } => (S::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::TlsRequired => (S::FORBIDDEN, "tls_required", "TLS required"),
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found", "Not found"),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
@@ -181,6 +186,9 @@ impl ApiError {
             ApiError::Unauthenticated { detail }
             | ApiError::Forbidden { detail }
             | ApiError::Unavailable { detail } => detail.to_string(),
+            ApiError::TlsRequired => "this gateway is behind a TLS proxy (--behind-tls-proxy): \
+                                      send requests through it over https"
+                .to_owned(),
             ApiError::RouteNotFound => "no such route".to_owned(),
             ApiError::MethodNotAllowed => "the route does not accept this method".to_owned(),
             ApiError::EntryNotFound => "no entry with this id on this account".to_owned(),
@@ -349,6 +357,7 @@ mod tests {
             },
             ApiError::Unauthenticated { detail: "x".into() },
             ApiError::Forbidden { detail: "x".into() },
+            ApiError::TlsRequired,
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
             ApiError::EntryNotFound,

@@ -6,7 +6,11 @@
 //!
 //! ## Layout (in the order a request flows)
 //! - [`cli`] and [`config`]: `saldo serve` flags, `SALDO_*` variables and the TOML file.
-//! - [`listener`]: the accept loop's bound on open connections (and `TCP_NODELAY`).
+//! - [`listener`]: the accept loop's bound on open connections (and `TCP_NODELAY`), and the
+//!   TLS handshake of each connection.
+//! - [`tls`]: HTTPS (rustls, HTTP/2 by ALPN) and the certificate reloaded when its files
+//!   change; [`forwarded`]: `--behind-tls-proxy` and the proxies trusted for
+//!   `X-Forwarded-Proto`.
 //! - [`server`]: [`run`] (serve, restore the ledger, graceful shutdown), [`router`] and the
 //!   admission middleware (load shedding, auth, rate limit, timeout, span, metrics).
 //! - [`auth`]: bearer tokens (JWKS / HS256), scopes, per-merchant account restriction.
@@ -38,6 +42,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod format;
+pub mod forwarded;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -48,6 +53,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;
 
 pub use config::Config;

@@ -90,9 +90,25 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 /// How long a graceful shutdown waits for in-flight requests before dropping connections.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 
+/// How often the TLS certificate and key files are read to see whether they changed. Reading
+/// two files of a few KiB once a second costs nothing; a rotated certificate is then served
+/// within a second or two, long before the old one expires (cert-manager renews days ahead).
+pub const TLS_RELOAD_INTERVAL_MS: u64 = 1_000;
+
+/// Longest a TLS handshake may take before the connection is closed and its permit returned.
+/// A handshake is two round trips; ten seconds covers a slow mobile link, and a client that
+/// connects and says nothing cannot hold one of the [`CONNECTIONS_MAX`] permits for longer.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Most `--trusted-proxy` networks: the check runs on every request, and a load balancer
+/// fleet is a handful of subnets.
+pub const TRUSTED_PROXIES_MAX: usize = 64;
+
 const _: () = assert!(TRANSFER_BATCH_MAX >= 8_000);
 const _: () = assert!(TRANSFER_BATCH_MAX * BATCH_ITEM_JSON_BYTES_MAX <= BATCH_BODY_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_MAX >= METADATA_BYTES_MAX + 1024);
 const _: () = assert!(MOVEMENTS_PAGE_DEFAULT <= MOVEMENTS_PAGE_MAX);
 const _: () = assert!(JWKS_FETCH_TIMEOUT_MS < JWKS_REFRESH_INTERVAL_MS_MIN);
 const _: () = assert!(CONNECTIONS_MAX >= CONCURRENCY_MAX_DEFAULT);
+const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS < SHUTDOWN_GRACE_MS);
+const _: () = assert!(TLS_RELOAD_INTERVAL_MS >= 1_000 && TLS_RELOAD_INTERVAL_MS <= 5_000);

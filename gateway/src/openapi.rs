@@ -102,7 +102,10 @@ fn common_errors(responses: &mut serde_json::Map<String, Value>, write: bool) {
     responses.insert("401".into(), problem("unauthenticated (with --auth jwt)"));
     responses.insert(
         "403".into(),
-        problem("forbidden: missing scope or another merchant's account"),
+        problem(
+            "forbidden: missing scope or another merchant's account; tls_required: \
+             not through the trusted TLS proxy (--behind-tls-proxy)",
+        ),
     );
     responses.insert("429".into(), problem("rate_limited (Retry-After)"));
     responses.insert(

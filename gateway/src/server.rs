@@ -1,7 +1,8 @@
 //! The server: the router, the admission middleware and [`run`].
 //!
 //! Every request passes one middleware, [`admit`], which in this order: sheds load past
-//! `concurrency_max` (503), authenticates `/v1` requests and checks the method's scope
+//! `concurrency_max` (503), under `--behind-tls-proxy` refuses `/v1` and token-carrying
+//! requests that did not come through a trusted proxy over HTTPS (403), authenticates `/v1` requests and checks the method's scope
 //! (401/403), applies the per-client rate limit (429), bounds the handling time (503), opens
 //! the request's tracing span and records the request's metrics. It is one function rather than
 //! a stack of tower layers so that the hot path pays for one boxed future, not five.
@@ -48,6 +49,9 @@ pub enum GatewayError {
     /// The authenticator could not be set up (JWKS file unreadable, …).
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The data directory could not be prepared.
     #[error("failed to prepare {path}: {source}")]
     DataDir {
@@ -226,7 +230,23 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
 
 async fn admit_inner(state: &AppState, mut req: Request, next: Next, matched: bool) -> Response {
     let shared = state.shared();
-    if matched && req.uri().path().starts_with("/v1/") {
+    let is_v1 = req.uri().path().starts_with("/v1/");
+    if let Some(trusted) = &shared.tls_proxies_opt {
+        if is_v1
+            || req
+                .headers()
+                .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            let peer_opt = req
+                .extensions()
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|ConnectInfo(PeerAddr(addr))| addr.ip());
+            if !crate::forwarded::came_over_https(trusted, peer_opt, req.headers()) {
+                return ApiError::TlsRequired.into_response();
+            }
+        }
+    }
+    if matched && is_v1 {
         let principal = match shared.auth.authenticate(req.headers()).await {
             Ok(p) => p,
             Err(e) => return e.into_response(),
@@ -343,11 +363,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let local_addr = listener.local_addr().map_err(GatewayError::Serve)?;
+    let tls_opt = match config.tls.cert_files() {
+        Some(files) => Some(crate::tls::ServerTls::load(files)?),
+        None => None,
+    };
     let auth = authenticator(&config).await?;
-    let state = AppState::new(auth, config.limits.clone());
+    let mut state = AppState::new(auth, config.limits.clone());
+    if config.tls.behind_tls_proxy {
+        state = state.behind_tls_proxy(config.tls.trusted_proxies.clone());
+    }
     let app = router_with(state.clone(), config.console.console_config());
     let stop = CancellationToken::new();
-    let listener = crate::listener::BoundedListener::new(listener);
+    let mut listener = crate::listener::BoundedListener::new(listener);
+    if let Some(tls) = &tls_opt {
+        listener = listener.with_tls(tls.acceptor.clone());
+        // Ends with `stop`, when the server stops accepting.
+        tls.spawn_reloader(stop.clone());
+    }
+    let scheme = if tls_opt.is_some() { "https" } else { "http" };
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<PeerAddr>(),
@@ -356,7 +389,7 @@ pub async fn run(
     .into_future();
     let mut server = tokio::spawn(server);
     let mut shutdown = std::pin::pin!(shutdown);
-    tracing::info!(listen = %local_addr, data_dir = %config.data_dir.display(), "listening; restoring the ledger");
+    tracing::info!(listen = %local_addr, scheme, data_dir = %config.data_dir.display(), "listening; restoring the ledger");
     let opened = tokio::select! {
         result = open_ledger(&config) => Some(result),
         _ = &mut shutdown => None,

@@ -38,6 +38,9 @@ pub struct Shared {
     pub(crate) limits: LimitsConfig,
     /// `limits.request_timeout_ms` as a duration.
     pub(crate) request_timeout: Duration,
+    /// Set under `--behind-tls-proxy`: the proxies whose `X-Forwarded-Proto: https` a `/v1` or
+    /// token-carrying request must have (see [`crate::forwarded`]).
+    pub(crate) tls_proxies_opt: Option<Vec<crate::forwarded::TrustedProxy>>,
     /// Requests being handled now (bounded by `limits.concurrency_max`).
     in_flight: AtomicUsize,
     /// Currency of each account seen (immutable once opened): entries and histories need the
@@ -62,9 +65,18 @@ impl AppState {
             rate_limiter_opt,
             request_timeout: Duration::from_millis(limits.request_timeout_ms),
             limits,
+            tls_proxies_opt: None,
             in_flight: AtomicUsize::new(0),
             currencies: CurrencyCache::new(),
         }))
+    }
+
+    /// Returns this state requiring requests to arrive through one of `trusted` over HTTPS
+    /// (`--behind-tls-proxy`).
+    pub fn behind_tls_proxy(mut self, trusted: Vec<crate::forwarded::TrustedProxy>) -> AppState {
+        let shared = Arc::get_mut(&mut self.0).expect("configured before the state is shared");
+        shared.tls_proxies_opt = Some(trusted);
+        self
     }
 
     /// Hands the restored ledger to the gateway; from now on `/v1` routes serve.

@@ -82,6 +82,12 @@ impl Resp {
 impl TestServer {
     /// Starts a server and waits until `/readyz` answers 200.
     pub async fn start(config: Config) -> TestServer {
+        TestServer::start_with(config, "http", reqwest::Client::new()).await
+    }
+
+    /// Starts a server reached as `scheme://127.0.0.1:PORT` through `client` (HTTPS tests pass
+    /// a client that trusts their test CA) and waits until `/readyz` answers 200.
+    pub async fn start_with(config: Config, scheme: &str, client: reqwest::Client) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -91,9 +97,9 @@ impl TestServer {
             let _ = stop_rx.await;
         }));
         let server = TestServer {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             addr,
-            client: reqwest::Client::new(),
+            client,
             stop_tx: Some(stop_tx),
             handle: Some(handle),
         };
