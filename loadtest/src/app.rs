@@ -39,7 +39,7 @@ const HEALTHY_WAIT: Duration = Duration::from_secs(30);
 /// Runs load as the flags say; returns the exit code.
 pub async fn run_load(args: RunArgs) -> anyhow::Result<u8> {
     args.validate()?;
-    let endpoint = Endpoint::parse(&args.target, args.token.clone())?;
+    let endpoint = Endpoint::parse(&args.target, args.token.clone(), args.ca_file.as_deref())?;
     let workload = build_workload(&args)?;
     let needs_accounts = workload.mix.needs_accounts();
     let funding_minor = minor(&args.funding, args.scale, "--funding")?;
@@ -505,7 +505,7 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<u8> {
         "state file has schema {} but this tool reads {STATE_SCHEMA_VERSION}",
         state.schema_version
     );
-    let endpoint = Endpoint::parse(&args.target, args.token.clone())?;
+    let endpoint = Endpoint::parse(&args.target, args.token.clone(), args.ca_file.as_deref())?;
     let pool = Pool::new(endpoint, args.timeout);
     crate::setup::wait_healthy(&pool, HEALTHY_WAIT).await?;
     let verification = verify(&pool, &state, args.connections.clamp(1, 1_024)).await;

@@ -45,6 +45,10 @@ pub struct VerifyArgs {
     /// Bearer token sent with every request.
     #[arg(long, env = "SALDO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the CA(s) trusted for an https:// target instead of the Mozilla roots
+    /// (self-signed test certificates).
+    #[arg(long, env = "SALDO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Concurrent connections used for the reads.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
@@ -59,12 +63,16 @@ pub struct VerifyArgs {
 /// Flags of a load run.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Base URL of the server (`http://host:port`).
+    /// Base URL of the server (`http://host:port` or `https://host:port`).
     #[arg(long, env = "SALDO_TARGET", default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// Bearer token sent with every request.
     #[arg(long, env = "SALDO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the CA(s) trusted for an https:// target instead of the Mozilla roots
+    /// (self-signed test certificates).
+    #[arg(long, env = "SALDO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Open loop: operations per second on a fixed timetable (the default mode, at 1000/s).
     #[arg(long, conflicts_with_all = ["concurrency", "sweep"])]

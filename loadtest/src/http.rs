@@ -1,4 +1,5 @@
-//! A lean HTTP/1.1 keep-alive client: one TCP connection, one request at a time.
+//! A lean HTTP/1.1 keep-alive client: one TCP (or TLS, see `tls`) connection, one request at
+//! a time.
 //!
 //! The generator must never be the bottleneck, so this is a hand-written client in the spirit of
 //! wrk rather than a general one: the request is rendered into a reused buffer and written with
@@ -14,11 +15,13 @@
 use std::io;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::limits::{HTTP_HEADERS_MAX, HTTP_RESPONSE_BYTES_MAX};
+use crate::tls::{Stream, TlsTarget};
 
 /// Where requests go and what every request carries.
 #[derive(Debug, Clone)]
@@ -29,33 +32,52 @@ pub struct Endpoint {
     pub host: String,
     /// Optional bearer token sent as `Authorization: Bearer …` on every request.
     pub token_opt: Option<String>,
+    /// Set for `https://` targets.
+    pub tls_opt: Option<TlsTarget>,
 }
 
 impl Endpoint {
-    /// Parses `http://host:port` (an optional trailing `/` is allowed; no path, no https).
-    pub fn parse(url: &str, token_opt: Option<String>) -> anyhow::Result<Endpoint> {
+    /// Parses `http://host:port` or `https://host:port` (an optional trailing `/` is allowed;
+    /// no path). `ca_file_opt` (PEM) replaces the Mozilla roots for an `https://` target.
+    pub fn parse(
+        url: &str,
+        token_opt: Option<String>,
+        ca_file_opt: Option<&Path>,
+    ) -> anyhow::Result<Endpoint> {
         use std::net::ToSocketAddrs;
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("target must start with http:// (got {url})"))?;
+        let (rest, default_port, https) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, 80, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, 443, true)
+        } else {
+            anyhow::bail!("target must start with http:// or https:// (got {url})");
+        };
+        anyhow::ensure!(
+            https || ca_file_opt.is_none(),
+            "--ca-file is used only with an https:// target"
+        );
         let host = rest.trim_end_matches('/');
         anyhow::ensure!(
             !host.contains('/'),
             "target must not carry a path (got {url})"
         );
-        let host_port = if host.contains(':') {
-            host.to_string()
-        } else {
-            format!("{host}:80")
+        let (name, host_port) = match host.rsplit_once(':') {
+            Some((name, _)) if !host.ends_with(']') => (name, host.to_string()),
+            _ => (host, format!("{host}:{default_port}")),
         };
         let addr = host_port
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| anyhow::anyhow!("target {url} resolves to no address"))?;
+        let tls_opt = match https {
+            true => Some(TlsTarget::new(name, ca_file_opt)?),
+            false => None,
+        };
         Ok(Endpoint {
             addr,
             host: host.to_string(),
             token_opt,
+            tls_opt,
         })
     }
 }
@@ -80,8 +102,8 @@ pub struct Response<'a> {
 
 /// One keep-alive connection.
 pub struct Conn {
-    /// The socket, with `TCP_NODELAY` set so small requests leave at once.
-    stream: TcpStream,
+    /// The socket (or TLS session), with `TCP_NODELAY` set so small requests leave at once.
+    stream: Stream,
     /// Rendered request bytes, reused across requests.
     write_buf: Vec<u8>,
     /// Bytes read from the socket; the current response starts at index 0.
@@ -97,8 +119,9 @@ pub struct Conn {
 impl Conn {
     /// Opens a connection to the endpoint.
     pub async fn connect(endpoint: &Endpoint) -> io::Result<Conn> {
-        let stream = TcpStream::connect(endpoint.addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(endpoint.addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = Stream::open(tcp, endpoint.tls_opt.as_ref()).await?;
         Ok(Conn {
             stream,
             write_buf: Vec::with_capacity(1024),
@@ -297,11 +320,32 @@ mod tests {
 
     #[test]
     fn endpoint_parses_host_and_port() {
-        let endpoint = Endpoint::parse("http://127.0.0.1:8080/", None).unwrap();
+        let endpoint = Endpoint::parse("http://127.0.0.1:8080/", None, None).unwrap();
         assert_eq!(endpoint.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(endpoint.host, "127.0.0.1:8080");
-        assert!(Endpoint::parse("https://127.0.0.1:8080", None).is_err());
-        assert!(Endpoint::parse("http://127.0.0.1:8080/v1", None).is_err());
+        assert!(endpoint.tls_opt.is_none());
+        assert!(Endpoint::parse("ftp://127.0.0.1:8080", None, None).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:8080/v1", None, None).is_err());
+        let ca = Path::new("ca.pem");
+        assert!(
+            Endpoint::parse("http://127.0.0.1:8080", None, Some(ca)).is_err(),
+            "a CA file means https"
+        );
+    }
+
+    #[test]
+    fn https_endpoints_carry_the_server_name_and_default_to_port_443() {
+        let endpoint = Endpoint::parse("https://localhost:8443", None, None).unwrap();
+        assert_eq!(endpoint.addr.port(), 8443);
+        let tls = endpoint.tls_opt.expect("https");
+        assert_eq!(format!("{:?}", tls.server_name), "DnsName(\"localhost\")");
+        let endpoint = Endpoint::parse("https://127.0.0.1", None, None).unwrap();
+        assert_eq!(endpoint.addr.port(), 443);
+        let tls = endpoint.tls_opt.expect("https");
+        assert!(matches!(
+            tls.server_name,
+            rustls_pki_types::ServerName::IpAddress(_)
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! # saldo-loadtest
 //!
-//! saldo's load generator. It talks to a running `saldo serve` over HTTP only, and is built to
+//! saldo's load generator. It talks to a running `saldo serve` over HTTP or HTTPS only, and is built to
 //! be trusted: open-loop load is scheduled on a timetable and latency is measured from each
 //! request's due time (no coordinated omission, as in wrk2); the client is a lean hand-written
 //! HTTP/1.1 keep-alive client so that the generator is not the bottleneck; and after the run it
@@ -11,7 +11,7 @@
 //! - `cli`: flags; `app`: the two commands end to end, and the exit codes;
 //! - `workload`: operation `i` as a pure function of the seed (mix, account choice, amounts,
 //!   request bodies); `schedule`: the open-loop timetable and the sweep's search;
-//! - `http`: the HTTP/1.1 connection; `client`: timeouts, reconnection and a pool;
+//! - `http`: the HTTP/1.1 connection; `tls`: `https://` targets and `--ca-file`; `client`: timeouts, reconnection and a pool;
 //! - `setup`: accounts, funding, and resolution of writes of unknown outcome;
 //! - `runner`: phases and workers; `stats`: histograms and outcome counts; `progress`: the
 //!   per-second line, samples and the HDR log;
@@ -37,5 +37,6 @@ pub mod runner;
 pub mod schedule;
 pub mod setup;
 pub mod stats;
+pub mod tls;
 pub mod verify;
 pub mod workload;

@@ -56,6 +56,13 @@ fn saldo_bin() -> PathBuf {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+/// Starts `saldo serve` with `extra` flags; with `--tls-cert` among them it is ready once its
+/// port accepts connections (the generator then waits for `/healthz` itself).
+fn start_server_with(extra: &[&str]) -> Server {
+    let tls = extra.contains(&"--tls-cert");
     let bin = saldo_bin();
     assert!(
         bin.exists(),
@@ -81,6 +88,7 @@ fn start_server() -> Server {
             "--shards",
             &SERVER_SHARDS.to_string(),
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(data_dir.path())
         .stdout(Stdio::null())
@@ -94,6 +102,9 @@ fn start_server() -> Server {
     };
     let deadline = Instant::now() + READY_WAIT;
     loop {
+        if tls && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return server;
+        }
         if let Ok((200, _)) = http(port, "GET", "/readyz", "") {
             return server;
         }
@@ -299,4 +310,58 @@ fn a_closed_loop_run_against_healthz_needs_no_accounts() {
             > 0
     );
     assert_eq!(report["verification"]["passed"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_closed_loop_run_over_https_with_a_test_ca_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = ["ca.pem", "tls.crt", "tls.key"].map(|name| dir.path().join(name));
+    for (path, pem) in paths
+        .iter()
+        .zip([ca.pem(), cert.pem(), key.serialize_pem()])
+    {
+        std::fs::write(path, pem).unwrap();
+    }
+    let [ca_file, cert_file, key_file] = paths.map(|p| p.to_str().unwrap().to_owned());
+    let server = start_server_with(&["--tls-cert", &cert_file, "--tls-key", &key_file]);
+    // The certificate names localhost, so the target does too (and SNI and the check use it).
+    let target = format!("https://localhost:{}", server.port);
+    let json_path = dir.path().join("report.json");
+    let run = |ca_file_opt: Option<&str>| {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+        ];
+        args.extend(["--warmup", "0s", "--accounts", "8", "--mix", "transfer"]);
+        args.extend(["--json", json_path.to_str().unwrap()]);
+        args.extend(ca_file_opt.map(|ca| ["--ca-file", ca]).iter().flatten());
+        loadtest(&args)
+    };
+    let output = run(Some(&ca_file));
+    assert_eq!(output.status.code(), Some(0), "the run passes verification");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("verification: PASS"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let ok = &report["operations"]["transfer"]["counts"]["ok"];
+    assert!(ok.as_u64().unwrap() > 0, "{report}");
+    let untrusted = run(None);
+    assert_ne!(
+        untrusted.status.code(),
+        Some(0),
+        "the Mozilla roots do not trust a test CA"
+    );
 }
