@@ -7,7 +7,9 @@
 #   2. a sweep for the highest transfer rate with p99 <= 10 ms;
 #   3. the batch endpoint at full speed (closed loop);
 #   4. the generator's own ceiling: /healthz of saldo, and a canned 200 server;
-#   5. if wrk is installed, a cross-check: the same closed loop with wrk and saldo-loadtest.
+#   5. if wrk is installed, a cross-check: the same closed loop with wrk and saldo-loadtest;
+#   6. if openssl is installed, single transfers over HTTPS (keep-alive, test CA) next to the
+#      same closed loop over plain HTTP.
 # Generator and server share the machine's cores; the table says so.
 #
 # Every run is bounded in time (--duration, sweep steps and count bounded); the script kills
@@ -60,18 +62,22 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Starts saldo serve on a fresh data dir; sets SALDO_PID and TARGET.
+# Starts saldo serve on a fresh data dir with any extra flags; sets SALDO_PID and TARGET. With
+# --tls-cert among the flags the target is https://localhost:PORT, trusted through $WORK/ca.crt.
 start_saldo() {
-  local port
+  local port scheme=http host=127.0.0.1 curl_tls=()
   port=$(free_port)
+  if [[ " $* " == *" --tls-cert "* ]]; then
+    scheme=https host=localhost curl_tls=(--cacert "$WORK/ca.crt")
+  fi
   rm -rf "$WORK/data"
   "$SALDO" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --fsync true --auth none \
-    >>"$ART/saldo.log" 2>&1 &
+    "$@" >>"$ART/saldo.log" 2>&1 &
   SALDO_PID=$!
   PIDS+=("$SALDO_PID")
-  TARGET="http://127.0.0.1:$port"
+  TARGET="$scheme://$host:$port"
   for _ in $(seq 1 600); do
-    if curl -fsS "$TARGET/readyz" >/dev/null 2>&1; then return 0; fi
+    if curl -fsS "${curl_tls[@]}" "$TARGET/readyz" >/dev/null 2>&1; then return 0; fi
     kill -0 "$SALDO_PID" 2>/dev/null || { echo "saldo serve died, see $ART/saldo.log" >&2; exit 3; }
     sleep 0.1
   done
@@ -176,6 +182,29 @@ LUA
   wrk_p99=$(awk '$1 == "99%" {print $2}' "$ART/wrk.txt")
   WRK_LINE="| wrk -t1 -c64 (Lua) | ${wrk_rate:-?}/s | ${wrk_p50:-?} | ${wrk_p99:-?} |"
 fi
+
+# 6. HTTPS next to HTTP: single transfers, closed loop, 64 keep-alive connections, each on a
+# fresh server, one after the other. A test CA and a localhost certificate come from openssl.
+TLS_DONE=0
+if command -v openssl >/dev/null; then
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  openssl req -x509 "${ec[@]}" -days 1 -subj /CN=saldo-bench-ca \
+    -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+  openssl req "${ec[@]}" -subj /CN=localhost -keyout "$WORK/tls.key" -out "$WORK/tls.csr" \
+    2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$WORK/tls.ext"
+  openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" \
+    -CAcreateserial -days 1 -extfile "$WORK/tls.ext" -out "$WORK/tls.crt" 2>/dev/null
+  start_saldo
+  run_lt transfers-http --target "$TARGET" --concurrency 64 --duration "$CEILING_DURATION" \
+    --warmup 1s --accounts 1000
+  stop_pid "$SALDO_PID"
+  start_saldo --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key"
+  run_lt transfers-https --target "$TARGET" --ca-file "$WORK/ca.crt" --concurrency 64 \
+    --duration "$CEILING_DURATION" --warmup 1s --accounts 1000
+  stop_pid "$SALDO_PID"
+  TLS_DONE=1
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The table.
@@ -235,6 +264,19 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "| --- | --- | --- | --- |"
     echo "$WRK_LINE"
     echo "| saldo-loadtest --concurrency 64 | $(j closed-64 '.achieved_rate_per_s | floor')/s | $(j closed-64 .latency_ms.p50)ms | $(j closed-64 .latency_ms.p99)ms |"
+    echo
+  fi
+  if [[ "$TLS_DONE" == 1 ]]; then
+    echo "## HTTPS next to HTTP"
+    echo
+    echo "Single transfers, closed loop, 64 keep-alive connections, a fresh server each, one"
+    echo "after the other (TLS 1.3, ECDSA P-256 certificate, rustls on ring):"
+    echo
+    echo "| transport | achieved | p50 ms | p99 ms | errors | verification |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for name in transfers-http transfers-https; do
+      echo "| ${name#transfers-} | $(j "$name" '.achieved_rate_per_s | floor')/s | $(j "$name" .latency_ms.p50) | $(j "$name" .latency_ms.p99) | $(j "$name" .requests.errors) | $(pass "$(j "$name" .verification.passed)") |"
+    done
     echo
   fi
   echo "## Sweep curve (objective p99 ≤ 10 ms)"

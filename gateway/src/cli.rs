@@ -248,6 +248,8 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -390,6 +392,56 @@ mod tests {
         let tls = [&wide[..], &["--tls-cert", "c.pem", "--tls-key", "k.pem"]].concat();
         let config = parse_serve(&tls).expect("https");
         assert!(config.tls.cert_files().is_some());
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_config_file_and_flags_override_them() {
+        let dir = tempfile_dir("tls");
+        let file = dir.join("saldo.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:8443\"\nauth = \"jwt\"\n\
+             [jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             [tls]\ncert_file = \"/etc/tls.crt\"\nkey_file = \"/etc/tls.key\"\n\
+             behind_tls_proxy = true\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+        )
+        .expect("write config");
+        let path = file.to_str().expect("utf-8 path");
+        let config = parse_serve(&["--config", path]).expect("valid file");
+        assert_eq!(
+            config.tls.key_file.as_deref(),
+            Some(Path::new("/etc/tls.key"))
+        );
+        assert_eq!(config.tls.trusted_proxies.len(), 2);
+        let flags = [
+            "--config",
+            path,
+            "--tls-cert",
+            "/a.crt",
+            "--tls-key",
+            "/a.key",
+        ];
+        let config = parse_serve(&[&flags[..], &["--trusted-proxy", "192.0.2.0/24"]].concat())
+            .expect("flags over the file");
+        assert_eq!(config.tls.cert_file.as_deref(), Some(Path::new("/a.crt")));
+        assert_eq!(
+            config.tls.trusted_proxies.len(),
+            1,
+            "the flag replaces the list"
+        );
+        std::fs::write(&file, "[tls]\ncert = \"x\"\n").expect("write config");
+        assert!(
+            parse_serve(&["--config", path]).is_err(),
+            "unknown keys are refused"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// Returns a fresh directory for one test's files.
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("saldo-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
     }
 
     #[test]

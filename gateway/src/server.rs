@@ -375,10 +375,11 @@ pub async fn run(
     let app = router_with(state.clone(), config.console.console_config());
     let stop = CancellationToken::new();
     let mut listener = crate::listener::BoundedListener::new(listener);
+    let mut reloader_opt = None;
     if let Some(tls) = &tls_opt {
         listener = listener.with_tls(tls.acceptor.clone());
-        // Ends with `stop`, when the server stops accepting.
-        tls.spawn_reloader(stop.clone());
+        // Ends with `stop`, when the server stops accepting; joined below.
+        reloader_opt = Some(tls.spawn_reloader(stop.clone()));
     }
     let scheme = if tls_opt.is_some() { "https" } else { "http" };
     let server = axum::serve(
@@ -422,6 +423,10 @@ pub async fn run(
         None => tracing::info!("shutdown requested during restore"),
     }
     stop.cancel();
+    if let Some(reloader) = reloader_opt {
+        // It only sleeps and reads two files: it stops at its next poll of `stop`.
+        let _ = reloader.await;
+    }
     if !server.is_finished() {
         match tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), &mut server).await {
             Ok(joined) => outcome = outcome.and(flatten_serve(joined)),
