@@ -78,7 +78,7 @@ impl Listener for BoundedListener {
         let stream = match &self.tls_opt {
             None => Conn::Plain(stream),
             Some(acceptor) => Conn::Handshake {
-                accept: acceptor.accept(stream),
+                accept: Box::new(acceptor.accept(stream)),
                 deadline: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(
                     TLS_HANDSHAKE_TIMEOUT_MS,
                 ))),
@@ -112,8 +112,8 @@ enum Conn {
     Plain(TcpStream),
     /// HTTPS before the handshake has completed.
     Handshake {
-        /// The handshake in progress.
-        accept: Accept<TcpStream>,
+        /// The handshake in progress (boxed: it holds the whole rustls connection state).
+        accept: Box<Accept<TcpStream>>,
         /// When the handshake is given up.
         deadline: Pin<Box<Sleep>>,
     },
@@ -132,7 +132,7 @@ impl BoundedStream {
                 _ => Poll::Ready(Ok(())),
             };
         };
-        let result = match Pin::new(accept).poll(cx) {
+        let result = match Pin::new(accept.as_mut()).poll(cx) {
             Poll::Ready(result) => result,
             Poll::Pending => match deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Err(io::Error::new(
