@@ -9,7 +9,7 @@
 //! - [`event`]: the events recorded in the stream and their encoding.
 //! - [`state`]: the pure state of a shard as the fold of its stream (restore, snapshots, tools).
 //! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
-//! - `actor`: the kameo account actors (virtual: activated on demand, passivated when idle).
+//! - `host`: accounts hosted by their shard: an account's turn, and its messages.
 //! - `log`: group commit of a shard's events into stream records.
 //! - `node`: shards, movement table, the transfer coordinator, recovery, background tasks.
 //! - [`recovery`]: newest valid snapshot + stream tail.
@@ -30,9 +30,9 @@
 #![warn(missing_docs)]
 
 pub mod account;
-mod actor;
 pub mod currency;
 pub mod event;
+mod host;
 pub mod ledger;
 pub mod limits;
 mod log;

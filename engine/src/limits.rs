@@ -36,12 +36,6 @@ pub const HOLDS_PER_ACCOUNT_MAX: usize = 4_096;
 /// Most transfers of one batch call coordinated at once (the rest wait for a slot).
 pub const BATCH_CONCURRENCY_MAX: usize = 2_048;
 
-/// Mailbox size of an account actor: a full mailbox makes senders wait (backpressure).
-pub const ACCOUNT_MAILBOX: usize = 256;
-
-/// How often a call re-resolves an account whose actor passivated under it before giving up.
-pub const ACTIVATION_RETRIES_MAX: u32 = 16;
-
 /// Most records a snapshot or restore reads from the stream per call.
 pub const RESTORE_READ_RECORDS: usize = 1_024;
 
@@ -52,9 +46,9 @@ const _: () = assert!(METADATA_BYTES_MAX + 1024 < EVENT_BYTES_MAX);
 /// Tries of `Ledger::shard_checksum` to find its shard quiet (2 ms apart) before giving up.
 pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;
 
-/// Idle actors asked to passivate before the reaper pauses for a millisecond, so that a mass
-/// passivation never queues thousands of actor stops ahead of requests.
-pub const PASSIVATE_CHUNK: usize = 64;
+/// Longest pause between two looks of the background task at whether a shard's snapshot is
+/// due (shorter when the snapshot interval is shorter).
+pub const SNAPSHOT_CHECK_MS_MAX: u64 = 1_000;
 
 /// First pause before a failed shard asks its stream again whether it takes writes, ms; it
 /// doubles after each refusal.

@@ -209,7 +209,9 @@ impl ShardLog {
         self.filling.lock().next_lsn - 1
     }
 
-    /// Appends without waiting; `Full` when the filling batch has no room.
+    /// Appends without waiting; `Full` when the filling batch has no room. Called only under
+    /// the shard's host lock (`host`): appends of one shard never race, so a turn that saw
+    /// [`ShardLog::room_for`] `n` events appends them without a `Full`.
     pub(crate) fn try_append(&self, ev: &Event) -> Result<TryAppend, LedgerError> {
         let mut f = self.filling.lock();
         if f.failed {
@@ -238,6 +240,15 @@ impl ShardLog {
         Ok(TryAppend::Appended(ticket))
     }
 
+    /// Returns whether `n` more events, each at most [`crate::limits::EVENT_BYTES_MAX`], fit in
+    /// the filling batch (the writer only ever empties it).
+    pub(crate) fn room_for(&self, n: usize) -> bool {
+        let f = self.filling.lock();
+        f.num_events + n <= WAL_BATCH_EVENTS_MAX
+            && f.payload.len() + n.saturating_sub(1) * crate::limits::EVENT_BYTES_MAX
+                < WAL_BATCH_BYTES_MAX
+    }
+
     fn is_full(f: &Filling) -> bool {
         f.num_events >= WAL_BATCH_EVENTS_MAX || f.payload.len() >= WAL_BATCH_BYTES_MAX
     }
@@ -245,19 +256,6 @@ impl ShardLog {
     /// Returns a future that completes when the filling batch may have room again.
     pub(crate) fn room(&self) -> tokio::sync::futures::Notified<'_> {
         self.room.notified()
-    }
-
-    /// Appends, waiting for room when the filling batch is full.
-    pub(crate) async fn append(&self, ev: &Event) -> Result<Ticket, LedgerError> {
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.try_append(ev)? {
-                TryAppend::Appended(t) => return Ok(t),
-                TryAppend::Full => room.await,
-            }
-        }
     }
 
     /// Returns once everything up to `lsn` is durable.

@@ -32,7 +32,6 @@ use std::{
 
 use futures::StreamExt;
 use hashbrown::HashMap as FastMap;
-use kameo::{actor::Spawn, error::SendError, mailbox};
 use parking_lot::Mutex;
 use saldo_persistence::{Lsn, SnapshotStore, Wal};
 use tokio::sync::{Notify, Semaphore};
@@ -40,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     account::{AccountCommand, AccountState},
-    actor::{AccountActor, AccountMsg, AccountReply, Slot},
     event::Event,
+    host::{AccountMsg, AccountReply, Slot, Turn},
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
@@ -58,7 +57,6 @@ pub(crate) struct ShardCore {
     /// Accounts of the shard (foldhash: fast, and seeded per process against flooding).
     pub(crate) slots: Mutex<FastMap<AccountId, Slot>>,
     pub(crate) log: Arc<ShardLog>,
-    pub(crate) live_actors: AtomicU64,
     pub(crate) movements_window: usize,
     /// LSN and time of the newest snapshot.
     last_snapshot: Mutex<(Lsn, Option<Instant>)>,
@@ -245,8 +243,8 @@ impl MovementTable {
 
 /// What `try_open` found or did.
 enum OpenStep {
-    /// The account exists with the same parameters (its actor is live or not).
-    Exists { active: bool },
+    /// The account exists with the same parameters.
+    Exists,
     /// A passive account with this ID exists with other parameters; its latest event is `lsn`.
     Differs { lsn: Lsn },
     /// The opening is recorded; durable once the ticket says so.
@@ -352,34 +350,26 @@ fn check_description(d: &Option<String>) -> Result<(), Rejection> {
 }
 
 impl ShardCore {
-    /// Returns a live actor for the account, activating it if needed; `None` if unknown.
-    fn activate(self: &Arc<Self>, id: &AccountId) -> Option<kameo::actor::ActorRef<AccountActor>> {
-        let mut slots = self.slots.lock();
-        if let Slot::Active(r, _, _) = slots.get(id)? {
-            return Some(r.clone());
-        }
-        let Some(Slot::Passive(state, lsn)) = slots.remove(id) else {
-            unreachable!("checked above")
-        };
-        let currency = state.currency();
-        let last_active_ms = Arc::new(AtomicU64::new(crate::actor::coarse_now_ms()));
-        let actor = AccountActor::spawn_with_mailbox(
-            (*state, lsn, self.clone(), last_active_ms.clone()),
-            mailbox::bounded(ACCOUNT_MAILBOX),
-        );
-        slots.insert(
-            id.clone(),
-            Slot::Active(actor.clone(), currency, last_active_ms),
-        );
-        self.live_actors.fetch_add(1, Ordering::Relaxed);
-        Some(actor)
+    /// Returns the account's currency.
+    fn currency_of(&self, id: &AccountId) -> Option<Currency> {
+        Some(self.slots.lock().get(id)?.state.currency())
     }
 
-    /// Returns the account's currency without activating it.
-    fn currency_of(&self, id: &AccountId) -> Option<Currency> {
-        match self.slots.lock().get(id)? {
-            Slot::Passive(s, _) => Some(s.currency()),
-            Slot::Active(_, c, _) => Some(*c),
+    /// Appends an event decided by the node rather than by one account (a refusal before any
+    /// account acted, a batch decision): a turn of the shard itself, under the host lock like
+    /// every append, waiting for room when the group commit is full.
+    async fn append(&self, event: &Event) -> Result<crate::log::Ticket, LedgerError> {
+        loop {
+            let room = self.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let _host = self.slots.lock();
+                if let TryAppend::Appended(ticket) = self.log.try_append(event)? {
+                    return Ok(ticket);
+                }
+            }
+            room.await;
         }
     }
 }
@@ -434,7 +424,7 @@ impl Node {
                     let mut slots: FastMap<AccountId, Slot> =
                         FastMap::with_capacity(state.accounts.len());
                     for (id, a) in state.accounts.drain() {
-                        slots.insert(id, Slot::Passive(Box::new(a), 0));
+                        slots.insert(id, Slot::new(a, 0));
                     }
                     state.accounts = HashMap::new();
                     Ok((state, slots, holds))
@@ -488,7 +478,6 @@ impl Node {
                 id: state.shard,
                 slots: Mutex::new(slots),
                 log,
-                live_actors: AtomicU64::new(0),
                 movements_window: node.config.movements_window,
                 last_snapshot: Mutex::new((state.lsn, None)),
             }));
@@ -598,27 +587,76 @@ impl Node {
         Ok(())
     }
 
-    /// Sends a message to an account's actor, activating it and retrying across passivation.
+    /// Delivers a message to an account and returns its reply: the account's turn runs here,
+    /// under its shard's host lock (see `host`). A command that finds the shard's group commit
+    /// full waits for room and is delivered again; commands of an `ExecMany` already run stay
+    /// run, and the rest follow in order.
     async fn ask(&self, id: &AccountId, msg: AccountMsg) -> Result<AccountReply, LedgerError> {
         let shard = self.shard(id);
-        for _ in 0..ACTIVATION_RETRIES_MAX {
-            let Some(actor) = shard.activate(id) else {
-                return Err(LedgerError::Rejected(Rejection::AccountNotFound));
-            };
-            match actor.ask(msg.clone()).await {
-                Ok(AccountReply::Moved) => continue,
-                Ok(AccountReply::Failed(e)) => return Err(e),
-                Ok(reply) => return Ok(reply),
-                Err(SendError::ActorNotRunning(_) | SendError::ActorStopped) => continue,
-                Err(_) => {
-                    return Err(LedgerError::Unavailable {
-                        reason: "account actor failed",
-                    })
+        let window = shard.movements_window;
+        let cmds = match msg {
+            AccountMsg::Exec(cmd) => loop {
+                let room = shard.log.room();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                {
+                    let mut slots = shard.slots.lock();
+                    let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                    let at = slot.turn_time(Timestamp::now());
+                    if let Turn::Done { result, ticket_opt } =
+                        slot.exec(&shard.log, window, &cmd, at)?
+                    {
+                        return Ok(AccountReply::Executed {
+                            at,
+                            result,
+                            ticket_opt,
+                        });
+                    }
+                }
+                room.await;
+            },
+            AccountMsg::ExecMany(cmds) => cmds,
+            read => {
+                let mut slots = shard.slots.lock();
+                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                return Ok(slot.read(read));
+            }
+        };
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut last_ticket_opt = None;
+        let mut at_opt = None;
+        let mut next = cmds.iter();
+        let mut pending_opt = next.next();
+        while pending_opt.is_some() {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut slots = shard.slots.lock();
+                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                let at = *at_opt.get_or_insert_with(|| slot.turn_time(Timestamp::now()));
+                while let Some(cmd) = pending_opt {
+                    match slot.exec(&shard.log, window, cmd, at)? {
+                        Turn::Done { result, ticket_opt } => {
+                            let recorded = ticket_opt.is_some();
+                            if ticket_opt.is_some() {
+                                last_ticket_opt = ticket_opt;
+                            }
+                            results.push((result.map(|_| ()), recorded));
+                            pending_opt = next.next();
+                        }
+                        Turn::Full => break,
+                    }
                 }
             }
+            if pending_opt.is_some() {
+                room.await;
+            }
         }
-        Err(LedgerError::Overloaded {
-            reason: "account kept passivating",
+        Ok(AccountReply::ExecutedMany {
+            at: at_opt.unwrap_or_else(Timestamp::now),
+            results,
+            last_ticket_opt,
         })
     }
 
@@ -679,10 +717,7 @@ impl Node {
             room.as_mut().enable();
             // Decide under the lock, act (await) after it is released.
             match Self::try_open(shard, &cmd)? {
-                OpenStep::Exists { active: true } => return self.open_existing(cmd).await,
-                OpenStep::Exists { active: false } => {
-                    return Ok((self.account(&cmd.account_id).await?, false))
-                }
+                OpenStep::Exists => return Ok((self.account(&cmd.account_id).await?, false)),
                 OpenStep::Differs { lsn } => {
                     // `account_exists` only once the opening it refers to is durable.
                     self.wait_durable_bounded(shard, lsn).await?;
@@ -702,10 +737,10 @@ impl Node {
     fn try_open(shard: &ShardCore, cmd: &OpenAccount) -> Result<OpenStep, LedgerError> {
         let mut slots = shard.slots.lock();
         if let Some(slot) = slots.get(&cmd.account_id) {
-            return Ok(match slot {
-                Slot::Passive(s, lsn) if !s.same_opening(cmd) => OpenStep::Differs { lsn: *lsn },
-                Slot::Passive(..) => OpenStep::Exists { active: false },
-                Slot::Active(..) => OpenStep::Exists { active: true },
+            return Ok(if slot.state.same_opening(cmd) {
+                OpenStep::Exists
+            } else {
+                OpenStep::Differs { lsn: slot.last_lsn }
             });
         }
         let at = Timestamp::now();
@@ -717,76 +752,39 @@ impl Node {
             TryAppend::Appended(ticket) => {
                 let state = AccountState::open(cmd, at);
                 let view = state.view();
-                slots.insert(
-                    cmd.account_id.clone(),
-                    Slot::Passive(Box::new(state), ticket.lsn),
-                );
+                slots.insert(cmd.account_id.clone(), Slot::new(state, ticket.lsn));
                 Ok(OpenStep::Created(view, ticket))
             }
             TryAppend::Full => Ok(OpenStep::Full),
         }
     }
 
-    async fn open_existing(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
-        let (state, lsn) = self.account_state(&cmd.account_id).await?;
-        // Answer only from durable state: the opening found may not be durable yet.
-        self.wait_durable_bounded(self.shard(&cmd.account_id), lsn)
-            .await?;
-        if !state.same_opening(&cmd) {
-            return Err(Rejection::AccountExists.into());
-        }
-        Ok((self.account(&cmd.account_id).await?, false))
-    }
-
     /// Returns the account's state and the LSN of its latest event (durable or not).
-    async fn account_state(&self, id: &AccountId) -> Result<(AccountState, Lsn), LedgerError> {
-        {
-            let slots = self.shard(id).slots.lock();
-            match slots.get(id) {
-                None => return Err(Rejection::AccountNotFound.into()),
-                Some(Slot::Passive(s, lsn)) => return Ok(((**s).clone(), *lsn)),
-                Some(Slot::Active(..)) => {}
-            }
-        }
-        match self.ask(id, AccountMsg::State).await? {
-            AccountReply::State(s, lsn) => Ok((*s, lsn)),
-            _ => unreachable!("State replies State"),
-        }
+    fn account_state(&self, id: &AccountId) -> Result<(AccountState, Lsn), LedgerError> {
+        let slots = self.shard(id).slots.lock();
+        let slot = slots.get(id).ok_or(Rejection::AccountNotFound)?;
+        Ok(((*slot.state).clone(), slot.last_lsn))
     }
 
-    /// Reads from the passive state if the account is passive, else asks its actor; then
-    /// waits until the latest event the answer reflects is durable.
+    /// Reads an account, then waits until the latest event the answer reflects is durable.
     async fn read<T>(
         &self,
         id: &AccountId,
-        passive: impl FnOnce(&AccountState) -> T,
-        msg: AccountMsg,
-        active: impl FnOnce(AccountReply) -> (T, Lsn),
+        read: impl FnOnce(&AccountState) -> T,
     ) -> Result<T, LedgerError> {
         self.check_open()?;
         let shard = self.shard(id);
-        let passive_result = {
+        let (value, lsn) = {
             let slots = shard.slots.lock();
-            match slots.get(id) {
-                None => return Err(Rejection::AccountNotFound.into()),
-                Some(Slot::Passive(s, lsn)) => Some((passive(s), *lsn)),
-                Some(Slot::Active(..)) => None,
-            }
-        };
-        let (value, lsn) = match passive_result {
-            Some(r) => r,
-            None => active(self.ask(id, msg).await?),
+            let slot = slots.get(id).ok_or(Rejection::AccountNotFound)?;
+            (read(&slot.state), slot.last_lsn)
         };
         self.wait_durable_bounded(shard, lsn).await?;
         Ok(value)
     }
 
     pub(crate) async fn account(&self, id: &AccountId) -> Result<AccountView, LedgerError> {
-        self.read(id, AccountState::view, AccountMsg::View, |r| match r {
-            AccountReply::View(v, lsn) => (v, lsn),
-            _ => unreachable!(),
-        })
-        .await
+        self.read(id, AccountState::view).await
     }
 
     pub(crate) async fn movements(
@@ -796,16 +794,7 @@ impl Node {
         cursor_opt: Option<u64>,
     ) -> Result<MovementsPage, LedgerError> {
         let limit = limit.clamp(1, MOVEMENTS_PAGE_MAX);
-        self.read(
-            id,
-            |s| s.movements(limit, cursor_opt),
-            AccountMsg::Movements { limit, cursor_opt },
-            |r| match r {
-                AccountReply::Movements(p, lsn) => (p, lsn),
-                _ => unreachable!(),
-            },
-        )
-        .await
+        self.read(id, |s| s.movements(limit, cursor_opt)).await
     }
 
     pub(crate) async fn daily(
@@ -817,17 +806,7 @@ impl Node {
         if to < from || to.0 - from.0 >= DAILY_RANGE_DAYS_MAX {
             return Err(Rejection::InvalidId.into());
         }
-        let (days, currency) = self
-            .read(
-                id,
-                |s| (s.daily(from, to), s.currency()),
-                AccountMsg::Daily { from, to },
-                |r| match r {
-                    AccountReply::Daily(d, c, lsn) => ((d, c), lsn),
-                    _ => unreachable!(),
-                },
-            )
-            .await?;
+        let (days, currency) = self.read(id, |s| (s.daily(from, to), s.currency())).await?;
         Ok(DailyReport {
             account_id: id.clone(),
             currency,
@@ -990,7 +969,7 @@ impl Node {
         event: Event,
         cell_opt: Option<&MovementCell>,
     ) -> Result<(), LedgerError> {
-        let ticket = self.shard(home).log.append(&event).await?;
+        let ticket = self.shard(home).append(&event).await?;
         if let Some(cell) = cell_opt {
             cell.recorded_at(event.at(), self.shard_index(home), ticket.lsn);
         }
@@ -1033,6 +1012,12 @@ impl Node {
             }
             Some(_) => {}
         }
+        let debit_shard = self.shard_index(&t.debit_account_id);
+        if debit_shard == self.shard_index(&t.credit_account_id) {
+            return self
+                .transfer_in_shard(&self.shards[debit_shard], t, cell)
+                .await;
+        }
         let (hold, ticket_opt) = match self
             .exec_at(
                 &t.debit_account_id,
@@ -1065,6 +1050,99 @@ impl Node {
             ticket.durable().await?;
         }
         self.credit_then_commit(t, cross_shard).await
+    }
+
+    /// A transfer whose accounts share a shard: hold, credit and commit (or release) in one
+    /// turn of the shard, appended to one group commit, answered once the last is durable
+    /// (within one shard the stream's order makes each earlier phase durable with it).
+    async fn transfer_in_shard(
+        &self,
+        shard: &ShardCore,
+        t: &Transfer,
+        cell: &MovementCell,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let debit = &t.debit_account_id;
+        let (status, ticket) = loop {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if shard.log.room_for(3) {
+                match self.transfer_turn(shard, t, cell)? {
+                    Some(done) => break done,
+                    None => {
+                        let event = Event::TransferRejected {
+                            transfer: t.clone(),
+                            reason: Rejection::AccountNotFound,
+                            at: Timestamp::now(),
+                        };
+                        self.record_rejection(debit, event, Some(cell)).await?;
+                        return Ok(Err(Rejection::AccountNotFound));
+                    }
+                }
+            }
+            room.await;
+        };
+        ticket.durable().await?;
+        Ok(status)
+    }
+
+    /// The turn of [`Node::transfer_in_shard`], in a shard whose log has room for its three
+    /// events: the final status and the ticket of the last record; `None` when the debit
+    /// account does not exist (nothing recorded).
+    fn transfer_turn(
+        &self,
+        shard: &ShardCore,
+        t: &Transfer,
+        cell: &MovementCell,
+    ) -> Result<Option<(Result<(), Rejection>, crate::log::Ticket)>, LedgerError> {
+        let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
+        let mut slots = shard.slots.lock();
+        let Some(slot) = slots.get_mut(debit) else {
+            return Ok(None);
+        };
+        let at = slot.turn_time(Timestamp::now());
+        let (hold, ticket) = Self::turn(slot, shard, &AccountCommand::Hold(t.clone(), None), at)?;
+        let ticket = ticket.expect("a hold or its refusal is recorded");
+        cell.recorded_at(at, shard.id as usize, ticket.lsn);
+        if let Err(reason) = hold {
+            return Ok(Some((Err(reason), ticket)));
+        }
+        let slot = slots
+            .get_mut(credit)
+            .expect("the credit account was checked, and accounts are never deleted");
+        let credit_at = slot.turn_time(at);
+        let (credited, _) = Self::turn(slot, shard, &AccountCommand::Credit(t.clone()), credit_at)?;
+        let (finish, status) = match credited {
+            Ok(_) => (AccountCommand::Commit(t.transfer_id.clone()), Ok(())),
+            Err(reason) => (
+                AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
+                Err(reason),
+            ),
+        };
+        let slot = slots.get_mut(debit).expect("checked above");
+        let (finished, ticket) = Self::turn(slot, shard, &finish, at)?;
+        assert!(
+            finished.is_ok(),
+            "the hold of transfer {} is open until its commit or release",
+            t.transfer_id
+        );
+        Ok(Some((
+            status,
+            ticket.expect("a commit or release is recorded"),
+        )))
+    }
+
+    /// One command's turn on a hosted account, in a turn that checked the log's room first.
+    fn turn(
+        slot: &mut Slot,
+        shard: &ShardCore,
+        cmd: &AccountCommand,
+        at: Timestamp,
+    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
+        match slot.exec(&shard.log, shard.movements_window, cmd, at)? {
+            Turn::Done { result, ticket_opt } => Ok((result, ticket_opt)),
+            Turn::Full => unreachable!("the turn checked the log's room"),
+        }
     }
 
     /// Phases 4–6: credit, then commit (or release if the credit is refused).
@@ -1492,7 +1570,7 @@ impl Node {
             at: Timestamp::now(),
         };
         let shard = self.shard_index(&t.debit_account_id);
-        let ticket = self.shards[shard].log.append(&event).await?;
+        let ticket = self.shards[shard].append(&event).await?;
         if let Some(cell) = cell_opt {
             cell.recorded_at(event.at(), shard, ticket.lsn);
         }
@@ -1913,7 +1991,6 @@ impl Node {
         let mut oldest_opt: Option<Instant> = None;
         let mut all_snapshotted = true;
         for shard in &self.shards {
-            s.live_actors += shard.live_actors.load(Ordering::Relaxed);
             s.num_accounts += shard.slots.lock().len() as u64;
             s.wal_append_latency_us_sum += shard
                 .log
@@ -1937,18 +2014,14 @@ impl Node {
     }
 
     async fn run_background(self: Arc<Self>) {
-        let tick = Duration::from_millis((self.config.passivate_after_ms / 2).clamp(10, 1_000));
-        let mut last_passivation = Instant::now();
+        let tick = Duration::from_millis(match self.config.snapshot_interval_ms {
+            0 => SNAPSHOT_CHECK_MS_MAX,
+            interval => (interval / 2).clamp(10, SNAPSHOT_CHECK_MS_MAX),
+        });
         loop {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
                 () = self.stop_background.cancelled() => return,
-            }
-            if last_passivation.elapsed()
-                >= Duration::from_millis(self.config.passivate_after_ms / 2)
-            {
-                self.passivate_idle().await;
-                last_passivation = Instant::now();
             }
             for shard in &self.shards {
                 let (lsn, at_opt) = *shard.last_snapshot.lock();
@@ -1985,41 +2058,6 @@ impl Node {
         }
     }
 
-    async fn passivate_idle(&self) {
-        let idle = Duration::from_millis(self.config.passivate_after_ms);
-        for shard in &self.shards {
-            let actors: Vec<_> = shard
-                .slots
-                .lock()
-                .values()
-                .filter_map(|s| match s {
-                    // Only actors idle long enough get a message.
-                    Slot::Active(r, _, last)
-                        if crate::actor::coarse_now_ms()
-                            .saturating_sub(last.load(Ordering::Relaxed))
-                            >= self.config.passivate_after_ms =>
-                    {
-                        Some(r.clone())
-                    }
-                    Slot::Active(..) => None,
-                    Slot::Passive(..) => None,
-                })
-                .collect();
-            // In small chunks with a pause between: thousands of actors stopping at once queue
-            // ahead of requests on the runtime's workers (a 200 ms stall was measured when a
-            // load test's 10,000 accounts went idle together).
-            for (k, actor) in actors.into_iter().enumerate() {
-                let _ = actor.tell(AccountMsg::Passivate { idle }).await;
-                if k % PASSIVATE_CHUNK == PASSIVATE_CHUNK - 1 {
-                    if self.stop_background.is_cancelled() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-    }
-
     /// Writes a snapshot of a shard folded from its durable stream (never from live memory,
     /// so the hot path is not paused), keeps the newest ones and prunes the stream below them.
     async fn snapshot_shard(&self, shard: &ShardCore) -> Result<(), EngineError> {
@@ -2051,7 +2089,6 @@ impl Node {
             for id in ids {
                 all.push(
                     self.account_state(&id)
-                        .await
                         .map_err(|e| EngineError::Restore(e.to_string()))?
                         .0,
                 );
@@ -2085,7 +2122,6 @@ impl Node {
             for id in ids {
                 all.push(
                     self.account_state(&id)
-                        .await
                         .map_err(|e| EngineError::Restore(e.to_string()))?
                         .0,
                 );

@@ -1,0 +1,165 @@
+//! Accounts hosted by their shard.
+//!
+//! An account is an actor: it alone owns its state, handles one message at a time and is
+//! reached only through messages ([`AccountMsg`] in, [`AccountReply`] out). Its host is its
+//! shard ([`crate::node::ShardCore`]): the shard keeps every account's state in one map and runs
+//! an account's turn under the shard's host lock, on the task of whoever delivers the message
+//! (a dispatcher with a caller-runs policy, as Akka's calling-thread dispatcher and Orleans'
+//! silos run many actors on few threads). There is no tokio task, mailbox or wake-up per
+//! account, and nothing to activate or passivate: an idle account is its compact state.
+//!
+//! The host lock also guards the append side of the shard's group-commit log: every event of
+//! a shard is appended inside an account's turn (or a shard-level turn, see
+//! `ShardCore::append`), so a turn that checked the log's room for `n` events appends them
+//! all without waiting, and a transfer within one shard (hold, credit, commit) is one turn.
+//!
+//! A turn never awaits. A turn that finds the filling group commit full appends nothing and
+//! answers [`Turn::Full`]: the deliverer waits for room and delivers again. Business
+//! rejections are reply values.
+
+use saldo_persistence::Lsn;
+
+use crate::{
+    account::{AccountCommand, AccountState},
+    event::Event,
+    log::{ShardLog, Ticket, TryAppend},
+    types::{LedgerError, Rejection, Timestamp},
+};
+
+/// An account as its shard hosts it.
+pub(crate) struct Slot {
+    /// Boxed: the map of a shard with a million accounts stays compact (its buckets hold a key
+    /// and a pointer).
+    pub(crate) state: Box<AccountState>,
+    /// LSN of the latest event applied (reads wait until it is durable).
+    pub(crate) last_lsn: Lsn,
+}
+
+/// A message to an account.
+#[derive(Clone, Debug)]
+pub(crate) enum AccountMsg {
+    Exec(AccountCommand),
+    /// Many commands in one turn (a batch's phase for this account), in order.
+    ExecMany(Vec<AccountCommand>),
+    /// Reserve room for an atomic batch's credit (records nothing).
+    ReserveIncoming(crate::types::Transfer),
+    /// Give back a reservation whose batch aborted.
+    ReleaseIncoming(i64),
+}
+
+/// The reply of an account.
+pub(crate) enum AccountReply {
+    /// A command ran: `Ok(event)` applied, or the rejection. The ticket (when something was
+    /// recorded) says when it is durable.
+    Executed {
+        /// The time of the recorded event (when something was recorded).
+        at: Timestamp,
+        result: Result<Event, Rejection>,
+        ticket_opt: Option<Ticket>,
+    },
+    /// Many commands ran, in order: each outcome, and whether it was recorded. The ticket of
+    /// the last record covers every earlier one (a shard's records become durable in order).
+    ExecutedMany {
+        at: Timestamp,
+        results: Vec<(Result<(), Rejection>, bool)>,
+        last_ticket_opt: Option<Ticket>,
+    },
+    /// A reservation's outcome, and the LSN of the latest event of the state it was checked on.
+    Reserved(Result<(), Rejection>, Lsn),
+}
+
+/// The outcome of one command's turn.
+pub(crate) enum Turn {
+    /// Decided, recorded when worth recording, and applied when accepted.
+    Done {
+        result: Result<Event, Rejection>,
+        ticket_opt: Option<Ticket>,
+    },
+    /// The shard's filling group commit has no room: nothing happened; deliver again once
+    /// the log has room.
+    Full,
+}
+
+impl Slot {
+    pub(crate) fn new(state: AccountState, last_lsn: Lsn) -> Slot {
+        Slot {
+            state: Box::new(state),
+            last_lsn,
+        }
+    }
+
+    /// The time of a turn: the wall clock, but never behind the account's latest event
+    /// (time never goes backwards on an account, whatever the wall clock does).
+    pub(crate) fn turn_time(&self, now: Timestamp) -> Timestamp {
+        now.max(self.state.updated_at())
+    }
+
+    /// Decides one command at `at`, records its event (or the refusal worth recording) and
+    /// applies it.
+    pub(crate) fn exec(
+        &mut self,
+        log: &ShardLog,
+        movements_window: usize,
+        cmd: &AccountCommand,
+        at: Timestamp,
+    ) -> Result<Turn, LedgerError> {
+        let (event, result) = match self.state.decide(cmd, at) {
+            Ok(ev) => (Some(ev.clone()), Ok(ev)),
+            Err(reason) => {
+                let record_opt = match cmd {
+                    AccountCommand::Hold(t, _) => Some(Event::TransferRejected {
+                        transfer: t.clone(),
+                        reason: reason.clone(),
+                        at,
+                    }),
+                    AccountCommand::Entry(e) => Some(Event::EntryRejected {
+                        entry: e.clone(),
+                        reason: reason.clone(),
+                        at,
+                    }),
+                    _ => None,
+                };
+                (record_opt, Err(reason))
+            }
+        };
+        let Some(event) = event else {
+            return Ok(Turn::Done {
+                result,
+                ticket_opt: None,
+            });
+        };
+        let ticket = match log.try_append(&event)? {
+            TryAppend::Appended(t) => t,
+            TryAppend::Full => return Ok(Turn::Full),
+        };
+        self.last_lsn = ticket.lsn;
+        if result.is_ok() {
+            self.state.apply(&event, movements_window);
+            if let AccountCommand::CreditReserved(t) = cmd {
+                self.state.release_incoming(t.amount_minor);
+            }
+        }
+        Ok(Turn::Done {
+            result,
+            ticket_opt: Some(ticket),
+        })
+    }
+
+    /// Handles a message that records nothing. (Reads of an account's state need no turn:
+    /// they look at the hosted state under the host lock, see `Node::read`.)
+    pub(crate) fn read(&mut self, msg: AccountMsg) -> AccountReply {
+        let lsn = self.last_lsn;
+        match msg {
+            AccountMsg::ReserveIncoming(t) => {
+                AccountReply::Reserved(self.state.reserve_incoming(&t), lsn)
+            }
+            AccountMsg::ReleaseIncoming(amount_minor) => {
+                self.state.release_incoming(amount_minor);
+                AccountReply::Reserved(Ok(()), lsn)
+            }
+            AccountMsg::Exec(_) | AccountMsg::ExecMany(_) => {
+                unreachable!("commands are delivered through exec")
+            }
+        }
+    }
+}
