@@ -111,6 +111,9 @@ impl Ledger {
     /// durable. A repeated ID with the same content returns the original outcome (`replayed`);
     /// with other content, `IdConflict` and nothing changes.
     pub async fn transfer(&self, cmd: Transfer) -> Result<Posted, LedgerError> {
+        if let Some(posted) = self.inner.try_transfer_in_shard(&cmd).await {
+            return posted;
+        }
         let node = self.inner.clone();
         detached(async move { node.transfer(cmd).await }, Err).await
     }

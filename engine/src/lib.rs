@@ -11,7 +11,8 @@
 //! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
 //! - `host`: accounts hosted by their shard: an account's turn, and its messages.
 //! - `log`: group commit of a shard's events into stream records.
-//! - `node`: shards, movement table, the transfer coordinator, recovery, background tasks.
+//! - `movements`: the movement table (idempotency: every ID the node knows, each one's cell).
+//! - `node`: shards, the transfer coordinator, recovery, background tasks.
 //! - [`recovery`]: newest valid snapshot + stream tail.
 //! - [`limits`]: every bound, with compile-time checks of how they relate.
 //! - [`ledger`]: [`Ledger`], the public handle.
@@ -36,6 +37,7 @@ mod host;
 pub mod ledger;
 pub mod limits;
 mod log;
+mod movements;
 mod node;
 pub mod recovery;
 pub mod shard;

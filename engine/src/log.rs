@@ -32,6 +32,7 @@ use crate::{
         STREAM_PROBE_INTERVAL_MS_MAX, STREAM_PROBE_INTERVAL_MS_MIN, WAL_BATCH_BYTES_MAX,
         WAL_BATCH_EVENTS_MAX, WAL_UNDEMANDED_FLUSH_US,
     },
+    movements::Settlement,
     stats::Histogram,
     types::LedgerError,
 };
@@ -151,6 +152,10 @@ struct Filling {
     signal: Arc<BatchSignal>,
     /// The batch being written: (last lsn, signal).
     writing_opt: Option<(Lsn, Arc<BatchSignal>)>,
+    /// Movements settled once the filling batch is durable.
+    settlements: Vec<Settlement>,
+    /// Movements settled once the batch being written is durable.
+    writing_settlements: Vec<Settlement>,
     failed: bool,
 }
 
@@ -188,6 +193,8 @@ impl ShardLog {
                 payload: Vec::with_capacity(64 * 1024),
                 signal: BatchSignal::new(&wake_writer),
                 writing_opt: None,
+                settlements: Vec::new(),
+                writing_settlements: Vec::new(),
                 failed: false,
             }),
             durable_lsn: AtomicU64::new(tail_lsn),
@@ -256,6 +263,25 @@ impl ShardLog {
     /// Returns a future that completes when the filling batch may have room again.
     pub(crate) fn room(&self) -> tokio::sync::futures::Notified<'_> {
         self.room.notified()
+    }
+
+    /// Settles a movement once everything up to `lsn` (its deciding record) is durable: the
+    /// writer does it after the append, so the movement needs no task of its own. On a failed
+    /// stream the movement stays pending (its waiters learn of the failure, `StreamHealth`).
+    pub(crate) fn settle_at(&self, lsn: Lsn, settlement: Settlement) {
+        let mut f = self.filling.lock();
+        if f.failed {
+            return;
+        }
+        match &f.writing_opt {
+            Some((last, _)) if lsn <= *last => f.writing_settlements.push(settlement),
+            _ if lsn >= f.first_lsn => f.settlements.push(settlement),
+            _ => {
+                drop(f);
+                debug_assert!(self.durable_lsn() >= lsn);
+                settlement.settle();
+            }
+        }
     }
 
     /// Returns once everything up to `lsn` is durable.
@@ -349,6 +375,7 @@ impl ShardLog {
                 self.batch_events.record(f.num_events as u64);
                 f.num_events = 0;
                 f.writing_opt = Some((last, signal.clone()));
+                f.writing_settlements = std::mem::take(&mut f.settlements);
                 (first, last, payload, signal)
             };
             self.room.notify_waiters();
@@ -363,10 +390,15 @@ impl ShardLog {
                         .record(started.elapsed().as_micros() as u64);
                     prev_hash = hash;
                     self.durable_lsn.store(last_lsn, Ordering::Release);
-                    {
-                        self.filling.lock().writing_opt = None;
-                    }
+                    let settlements = {
+                        let mut f = self.filling.lock();
+                        f.writing_opt = None;
+                        std::mem::take(&mut f.writing_settlements)
+                    };
                     signal.complete(true);
+                    for s in settlements {
+                        s.settle();
+                    }
                 }
                 Err(e) => {
                     // After a failed append nothing later may be trusted: the shard stops
@@ -376,6 +408,8 @@ impl ShardLog {
                         let mut f = self.filling.lock();
                         f.failed = true;
                         f.writing_opt = None;
+                        f.settlements.clear();
+                        f.writing_settlements.clear();
                         f.signal.clone()
                     };
                     health.mark_failed(self.shard, e.to_string());

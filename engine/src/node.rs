@@ -34,7 +34,7 @@ use futures::StreamExt;
 use hashbrown::HashMap as FastMap;
 use parking_lot::Mutex;
 use saldo_persistence::{Lsn, SnapshotStore, Wal};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,9 +44,9 @@ use crate::{
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
+    movements::{Claim, MovementCell, MovementTable, Settlement},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
-    state::MovementRecord,
     types::*,
     EngineError,
 };
@@ -60,185 +60,6 @@ pub(crate) struct ShardCore {
     pub(crate) movements_window: usize,
     /// LSN and time of the newest snapshot.
     last_snapshot: Mutex<(Lsn, Option<Instant>)>,
-}
-
-/// A transfer or entry known to the node.
-struct MovementCell {
-    body: MovementBody,
-    state: Mutex<CellState>,
-    done: Notify,
-}
-
-#[derive(Clone)]
-struct CellState {
-    status: MovementStatus,
-    rejection_opt: Option<Rejection>,
-    balance_after_minor_opt: Option<i64>,
-    /// Time of the first record of the movement (the claim's time until then), so that the
-    /// answer is the same before and after a restart.
-    created_at: Timestamp,
-    /// The claim was dropped before anything was recorded (infrastructure failure).
-    abandoned: bool,
-    /// A record of the movement was appended (it may be durable): the ID is never freed for a
-    /// retry after that; a failure leaves it pending until recovery settles it.
-    recorded: bool,
-    /// Shard and LSN of the movement's first record, once appended: a read answers `pending`
-    /// only once that record is durable (before, the movement exists in memory alone).
-    first_record_opt: Option<(usize, Lsn)>,
-}
-
-impl MovementCell {
-    fn view(&self) -> MovementView {
-        let s = self.state.lock().clone();
-        MovementView {
-            body: self.body.clone(),
-            status: s.status,
-            rejection_opt: s.rejection_opt,
-            created_at: s.created_at,
-            balance_after_minor_opt: s.balance_after_minor_opt,
-        }
-    }
-
-    /// Sets the creation time and place to those of the movement's first record.
-    fn recorded_at(&self, at: Timestamp, shard: usize, lsn: Lsn) {
-        let mut s = self.state.lock();
-        s.created_at = at;
-        s.recorded = true;
-        s.first_record_opt.get_or_insert((shard, lsn));
-    }
-
-    /// Marks the movement as possibly recorded, keeping its creation time.
-    fn maybe_recorded(&self) {
-        self.state.lock().recorded = true;
-    }
-
-    /// Returns whether the movement is pending with nothing recorded (its ID may be freed).
-    fn unrecorded(&self) -> bool {
-        let s = self.state.lock();
-        s.status == MovementStatus::Pending && !s.recorded
-    }
-
-    fn finish(
-        &self,
-        status: MovementStatus,
-        rejection_opt: Option<Rejection>,
-        balance_after_minor_opt: Option<i64>,
-    ) {
-        let mut s = self.state.lock();
-        s.status = status;
-        s.rejection_opt = rejection_opt;
-        s.balance_after_minor_opt = balance_after_minor_opt;
-        drop(s);
-        self.done.notify_waiters();
-    }
-
-    /// Waits until the movement is committed or rejected for good. Once a shard's stream has
-    /// failed (`stream_failed`), a movement still pending may stay so until the restart that
-    /// recovers the shard: the wait ends with `Unavailable` (a retry after it is safe).
-    async fn settled(
-        &self,
-        stream_failed: &CancellationToken,
-    ) -> Result<MovementView, LedgerError> {
-        loop {
-            let notified = self.done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let s = self.state.lock();
-                if s.abandoned {
-                    return Err(LedgerError::Unavailable {
-                        reason: "the original request failed; retry",
-                    });
-                }
-                if s.status != MovementStatus::Pending {
-                    drop(s);
-                    return Ok(self.view());
-                }
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = stream_failed.cancelled() => {
-                    if self.state.lock().status == MovementStatus::Pending {
-                        return Err(LedgerError::Unavailable {
-                            reason: "a stream failed; the outcome is known after the node restarts",
-                        });
-                    }
-                }
-            }
-        }
-    }
-}
-
-const MOVEMENT_STRIPES: usize = 64;
-
-/// Every transfer and entry ID the node knows: one namespace, striped to spread contention.
-struct MovementTable {
-    stripes: Vec<Mutex<FastMap<MovementId, Arc<MovementCell>>>>,
-}
-
-enum Claim {
-    New(Arc<MovementCell>),
-    Existing(Arc<MovementCell>),
-}
-
-impl MovementTable {
-    fn new() -> MovementTable {
-        MovementTable {
-            stripes: (0..MOVEMENT_STRIPES)
-                .map(|_| Mutex::new(FastMap::new()))
-                .collect(),
-        }
-    }
-    fn stripe(&self, id: &MovementId) -> &Mutex<FastMap<MovementId, Arc<MovementCell>>> {
-        &self.stripes
-            [(crate::shard::fnv1a_64(id.as_str().as_bytes()) % MOVEMENT_STRIPES as u64) as usize]
-    }
-    fn get(&self, id: &MovementId) -> Option<Arc<MovementCell>> {
-        self.stripe(id).lock().get(id).cloned()
-    }
-    fn claim(&self, id: &MovementId, body: &MovementBody, now: Timestamp) -> Claim {
-        let mut stripe = self.stripe(id).lock();
-        if let Some(cell) = stripe.get(id) {
-            return Claim::Existing(cell.clone());
-        }
-        let cell = Arc::new(MovementCell {
-            body: body.clone(),
-            state: Mutex::new(CellState {
-                created_at: now,
-                status: MovementStatus::Pending,
-                rejection_opt: None,
-                balance_after_minor_opt: None,
-                abandoned: false,
-                recorded: false,
-                first_record_opt: None,
-            }),
-            done: Notify::new(),
-        });
-        stripe.insert(id.clone(), cell.clone());
-        Claim::New(cell)
-    }
-    fn insert_restored(&self, id: MovementId, rec: MovementRecord) {
-        let cell = Arc::new(MovementCell {
-            body: rec.body,
-            state: Mutex::new(CellState {
-                created_at: rec.created_at,
-                status: rec.status,
-                rejection_opt: rec.rejection_opt,
-                balance_after_minor_opt: rec.balance_after_minor_opt,
-                abandoned: false,
-                recorded: true,
-                first_record_opt: None,
-            }),
-            done: Notify::new(),
-        });
-        self.stripe(&id).lock().insert(id, cell);
-    }
-    /// Drops a claim for which nothing was recorded, waking anyone waiting on it.
-    fn abandon(&self, id: &MovementId, cell: &MovementCell) {
-        cell.state.lock().abandoned = true;
-        cell.done.notify_waiters();
-        self.stripe(id).lock().remove(id);
-    }
 }
 
 /// What `try_open` found or did.
@@ -981,7 +802,7 @@ impl Node {
     async fn drive_transfer(
         &self,
         t: &Transfer,
-        cell: &MovementCell,
+        cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
         let reject_early = |reason: Rejection| Event::TransferRejected {
             transfer: t.clone(),
@@ -1059,7 +880,7 @@ impl Node {
         &self,
         shard: &ShardCore,
         t: &Transfer,
-        cell: &MovementCell,
+        cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
         let debit = &t.debit_account_id;
         let (status, ticket) = loop {
@@ -1067,7 +888,7 @@ impl Node {
             tokio::pin!(room);
             room.as_mut().enable();
             if shard.log.room_for(3) {
-                match self.transfer_turn(shard, t, cell)? {
+                match self.transfer_turn(shard, t, cell, false)? {
                     Some(done) => break done,
                     None => {
                         let event = Event::TransferRejected {
@@ -1086,14 +907,77 @@ impl Node {
         Ok(status)
     }
 
-    /// The turn of [`Node::transfer_in_shard`], in a shard whose log has room for its three
+    /// A transfer whose accounts both exist in one shard, in the transfer's currency: claimed,
+    /// then run in one turn of the shard that also hands the movement to the shard (its log
+    /// writer settles it once the turn's last record is durable). The caller only waits for
+    /// the outcome: the transfer needs no task of its own, and a caller that hangs up strands
+    /// nothing. `None` (nothing claimed) for any other transfer: the coordinator runs it.
+    pub(crate) async fn try_transfer_in_shard(
+        &self,
+        t: &Transfer,
+    ) -> Option<Result<Posted, LedgerError>> {
+        if let Err(e) = self.check_open() {
+            return Some(Err(e));
+        }
+        if let Err(r) = Self::validate_transfer(t) {
+            return Some(Err(r.into()));
+        }
+        let index = self.shard_index(&t.debit_account_id);
+        let shard = &self.shards[index];
+        if index != self.shard_index(&t.credit_account_id)
+            || shard.currency_of(&t.credit_account_id) != Some(t.currency)
+            || shard.currency_of(&t.debit_account_id).is_none()
+        {
+            return None;
+        }
+        let _permit = match self.in_flight_permit() {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let cell = match self
+            .claim(&t.transfer_id, &MovementBody::Transfer(t.clone()))
+            .await
+        {
+            Ok(cell) => cell,
+            Err(outcome) => return Some(outcome),
+        };
+        let turn = loop {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if shard.log.room_for(3) {
+                break self.transfer_turn(shard, t, &cell, true);
+            }
+            room.await;
+        };
+        if let Err(e) = turn {
+            if cell.unrecorded() {
+                self.movements.abandon(&t.transfer_id, &cell);
+            }
+            return Some(Err(e));
+        }
+        Some(match cell.settled(&self.health.any_failed).await {
+            Ok(movement) => match (&movement.status, &movement.rejection_opt) {
+                (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
+                _ => Ok(Posted {
+                    movement,
+                    replayed: false,
+                }),
+            },
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The turn of a transfer within one shard, in a shard whose log has room for its three
     /// events: the final status and the ticket of the last record; `None` when the debit
-    /// account does not exist (nothing recorded).
+    /// account does not exist (nothing recorded). With `settle`, the shard's log writer
+    /// settles the movement once that record is durable.
     fn transfer_turn(
         &self,
         shard: &ShardCore,
         t: &Transfer,
-        cell: &MovementCell,
+        cell: &Arc<MovementCell>,
+        settle: bool,
     ) -> Result<Option<(Result<(), Rejection>, crate::log::Ticket)>, LedgerError> {
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
         let mut slots = shard.slots.lock();
@@ -1105,6 +989,15 @@ impl Node {
         let ticket = ticket.expect("a hold or its refusal is recorded");
         cell.recorded_at(at, shard.id as usize, ticket.lsn);
         if let Err(reason) = hold {
+            if settle {
+                shard.log.settle_at(
+                    ticket.lsn,
+                    Settlement {
+                        cell: cell.clone(),
+                        outcome: Err(reason.clone()),
+                    },
+                );
+            }
             return Ok(Some((Err(reason), ticket)));
         }
         let slot = slots
@@ -1126,10 +1019,18 @@ impl Node {
             "the hold of transfer {} is open until its commit or release",
             t.transfer_id
         );
-        Ok(Some((
-            status,
-            ticket.expect("a commit or release is recorded"),
-        )))
+        let ticket = ticket.expect("a commit or release is recorded");
+        if settle {
+            let outcome = status.clone().map(|()| None);
+            shard.log.settle_at(
+                ticket.lsn,
+                Settlement {
+                    cell: cell.clone(),
+                    outcome,
+                },
+            );
+        }
+        Ok(Some((status, ticket)))
     }
 
     /// One command's turn on a hosted account, in a turn that checked the log's room first.
