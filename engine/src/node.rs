@@ -941,6 +941,12 @@ impl Node {
             Ok(cell) => cell,
             Err(outcome) => return Some(outcome),
         };
+        // A caller that stops waiting for room frees the ID it claimed (nothing is recorded).
+        let unclaim = scopeguard::guard((), |()| {
+            if cell.unrecorded() {
+                self.movements.abandon(&t.transfer_id, &cell);
+            }
+        });
         let turn = loop {
             let room = shard.log.room();
             tokio::pin!(room);
@@ -950,10 +956,8 @@ impl Node {
             }
             room.await;
         };
+        drop(unclaim);
         if let Err(e) = turn {
-            if cell.unrecorded() {
-                self.movements.abandon(&t.transfer_id, &cell);
-            }
             return Some(Err(e));
         }
         Some(match cell.settled(&self.health.any_failed).await {

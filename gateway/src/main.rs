@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             // A failed invariant stops the process: a crash beats a wrong balance, and a dead
             // actor that answers 503 forever is neither. The restart restores from what is
-            // durable (a panic in a kameo actor would otherwise only stop that actor).
+            // durable (a panic in a task would otherwise only stop that task).
             let default_hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 default_hook(info);
