@@ -18,45 +18,88 @@ use crate::{
     format::{date, rfc3339, AmountText},
 };
 
-/// An amount as the API carries it: a JSON string of decimal digits. A JSON number is refused
-/// (400) so that no client ever loses a cent to binary floating point on its side.
+/// A string of a request body: borrowed from the body when the JSON string has no escape
+/// sequence (the common case, so parsing copies nothing), owned when it had to be unescaped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct DecimalString(pub String);
+pub struct Text<'a>(pub Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for DecimalString {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = DecimalString;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a decimal string such as \"12.50\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<DecimalString, E> {
-                Ok(DecimalString(v.to_owned()))
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
-impl From<&str> for DecimalString {
-    fn from(s: &str) -> Self {
-        DecimalString(s.to_owned())
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(s: &'a str) -> Self {
+        Text(Cow::Borrowed(s))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // "a string" is what serde says of `String`: the 400 answers read as before.
+        deserializer
+            .deserialize_str(CowVisitor("a string"))
+            .map(Text)
+    }
+}
+
+/// Deserializes a JSON string as a `Cow`, borrowed when it can be; `.0` is what a value of
+/// another type is said to fall short of.
+struct CowVisitor(&'static str);
+
+impl<'de> de::Visitor<'de> for CowVisitor {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// An amount as the API carries it: a JSON string of decimal digits. A JSON number is refused
+/// (400) so that no client ever loses a cent to binary floating point on its side. Borrowed
+/// from the request body like [`Text`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DecimalString<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for DecimalString<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_str(CowVisitor("a decimal string such as \"12.50\""))
+            .map(DecimalString)
+    }
+}
+
+impl<'a> From<&'a str> for DecimalString<'a> {
+    fn from(s: &'a str) -> Self {
+        DecimalString(Cow::Borrowed(s))
     }
 }
 
 /// Body of `POST /v1/accounts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OpenAccountRequest {
+pub struct OpenAccountRequest<'a> {
     /// Client-chosen account ID: 1–64 characters of `A-Za-z0-9._:-`.
-    pub id: String,
+    #[serde(borrow)]
+    pub id: Text<'a>,
     /// ISO 4217 code, upper case (`BRL`).
-    pub currency: String,
+    #[serde(borrow)]
+    pub currency: Text<'a>,
     /// How far below zero the available balance may go (default `"0"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overdraft_limit: Option<DecimalString>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub overdraft_limit: Option<DecimalString<'a>>,
     /// Opaque client data (a JSON object), stored and returned as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -109,22 +152,26 @@ impl From<&AccountView> for AccountResponse {
 /// Body of `POST /v1/transfers` and one item of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TransferRequest {
+pub struct TransferRequest<'a> {
     /// Client-chosen transfer ID (the idempotency key). May be omitted when an
     /// `Idempotency-Key` header is sent (single transfers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Text<'a>>,
     /// The source account.
-    pub from: String,
+    #[serde(borrow)]
+    pub from: Text<'a>,
     /// The destination account.
-    pub to: String,
+    #[serde(borrow)]
+    pub to: Text<'a>,
     /// Decimal string, strictly positive, at most the currency's decimals.
-    pub amount: DecimalString,
+    #[serde(borrow)]
+    pub amount: DecimalString<'a>,
     /// ISO 4217 code; both accounts must hold this currency.
-    pub currency: String,
+    #[serde(borrow)]
+    pub currency: Text<'a>,
     /// Free text, at most 256 bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text<'a>>,
 }
 
 /// Status of a transfer or entry as the API names it.
@@ -149,29 +196,30 @@ impl From<MovementStatus> for StatusDto {
     }
 }
 
-/// A transfer as the API shows it.
+/// A transfer as the API shows it. Its strings borrow from the engine's view, so an answer is
+/// serialized without copying them first; `TransferResponse<'static>` deserializes (owned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransferResponse {
+pub struct TransferResponse<'a> {
     /// The transfer ID.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// `committed`, `pending` or `rejected`.
     pub status: StatusDto,
     /// The source account.
-    pub from: String,
+    pub from: Cow<'a, str>,
     /// The destination account.
-    pub to: String,
+    pub to: Cow<'a, str>,
     /// The amount.
     pub amount: AmountText,
     /// ISO 4217 code.
-    pub currency: String,
+    pub currency: Cow<'a, str>,
     /// Free text, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub description: Option<Cow<'a, str>>,
     /// When the ledger accepted it (RFC 3339 UTC).
     pub created_at: String,
     /// For a rejected transfer: the stable code of the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
+    pub error_code: Option<Cow<'a, str>>,
 }
 
 /// Entry direction as the API names it.
@@ -205,19 +253,20 @@ impl From<EntryKind> for EntryType {
 /// Body of `POST /v1/accounts/{id}/entries`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EntryRequest {
+pub struct EntryRequest<'a> {
     /// Client-chosen entry ID (same namespace as transfer IDs). May be omitted when an
     /// `Idempotency-Key` header is sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Text<'a>>,
     /// `credit` or `debit`.
     #[serde(rename = "type")]
     pub entry_type: EntryType,
     /// Decimal string in the account's currency, strictly positive.
-    pub amount: DecimalString,
+    #[serde(borrow)]
+    pub amount: DecimalString<'a>,
     /// Free text, at most 256 bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text<'a>>,
 }
 
 /// An entry as the API shows it.
@@ -252,9 +301,10 @@ pub struct EntryResponse {
 /// Body of `POST /v1/transfers/batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRequest {
+pub struct BatchRequest<'a> {
     /// The transfers, each with its own `id`; at most `TRANSFER_BATCH_MAX`.
-    pub transfers: Vec<TransferRequest>,
+    #[serde(borrow)]
+    pub transfers: Vec<TransferRequest<'a>>,
     /// When true, either every transfer commits or none does.
     #[serde(default)]
     pub atomic: bool,
@@ -262,14 +312,14 @@ pub struct BatchRequest {
 
 /// One result of a batch, in the order of the request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResult {
+pub struct BatchResult<'a> {
     /// The transfer ID, when the item had a valid one.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
     /// The HTTP status this transfer would have had on its own (201, 200 for a replay, 4xx).
     pub status: u16,
     /// The transfer, on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer: Option<TransferResponse>,
+    pub transfer: Option<TransferResponse<'a>>,
     /// The problem, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Problem>,
@@ -277,11 +327,11 @@ pub struct BatchResult {
 
 /// Answer of `POST /v1/transfers/batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResponse {
+pub struct BatchResponse<'a> {
     /// Whether the batch was atomic.
     pub atomic: bool,
     /// One result per transfer, in order.
-    pub results: Vec<BatchResult>,
+    pub results: Vec<BatchResult<'a>>,
 }
 
 /// One row of an account's history.
@@ -356,20 +406,20 @@ pub struct StatusResponse {
 }
 
 /// Returns the transfer view of a movement, or `None` when it is an entry.
-pub fn transfer_response(m: &MovementView) -> Option<TransferResponse> {
+pub fn transfer_response(m: &MovementView) -> Option<TransferResponse<'_>> {
     let MovementBody::Transfer(t) = &m.body else {
         return None;
     };
     Some(TransferResponse {
-        id: t.transfer_id.to_string(),
+        id: Cow::Borrowed(t.transfer_id.as_str()),
         status: m.status.into(),
-        from: t.debit_account_id.to_string(),
-        to: t.credit_account_id.to_string(),
+        from: Cow::Borrowed(t.debit_account_id.as_str()),
+        to: Cow::Borrowed(t.credit_account_id.as_str()),
         amount: AmountText::new(t.amount_minor, t.currency.scale()),
-        currency: t.currency.code().to_owned(),
-        description: t.description_opt.clone(),
+        currency: Cow::Borrowed(t.currency.code()),
+        description: t.description_opt.as_deref().map(Cow::Borrowed),
         created_at: rfc3339(m.created_at),
-        error_code: m.rejection_opt.as_ref().map(|r| r.code().to_owned()),
+        error_code: m.rejection_opt.as_ref().map(|r| Cow::Borrowed(r.code())),
     })
 }
 

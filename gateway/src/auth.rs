@@ -205,6 +205,11 @@ impl Authenticator {
         self.jwt_opt.is_some()
     }
 
+    /// Returns the principal of `--auth none` (shared: no allocation).
+    pub fn unrestricted(&self) -> Arc<Principal> {
+        self.unrestricted.clone()
+    }
+
     /// Returns the principal of a request: 401 when its token is missing or invalid.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
         let Some(verifier) = &self.jwt_opt else {

@@ -37,6 +37,16 @@ pub const METADATA_BYTES_MAX: usize = saldo_engine::limits::METADATA_BYTES_MAX;
 /// be retried before a record could expire uncovered.
 pub const RETENTION_PER_SNAPSHOT_INTERVAL_MIN: u64 = 4;
 
+/// First capacity of the buffer a JSON answer is serialized into. A transfer's answer with the
+/// longest IDs and no description is under 400 bytes (three IDs, then
+/// [`TRANSFER_ANSWER_BYTES_BUT_IDS_MAX`] of keys, status, amount, currency and time), so it is
+/// written with one allocation and no copy; a longer answer grows the buffer as it goes.
+pub const JSON_ANSWER_BYTES_INITIAL: usize = 512;
+
+/// Bytes of a transfer's answer besides its three IDs and its description: keys and
+/// punctuation (~110), the status, the longest amount (44), the currency and the time (27).
+pub const TRANSFER_ANSWER_BYTES_BUT_IDS_MAX: usize = 200;
+
 /// Rows returned by `GET …/movements` when the request names no `limit`.
 pub const MOVEMENTS_PAGE_DEFAULT: usize = 50;
 
@@ -112,3 +122,5 @@ const _: () = assert!(JWKS_FETCH_TIMEOUT_MS < JWKS_REFRESH_INTERVAL_MS_MIN);
 const _: () = assert!(CONNECTIONS_MAX >= CONCURRENCY_MAX_DEFAULT);
 const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS < SHUTDOWN_GRACE_MS);
 const _: () = assert!(TLS_RELOAD_INTERVAL_MS >= 1_000 && TLS_RELOAD_INTERVAL_MS <= 5_000);
+const _: () =
+    assert!(3 * ID_BYTES_MAX + TRANSFER_ANSWER_BYTES_BUT_IDS_MAX <= JSON_ANSWER_BYTES_INITIAL);

@@ -72,13 +72,14 @@ impl RateLimiter {
     fn check_at(&self, client: &ClientKey, now: u64) -> Result<(), u64> {
         let shard = &self.shards[(self.hasher.hash_one(client) as usize) % SHARDS];
         let mut table = shard.lock();
-        let tat = table.get(client).copied().unwrap_or(now).max(now);
-        let allowed_at = tat.saturating_sub(self.tolerance_ns);
-        if now < allowed_at {
-            let wait_ns = allowed_at - now;
-            return Err(wait_ns.div_ceil(1_000_000_000).max(1));
+        // A known client is looked up once and updated in place (this runs on every request).
+        if let Some(tat_slot) = table.get_mut(client) {
+            let tat = self.admit_at(*tat_slot, now)?;
+            *tat_slot = tat + self.emission_ns;
+            return Ok(());
         }
-        if !table.contains_key(client) && table.len() >= RATE_LIMIT_CLIENTS_MAX / SHARDS {
+        let tat = self.admit_at(now, now)?;
+        if table.len() >= RATE_LIMIT_CLIENTS_MAX / SHARDS {
             table.retain(|_, t| *t > now);
             if table.len() >= RATE_LIMIT_CLIENTS_MAX / SHARDS {
                 table.clear();
@@ -86,6 +87,18 @@ impl RateLimiter {
         }
         table.insert(client.clone(), tat + self.emission_ns);
         Ok(())
+    }
+
+    /// Returns the arrival time a request at `now` takes, given the client's `tat`, or
+    /// `Err(seconds until one is there)` when its bucket is empty.
+    fn admit_at(&self, tat: u64, now: u64) -> Result<u64, u64> {
+        let tat = tat.max(now);
+        let allowed_at = tat.saturating_sub(self.tolerance_ns);
+        if now < allowed_at {
+            let wait_ns = allowed_at - now;
+            return Err(wait_ns.div_ceil(1_000_000_000).max(1));
+        }
+        Ok(tat)
     }
 }
 

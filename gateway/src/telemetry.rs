@@ -16,6 +16,8 @@
 //! - `not_exported_targets` keeps the spans of the HTTP libraries (the exporter's own among
 //!   them) out of the export, whatever `RUST_LOG` lets through to the logs.
 //! - [`set_remote_parent`] makes an incoming W3C `traceparent` the parent of a span.
+//! - [`exports_traces`] tells `server::admit` whether spans are exported: its request span is
+//!   at `info` then, at `debug` otherwise (so `RUST_LOG=info` formats nothing per request).
 //!
 //! # Failure model
 //! Export never delays or fails a request: spans queue in a bounded buffer (2,048 spans, the
@@ -24,7 +26,11 @@
 //! [`EXPORT_TIMEOUT`], then the batch is dropped and the SDK logs an error. An endpoint that is
 //! not an http(s) URL fails `init`, so `saldo serve` refuses to start.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use opentelemetry::{
@@ -78,6 +84,15 @@ const NOT_EXPORTED_TARGETS: [&str; 8] = [
 const REQUEST_SPAN_NAME: &str = "request";
 
 const _: () = assert!(SHUTDOWN_TIMEOUT.as_secs() > EXPORT_TIMEOUT.as_secs());
+
+/// Set by [`init`] when spans are exported (`--otlp-endpoint`); never cleared, as the
+/// subscriber it describes is global and lives as long as the process.
+static EXPORTS_TRACES: AtomicBool = AtomicBool::new(false);
+
+/// Returns whether request spans are exported over OTLP (see [`init`]).
+pub fn exports_traces() -> bool {
+    EXPORTS_TRACES.load(Ordering::Relaxed)
+}
 
 /// Why logging or tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +179,7 @@ pub fn init(
     };
     result.map_err(|e| TelemetryError::Install(e.to_string()))?;
     if let Some(endpoint) = otlp_endpoint_opt {
+        EXPORTS_TRACES.store(true, Ordering::Relaxed);
         tracing::info!(otlp_endpoint = endpoint, "exporting traces over otlp");
     }
     Ok(TelemetryGuard { provider_opt })
