@@ -161,7 +161,6 @@ fn config(in_flight_max: usize) -> EngineConfig {
         num_shards: shards(),
         node_epoch: 1,
         movements_window: 16,
-        passivate_after_ms: 30_000,
         in_flight_max,
         group_commit_linger_us: 0,
         snapshot_every_events: u64::MAX,

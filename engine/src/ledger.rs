@@ -20,8 +20,6 @@ pub struct EngineConfig {
     pub node_epoch: u64,
     /// Rows of movement history kept in memory per account (older rows are in the stream).
     pub movements_window: usize,
-    /// An account actor idle this long is passivated (its state kept compactly by its shard).
-    pub passivate_after_ms: u64,
     /// Writes (transfers, entries, account openings) being coordinated at once; beyond this,
     /// calls fail `Overloaded`.
     pub in_flight_max: usize,
@@ -45,8 +43,6 @@ pub struct Ledger {
 /// Counters and gauges for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct LedgerStats {
-    /// Account actors currently alive (activated, not yet passivated).
-    pub live_actors: u64,
     /// Accounts known to this node.
     pub num_accounts: u64,
     /// Writes (transfers, entries, account openings) being coordinated now.

@@ -152,6 +152,9 @@ struct Filling {
     signal: Arc<BatchSignal>,
     /// The batch being written: (last lsn, signal).
     writing_opt: Option<(Lsn, Arc<BatchSignal>)>,
+    /// The previous batch's payload buffer, emptied, for the next batch (no allocation, and
+    /// no growth, per batch).
+    spare_payload: Vec<u8>,
     /// Movements settled once the filling batch is durable.
     settlements: Vec<Settlement>,
     /// Movements settled once the batch being written is durable.
@@ -193,6 +196,7 @@ impl ShardLog {
                 payload: Vec::with_capacity(64 * 1024),
                 signal: BatchSignal::new(&wake_writer),
                 writing_opt: None,
+                spare_payload: Vec::with_capacity(64 * 1024),
                 settlements: Vec::new(),
                 writing_settlements: Vec::new(),
                 failed: false,
@@ -368,7 +372,8 @@ impl ShardLog {
             }
             let (first_lsn, last_lsn, payload, signal) = {
                 let mut f = self.filling.lock();
-                let payload = std::mem::replace(&mut f.payload, Vec::with_capacity(64 * 1024));
+                let spare = std::mem::take(&mut f.spare_payload);
+                let payload = std::mem::replace(&mut f.payload, spare);
                 let signal = std::mem::replace(&mut f.signal, BatchSignal::new(&self.wake_writer));
                 let (first, last) = (f.first_lsn, f.next_lsn - 1);
                 f.first_lsn = f.next_lsn;
@@ -382,6 +387,9 @@ impl ShardLog {
             let rec = record::encode(
                 self.shard, self.epoch, first_lsn, last_lsn, &prev_hash, &payload,
             );
+            let mut payload = payload;
+            payload.clear();
+            self.filling.lock().spare_payload = payload;
             let hash = rec.hash;
             let started = Instant::now();
             match wal.append(self.shard, rec).await {

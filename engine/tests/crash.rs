@@ -27,7 +27,6 @@ fn config() -> EngineConfig {
         num_shards: 4,
         node_epoch: 1,
         movements_window: 10,
-        passivate_after_ms: 200,
         in_flight_max: 1_000,
         group_commit_linger_us: 0,
         snapshot_every_events: 2_000,

@@ -11,7 +11,6 @@ fn config(num_shards: u32) -> EngineConfig {
         num_shards,
         node_epoch: 1,
         movements_window: 3,
-        passivate_after_ms: 60_000,
         in_flight_max: 1_000,
         group_commit_linger_us: 0,
         snapshot_every_events: u64::MAX,
@@ -397,32 +396,6 @@ async fn concurrent_retries_of_one_transfer_take_effect_once() {
     }
     assert_eq!(fresh, 1, "exactly one call did the work");
     assert_eq!((balance(&l, &a).await, balance(&l, &b).await), (900, 100));
-}
-
-#[tokio::test]
-async fn idle_actors_passivate_and_reactivate_without_losing_anything() {
-    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
-    let mut cfg = config(2);
-    cfg.passivate_after_ms = 20;
-    let l = open(&wal, &snaps, cfg).await;
-    open_account(&l, "p", 0).await;
-    open_account(&l, "q", 0).await;
-    credit(&l, "seed", "p", 1_000_000).await.unwrap();
-    // Keep transferring while the reaper passivates actors under our feet.
-    for i in 0..200 {
-        l.transfer(transfer(&format!("t{i}"), "p", "q", 1))
-            .await
-            .unwrap();
-        if i % 50 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        }
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert_eq!(l.stats().live_actors, 0, "idle actors passivated");
-    assert_eq!(
-        (balance(&l, "p").await, balance(&l, "q").await),
-        (1_000_000 - 200, 200)
-    );
 }
 
 #[tokio::test]

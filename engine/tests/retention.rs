@@ -20,7 +20,6 @@ fn config() -> EngineConfig {
         num_shards: 1,
         node_epoch: 1,
         movements_window: 3,
-        passivate_after_ms: 60_000,
         in_flight_max: 1_000,
         group_commit_linger_us: 0,
         snapshot_every_events: u64::MAX,

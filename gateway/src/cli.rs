@@ -102,9 +102,6 @@ pub struct ServeArgs {
     /// Movement history rows kept in memory per account [default: 100].
     #[arg(long, env = "SALDO_MOVEMENTS_WINDOW")]
     pub movements_window: Option<usize>,
-    /// Idle ms before an account actor is passivated [default: 30000].
-    #[arg(long, env = "SALDO_PASSIVATE_AFTER_MS")]
-    pub passivate_after_ms: Option<u64>,
     /// Transfers coordinated at once [default: 10000].
     #[arg(long, env = "SALDO_IN_FLIGHT_MAX")]
     pub in_flight_max: Option<usize>,
@@ -210,7 +207,6 @@ impl ServeArgs {
         set(&mut engine.node_epoch, &self.node_epoch);
         self.storage.apply(&mut config.storage);
         set(&mut engine.movements_window, &self.movements_window);
-        set(&mut engine.passivate_after_ms, &self.passivate_after_ms);
         set(&mut engine.in_flight_max, &self.in_flight_max);
         set(
             &mut engine.group_commit_linger_us,

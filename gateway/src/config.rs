@@ -229,8 +229,6 @@ pub struct EngineSettings {
     pub node_epoch: u64,
     /// Rows of movement history kept in memory per account.
     pub movements_window: usize,
-    /// Idle time after which an account actor is passivated, ms.
-    pub passivate_after_ms: u64,
     /// Transfers and entries coordinated at once; beyond it the gateway answers 503.
     pub in_flight_max: usize,
     /// Group-commit linger, µs (0: flush as soon as the previous flush is done).
@@ -255,7 +253,6 @@ impl Default for EngineSettings {
             shards: 1,
             node_epoch: 1,
             movements_window: 100,
-            passivate_after_ms: 30_000,
             in_flight_max: 10_000,
             group_commit_linger_us: 0,
             snapshot_every_events: 1_000_000,
@@ -388,7 +385,6 @@ impl Config {
             num_shards: e.shards,
             node_epoch: e.node_epoch,
             movements_window: e.movements_window,
-            passivate_after_ms: e.passivate_after_ms,
             in_flight_max: e.in_flight_max,
             group_commit_linger_us: e.group_commit_linger_us,
             snapshot_every_events: e.snapshot_every_events,

@@ -276,12 +276,6 @@ fn histogram(
 fn render_engine(out: &mut String, s: &LedgerStats) {
     gauge(
         out,
-        "saldo_live_actors",
-        "Account actors alive now.",
-        s.live_actors,
-    );
-    gauge(
-        out,
         "saldo_accounts",
         "Accounts known to this node.",
         s.num_accounts,

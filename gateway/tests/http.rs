@@ -41,7 +41,6 @@ async fn health_readiness_metrics_and_openapi_answer() {
         "saldo_wal_append_duration_seconds_bucket",
         "saldo_wal_batch_events_bucket",
         "saldo_transfers_in_flight",
-        "saldo_live_actors",
     ] {
         assert!(r.text.contains(needle), "metrics lack {needle}");
     }

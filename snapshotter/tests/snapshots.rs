@@ -14,7 +14,6 @@ fn config() -> EngineConfig {
         num_shards: 2,
         node_epoch: 1,
         movements_window: 8,
-        passivate_after_ms: 60_000,
         in_flight_max: 100,
         group_commit_linger_us: 0,
         snapshot_every_events: u64::MAX,
