@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 
 /// Size of the test's filesystem: room for the stream, then a filler takes the rest.
 const TMPFS_SIZE: &str = "size=32m";
+/// Rounds of 200 transfers sent at most before a full disk must refuse one: more than the
+/// space a shard's writer zero-fills ahead (`WAL_FILE_ZEROED_AHEAD_BYTES`, 4 MiB) holds.
+const FULL_DISK_ROUNDS_MAX: usize = 60;
 /// Longest any answer may take while the disk is full (a hang, not a speed, is what fails).
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
 /// Longest the node may take to exit once space is back (its probe backs off to 2 s).
@@ -181,9 +184,19 @@ async fn load(base: &str, prefix: &str, n: usize, concurrency: usize) -> (Vec<St
 }
 
 /// Checks what the failed node answers: fast 503s for writes, `/readyz` naming the shard,
-/// reads of durable state, the failure metric.
+/// reads of durable state, the failure metric. Appends go into space the stream zero-filled
+/// ahead of time, so the node notices the full disk once a shard needs more: transfers are
+/// sent in rounds until one is refused.
 async fn check_failed_node(node: &Node, prefix: &str) -> Vec<String> {
-    let (acked, refused) = load(&node.base, prefix, 200, 16).await;
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for round in 0..FULL_DISK_ROUNDS_MAX {
+        let (more, more_refused) = load(&node.base, &format!("{prefix}-{round}"), 200, 16).await;
+        acked.extend(more);
+        refused += more_refused;
+        if refused > 0 {
+            break;
+        }
+    }
     assert!(refused > 0, "a full disk refuses writes");
     let client = reqwest::Client::new();
     let (status, body, took) = call(
@@ -274,7 +287,11 @@ async fn a_full_disk_turns_readiness_off_and_a_restart_brings_the_node_back() {
     let _mounted = Mounted::new(&data);
     let node = Node::start(&data).await;
     let client = reqwest::Client::new();
-    for (account, funds) in [("payer", "1000.00"), ("payee", "0"), ("bystander", "5.00")] {
+    for (account, funds) in [
+        ("payer", "100000.00"),
+        ("payee", "0"),
+        ("bystander", "5.00"),
+    ] {
         post_ok(
             &client,
             format!("{}/v1/accounts", node.base),
@@ -291,7 +308,7 @@ async fn a_full_disk_turns_readiness_off_and_a_restart_brings_the_node_back() {
             .await;
         }
     }
-    let funded_minor = 100_500;
+    let funded_minor = 10_000_500;
     let (mut acked, refused) = load(&node.base, "before", 20, 4).await;
     assert_eq!((acked.len(), refused), (20, 0));
 

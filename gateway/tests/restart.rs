@@ -192,8 +192,9 @@ async fn a_day_of_huge_entries_neither_stops_the_account_nor_the_restart() {
 }
 
 /// Data from the previous release still opens: a data directory written at 82f8be9 (snapshot
-/// format 1 with i64 day totals, its layout file, a stream tail after the snapshots) gives the
-/// same balances, report and outcomes as that release answered, and takes writes.
+/// format 1 with i64 day totals, its layout file, a stream tail after the snapshots, segment
+/// files that end at their last record) gives the same balances, report and outcomes as that
+/// release answered, and takes writes, which a further restart reads back once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_of_the_previous_release_opens_with_the_same_state() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -202,7 +203,7 @@ async fn a_data_directory_of_the_previous_release_opens_with_the_same_state() {
     copy_dir(&fixture, dir.path());
     let mut config = test_config(dir.path());
     config.engine.shards = 2;
-    let s = TestServer::start(config).await;
+    let s = TestServer::start(config.clone()).await;
     for (account, balance) in [("alice", "81.75"), ("bob", "12.75"), ("carol", "7.00")] {
         assert_eq!(s.balance(account).await, balance, "{account}");
     }
@@ -243,6 +244,17 @@ async fn a_data_directory_of_the_previous_release_opens_with_the_same_state() {
         json!({"id": "t-5", "from": "alice", "to": "bob", "amount": "1.75", "currency": "BRL"});
     assert_eq!(s.post("/v1/transfers", t5).await.status, 201);
     assert_eq!(s.balance("alice").await, "80.00");
+    s.stop().await;
+    // The appends went after the last record of the old files, not after their zero-filled
+    // space: the next start reads them back.
+    let s = TestServer::start(config).await;
+    for (account, balance) in [("alice", "80.00"), ("bob", "14.50"), ("carol", "7.00")] {
+        assert_eq!(
+            s.balance(account).await,
+            balance,
+            "{account} after a restart"
+        );
+    }
     s.stop().await;
 }
 

@@ -6,8 +6,8 @@
 //! ## Layout
 //! - [`record`]: the public stream record format (version, shard, epoch, LSN range, CRC32C,
 //!   hash chain) — documented in `docs/wal-format.md`.
-//! - [`wal`]: the [`Wal`] trait and its backends (`wal::local_file`: segmented files with fsync;
-//!   `wal::memory`: for simulation and tests).
+//! - [`wal`]: the [`Wal`] trait and its backends (`wal::local_file`: preallocated segment files
+//!   with fsync, one writer thread per shard; `wal::memory`: for simulation and tests).
 //! - [`snapshot`]: the [`SnapshotStore`] trait and its backends (`snapshot::local_dir`,
 //!   `snapshot::memory`).
 //! - `aws` (feature `aws`): SDK configuration, bounded retry, compression shared by
@@ -26,7 +26,8 @@
 //! - A snapshot is visible only once its data is durable and its manifest written after it.
 //!
 //! ## Failure model
-//! A torn tail (the last record half-written by a crash) is detected and truncated on open;
+//! A torn tail (the last record half-written by a crash) is detected and zeroed on open (the
+//! zeros after the last record of a preallocated segment are its end, not a torn write);
 //! corruption anywhere else is an error naming the file and offset.
 
 #![warn(missing_docs)]

@@ -1,20 +1,36 @@
 //! The default stream backend: one segmented log per shard under a directory.
 //!
 //! ```text
-//! <dir>/shard-00003/00000000000000000001.seg   records with LSNs from 1
-//! <dir>/shard-00003/00000000000000052001.seg   the next segment, named by its first LSN
+//! <dir>/layout.json                                    the shard count
+//! <dir>/shard-00003/00000000000000000001.seg           records with LSNs from 1
+//! <dir>/shard-00003/00000000000000052001.seg           the next segment, named by its first LSN
+//! <dir>/shard-00003/next-segment.zeros                 zero-filled space: the segment after it
 //! ```
-//! Each segment is a plain concatenation of records (see [`crate::record`]). An append writes
-//! the whole record with one `write` and then `fdatasync`s (when `fsync` is on) before it
-//! returns; a new segment is created, synced and its directory synced before it is used.
+//! Each segment is a concatenation of records (see [`crate::record`]) followed by zeros: its
+//! space is zero-filled ahead of the records, so that an append's `fdatasync` need not update
+//! the file's size. Readers stop at the first record header of all zeros (the reader rule, with
+//! the handling of torn writes: [`index`]).
 //!
-//! On open, every segment is read and verified (checksums, LSN continuity, hash chain). A record
-//! that fails to decode at the very end of the last segment, with no valid record after it, is
-//! a torn write: it is truncated away. Anything else is [`WalError::Corrupted`] naming the file
-//! and byte offset; nothing is skipped silently.
+//! # Writers
+//! One writer thread per shard owns the shard's open segment file ([`writer`]): `append` hands
+//! it the record over a channel and awaits its answer, so appends of different shards share no
+//! lock and no blocking-pool hop, and each shard's records are written in order. It writes a
+//! whole record with one positioned `write` at the end of the last record and then
+//! `fdatasync`s (when `fsync` is on) before the append returns; between appends it zero-fills
+//! the space ahead, in the open segment and then in a spare file that becomes the next segment
+//! (named, and its directory synced, at rollover). The threads start when a shard is first
+//! used by a writable handle, and are joined when the `LocalFileWal` is dropped.
 //!
-//! A failed write or fsync is reported as `Unavailable` and the shard is then poisoned: after an
-//! fsync error the page cache can no longer be trusted, so the only safe way on is a restart.
+//! On open, every segment is read and verified (checksums, LSN continuity, hash chain). A torn
+//! write at the end of the newest segment is zeroed; anything else that does not read is
+//! [`WalError::Corrupted`] naming the file and byte offset; nothing is skipped silently.
+//! Appends after a restart resume at the end of the last valid record, not at the end of the
+//! file; data directories of releases that did not preallocate (a file ends at its last
+//! record) read and append the same way.
+//!
+//! A failed write or fsync (also of the zero-filling, as when the disk is full) is reported as
+//! `Unavailable` and the shard is then poisoned: after an fsync error the page cache can no
+//! longer be trusted, so the only safe way on is a restart.
 //!
 //! `<dir>/layout.json` (`{"shards": 4}`) records the cluster's shard count
 //! ([`Wal::claim_shard_count`]). Data directories written before it lived in the stream's
@@ -22,50 +38,107 @@
 //! there when the stream's own is missing, and copied into the stream's directory on the
 //! next claim.
 
+mod index;
+mod writer;
+
 use std::{
-    collections::HashMap,
-    fs::{self, File, OpenOptions},
-    io::{Read, Seek, SeekFrom, Write},
+    fs::{self, File},
+    io::Write,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use self::{
+    index::{zero_range, RecordLoc, ShardIndex},
+    writer::{ShardFiles, ShardState, Writer, WriterConfig},
+};
 use super::{Tail, Wal, WalError};
 use crate::{
-    limits::{WAL_RECORD_BYTES_MAX, WAL_SEGMENT_BYTES_TARGET},
-    record::{self, DecodeError, EncodedRecord, Lsn, Record, MAGIC},
+    limits::{WAL_FILE_SHARDS_MAX, WAL_RECORD_BYTES_MAX, WAL_SEGMENT_BYTES_TARGET},
+    record::{self, DecodeError, EncodedRecord, Lsn, Record},
 };
 
-/// Where one record sits.
-#[derive(Clone, Copy, Debug)]
-struct RecordLoc {
-    first_lsn: Lsn,
-    last_lsn: Lsn,
-    offset: u64,
-    len: u32,
+/// One shard: its state and, for a writable handle, its writer thread.
+struct Shard {
+    state: Arc<ShardState>,
+    /// `None` for a read-only handle.
+    writer_opt: Option<Writer>,
 }
 
-/// One segment file and the records it holds.
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    records: Vec<RecordLoc>,
-    size_bytes: u64,
+/// Shards per chunk of [`ShardTable`].
+const SHARD_TABLE_CHUNK: usize = 256;
+
+/// [`SHARD_TABLE_CHUNK`] shards of [`ShardTable`], each set once when first used.
+type ShardChunk = Box<[OnceLock<Shard>]>;
+
+/// The shards a handle has opened, found without a lock: two levels of `OnceLock`s (chunks of
+/// [`SHARD_TABLE_CHUNK`]), so an append of one shard never waits for another's.
+struct ShardTable {
+    chunks: Box<[OnceLock<ShardChunk>]>,
+    /// Taken to open a shard (once per shard), never to find one.
+    opening: Mutex<()>,
 }
 
-/// The open state of one shard's log.
-struct ShardLog {
-    dir: PathBuf,
-    /// Segments oldest first; the last one is open for appends.
-    segments: Vec<Segment>,
-    /// Append handle of the last segment (opened lazily).
-    file_opt: Option<File>,
-    tail_opt: Option<Tail>,
-    /// Set after a failed write or sync: the shard refuses further appends.
-    poisoned: bool,
+// The chunks cover the shards exactly.
+const _: () = assert!(
+    WAL_FILE_SHARDS_MAX as usize / SHARD_TABLE_CHUNK * SHARD_TABLE_CHUNK
+        == WAL_FILE_SHARDS_MAX as usize
+);
+
+impl ShardTable {
+    fn new() -> ShardTable {
+        let num_chunks = WAL_FILE_SHARDS_MAX as usize / SHARD_TABLE_CHUNK;
+        ShardTable {
+            chunks: (0..num_chunks).map(|_| OnceLock::new()).collect(),
+            opening: Mutex::new(()),
+        }
+    }
+
+    fn get(&self, shard: u32) -> Option<&Shard> {
+        let (chunk, slot) = (
+            shard as usize / SHARD_TABLE_CHUNK,
+            shard as usize % SHARD_TABLE_CHUNK,
+        );
+        self.chunks.get(chunk)?.get()?[slot].get()
+    }
+
+    /// Returns the shard, opening it with `open` on first use.
+    fn get_or_open(
+        &self,
+        shard: u32,
+        open: impl FnOnce() -> Result<Shard, WalError>,
+    ) -> Result<&Shard, WalError> {
+        if let Some(found) = self.get(shard) {
+            return Ok(found);
+        }
+        if shard >= WAL_FILE_SHARDS_MAX {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("shard {shard} is over the file backend's {WAL_FILE_SHARDS_MAX} shards"),
+            )));
+        }
+        let _opening = self.opening.lock();
+        if let Some(found) = self.get(shard) {
+            return Ok(found);
+        }
+        let chunk = self.chunks[shard as usize / SHARD_TABLE_CHUNK]
+            .get_or_init(|| (0..SHARD_TABLE_CHUNK).map(|_| OnceLock::new()).collect());
+        let opened = open()?;
+        Ok(chunk[shard as usize % SHARD_TABLE_CHUNK].get_or_init(|| opened))
+    }
+
+    /// Takes every opened shard out of the table.
+    fn drain(&mut self) -> Vec<Shard> {
+        self.chunks
+            .iter_mut()
+            .filter_map(OnceLock::get_mut)
+            .flat_map(|chunk| chunk.iter_mut().filter_map(OnceLock::take))
+            .collect()
+    }
 }
 
 /// A segmented, fsynced log per shard under one directory.
@@ -77,7 +150,18 @@ pub struct LocalFileWal {
     segment_bytes_target: u64,
     /// Opened by a tool beside a live node: never truncates, removes or appends.
     read_only: bool,
-    shards: Mutex<HashMap<u32, Arc<Mutex<ShardLog>>>>,
+    shards: ShardTable,
+}
+
+impl Drop for LocalFileWal {
+    /// Stops and joins every writer thread (each first writes what is queued).
+    fn drop(&mut self) {
+        for shard in self.shards.drain() {
+            if let Some(writer) = shard.writer_opt {
+                writer.stop();
+            }
+        }
+    }
 }
 
 fn io_err(e: std::io::Error) -> WalError {
@@ -151,7 +235,7 @@ impl LocalFileWal {
             fsync,
             segment_bytes_target,
             read_only: false,
-            shards: Mutex::new(HashMap::new()),
+            shards: ShardTable::new(),
         })
     }
 
@@ -172,22 +256,32 @@ impl LocalFileWal {
             fsync: false,
             segment_bytes_target: WAL_SEGMENT_BYTES_TARGET,
             read_only: true,
-            shards: Mutex::new(HashMap::new()),
+            shards: ShardTable::new(),
         })
     }
 
-    fn shard(&self, shard: u32) -> Result<Arc<Mutex<ShardLog>>, WalError> {
-        let mut shards = self.shards.lock();
-        if let Some(log) = shards.get(&shard) {
-            return Ok(log.clone());
-        }
-        let log = Arc::new(Mutex::new(ShardLog::open(
-            &self.dir,
-            shard,
-            self.read_only,
-        )?));
-        shards.insert(shard, log.clone());
-        Ok(log)
+    /// Returns the shard, opening it (reading and verifying its segments, and for a writable
+    /// handle starting its writer thread) on first use.
+    fn shard(&self, shard: u32) -> Result<&Shard, WalError> {
+        self.shards.get_or_open(shard, || {
+            let index = ShardIndex::open(&self.dir, shard, self.read_only)?;
+            let files = ShardFiles::new(index.dir.clone(), self.read_only)?;
+            let state = Arc::new(ShardState {
+                index: Mutex::new(index),
+                files: Mutex::new(files),
+            });
+            let writer_opt = if self.read_only {
+                None
+            } else {
+                let config = WriterConfig {
+                    shard,
+                    fsync: self.fsync,
+                    segment_bytes_target: self.segment_bytes_target,
+                };
+                Some(Writer::spawn(state.clone(), config)?)
+            };
+            Ok(Shard { state, writer_opt })
+        })
     }
 
     /// Cuts a shard's stream after the record that ends at `lsn`: the records after it move,
@@ -201,15 +295,18 @@ impl LocalFileWal {
                 "the stream is open read-only",
             )));
         }
-        let log = self.shard(shard)?;
-        let mut log = log.lock();
+        let state = &self.shard(shard)?.state;
+        // Files before index (the writer's order): the writer waits while the files change
+        // under it, and reloads its open segment afterwards.
+        let mut files = state.files.lock();
+        let mut index = state.index.lock();
         let not_a_boundary = || WalError::OutOfOrder {
             shard,
             reason: "the cut must be at a record boundary of the stream (or 0)",
         };
         // The first record to move: (segment, record) right after `lsn`.
         let mut start_opt = None;
-        for (si, seg) in log.segments.iter().enumerate() {
+        for (si, seg) in index.segments.iter().enumerate() {
             for (ri, rec) in seg.records.iter().enumerate() {
                 if rec.first_lsn == lsn + 1 {
                     start_opt = Some((si, ri));
@@ -219,61 +316,56 @@ impl LocalFileWal {
             }
         }
         let Some((si, ri)) = start_opt else {
-            return match log.tail_opt {
+            return match index.tail_opt {
                 Some(t) if t.last_lsn == lsn => Ok(0),
                 None if lsn == 0 => Ok(0),
                 _ => Err(not_a_boundary()),
             };
         };
         fs::create_dir_all(quarantine).map_err(io_err)?;
-        log.file_opt = None;
+        files.invalidate();
         let mut moved = 0;
-        let later: Vec<Segment> = log.segments.drain(si + 1..).collect();
+        // Records move byte for byte; the zero-filled space after them stays behind.
+        let quarantine_records = |path: &Path, from: u64, to: u64, first_lsn: Lsn| {
+            let bytes = fs::read(path).map_err(io_err)?;
+            let target = quarantine.join(format!("{first_lsn:020}.seg"));
+            let mut f = File::create(&target).map_err(io_err)?;
+            f.write_all(&bytes[from as usize..to as usize])
+                .map_err(io_err)?;
+            f.sync_all().map_err(io_err)
+        };
+        let later: Vec<_> = index.segments.drain(si + 1..).collect();
         for seg in later {
             moved += seg.records.len();
-            let name = seg.path.file_name().expect("segments have names");
-            let target = quarantine.join(name);
-            fs::copy(&seg.path, &target).map_err(io_err)?;
-            File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err)?;
+            quarantine_records(&seg.path, 0, seg.data_end, seg.records[0].first_lsn)?;
             fs::remove_file(&seg.path).map_err(io_err)?;
         }
-        let seg = &mut log.segments[si];
+        let seg = &mut index.segments[si];
         let cut = seg.records[ri].offset;
-        let bytes = fs::read(&seg.path).map_err(io_err)?;
-        let target = quarantine.join(format!("{:020}.seg", seg.records[ri].first_lsn));
-        let mut f = File::create(&target).map_err(io_err)?;
-        f.write_all(&bytes[cut as usize..]).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
+        quarantine_records(&seg.path, cut, seg.data_end, seg.records[ri].first_lsn)?;
         sync_dir(quarantine).map_err(io_err)?;
         moved += seg.records.len() - ri;
         seg.records.truncate(ri);
-        seg.size_bytes = cut;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&seg.path)
-            .map_err(io_err)?;
-        file.set_len(cut).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
+        // Zeroed, not truncated: the space stays preallocated, and the reader rule ends the
+        // segment at the cut.
+        zero_range(&seg.path, cut as usize, seg.data_end as usize)?;
+        seg.data_end = cut;
         if seg.records.is_empty() {
             let path = seg.path.clone();
-            log.segments.pop();
+            index.segments.pop();
             fs::remove_file(&path).map_err(io_err)?;
         }
-        sync_dir(&log.dir).map_err(io_err)?;
+        sync_dir(&index.dir).map_err(io_err)?;
         // The new tail: the last record left, read back to learn its hash.
-        log.tail_opt = match log
+        index.tail_opt = match index
             .segments
             .last()
             .and_then(|s| s.records.last().map(|r| (s, r)))
         {
             None => None,
             Some((seg, loc)) => {
-                let bytes = fs::read(&seg.path).map_err(io_err)?;
-                let start = loc.offset as usize;
-                let (rec, _) = record::decode(&bytes[start..start + loc.len as usize])
-                    .map_err(|e| io_err(std::io::Error::other(e)))?;
+                let file = File::open(&seg.path).map_err(io_err)?;
+                let rec = read_record(shard, &seg.path, &file, loc, &mut Vec::new())?;
                 Some(Tail {
                     last_lsn: rec.last_lsn,
                     hash: rec.hash,
@@ -351,263 +443,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-impl ShardLog {
-    fn open(root: &Path, shard: u32, read_only: bool) -> Result<ShardLog, WalError> {
-        let dir = root.join(format!("shard-{shard:05}"));
-        if !read_only {
-            fs::create_dir_all(&dir).map_err(io_err)?;
-        }
-        let mut paths: Vec<(Lsn, PathBuf)> = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other
-                .map_err(io_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(io_err)?,
-        };
-        for entry in entries {
-            let path = entry.path();
-            let first_opt = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<Lsn>().ok());
-            if let Some(first) = first_opt {
-                paths.push((first, path));
-            }
-        }
-        paths.sort_unstable_by_key(|(first, _)| *first);
-        let mut log = ShardLog {
-            dir,
-            segments: Vec::new(),
-            file_opt: None,
-            tail_opt: None,
-            poisoned: false,
-        };
-        let count = paths.len();
-        for (i, (first, path)) in paths.into_iter().enumerate() {
-            log.load_segment(shard, first, path, i + 1 == count, read_only)?;
-        }
-        Ok(log)
-    }
-
-    /// Reads and verifies one segment, appending its records to the index.
-    fn load_segment(
-        &mut self,
-        shard: u32,
-        first: Lsn,
-        path: PathBuf,
-        is_last: bool,
-        read_only: bool,
-    ) -> Result<(), WalError> {
-        let bytes = fs::read(&path).map_err(io_err)?;
-        let corrupted = |offset: usize, reason: String| WalError::Corrupted {
-            shard,
-            location: format!("{} offset {offset}", path.display()),
-            reason,
-        };
-        let mut records = Vec::new();
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            match record::decode(&bytes[offset..]) {
-                Ok((rec, len)) => {
-                    if records.is_empty() && rec.first_lsn != first {
-                        return Err(corrupted(
-                            offset,
-                            format!("segment named {first} starts at lsn {}", rec.first_lsn),
-                        ));
-                    }
-                    if rec.shard != shard {
-                        return Err(corrupted(offset, format!("record of shard {}", rec.shard)));
-                    }
-                    let prev_opt = self.tail_opt.map(|t| (t.last_lsn, t.hash));
-                    record::check_follows(prev_opt, &rec)
-                        .map_err(|r| corrupted(offset, r.to_string()))?;
-                    self.tail_opt = Some(Tail {
-                        last_lsn: rec.last_lsn,
-                        hash: rec.hash,
-                    });
-                    records.push(RecordLoc {
-                        first_lsn: rec.first_lsn,
-                        last_lsn: rec.last_lsn,
-                        offset: offset as u64,
-                        len: len as u32,
-                    });
-                    offset += len;
-                }
-                Err(err) => {
-                    let torn = is_last && !valid_record_after(&bytes, offset + 1);
-                    if !torn {
-                        return Err(corrupted(offset, err.to_string()));
-                    }
-                    if read_only {
-                        // A record being written by the node right now: the end, as of now.
-                        break;
-                    }
-                    tracing::warn!(shard, file = %path.display(), offset, error = %err, "truncating torn tail of the stream");
-                    let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
-                    file.set_len(offset as u64).map_err(io_err)?;
-                    file.sync_all().map_err(io_err)?;
-                    break;
-                }
-            }
-        }
-        if records.is_empty() && is_last {
-            // An empty last segment (crash right after creating it): remove it.
-            if !read_only {
-                fs::remove_file(&path).map_err(io_err)?;
-            }
-            return Ok(());
-        }
-        if records.is_empty() {
-            return Err(corrupted(0, "empty segment before the last".into()));
-        }
-        self.segments.push(Segment {
-            path,
-            records,
-            size_bytes: offset as u64,
-        });
-        Ok(())
-    }
-
-    fn append(
-        &mut self,
-        shard: u32,
-        record: &EncodedRecord,
-        fsync: bool,
-        segment_bytes_target: u64,
-    ) -> Result<(), WalError> {
-        if self.poisoned {
-            return Err(WalError::Unavailable(
-                "stream shard poisoned by an earlier write failure".into(),
-            ));
-        }
-        if record.bytes.len() > WAL_RECORD_BYTES_MAX {
-            return Err(WalError::RecordTooLarge {
-                size_bytes: record.bytes.len(),
-                limit_bytes: WAL_RECORD_BYTES_MAX,
-            });
-        }
-        let expected_first = self.tail_opt.map_or(1, |t| t.last_lsn + 1);
-        if record.first_lsn != expected_first {
-            return Err(WalError::OutOfOrder {
-                shard,
-                reason: "first lsn does not follow the tail",
-            });
-        }
-        if record.prev_hash != self.tail_opt.map_or([0; 32], |t| t.hash) {
-            return Err(WalError::OutOfOrder {
-                shard,
-                reason: "prev hash is not the tail's hash",
-            });
-        }
-        let result = self.write(record, fsync, segment_bytes_target);
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
-    }
-
-    fn write(
-        &mut self,
-        record: &EncodedRecord,
-        fsync: bool,
-        segment_bytes_target: u64,
-    ) -> Result<(), WalError> {
-        let rotate = match self.segments.last() {
-            None => true,
-            Some(seg) => {
-                seg.size_bytes > 0
-                    && seg.size_bytes + record.bytes.len() as u64 > segment_bytes_target
-            }
-        };
-        if rotate {
-            if let Some(file) = self.file_opt.take() {
-                file.sync_data().map_err(io_err)?;
-            }
-            let path = self.dir.join(format!("{:020}.seg", record.first_lsn));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_err)?;
-            if fsync {
-                file.sync_all().map_err(io_err)?;
-                sync_dir(&self.dir).map_err(io_err)?;
-            }
-            self.segments.push(Segment {
-                path,
-                records: Vec::new(),
-                size_bytes: 0,
-            });
-            self.file_opt = Some(file);
-        }
-        let seg = self
-            .segments
-            .last_mut()
-            .expect("a segment exists after rotation");
-        if self.file_opt.is_none() {
-            let mut file = OpenOptions::new()
-                .append(true)
-                .open(&seg.path)
-                .map_err(io_err)?;
-            file.seek(SeekFrom::End(0)).map_err(io_err)?;
-            self.file_opt = Some(file);
-        }
-        let file = self.file_opt.as_mut().expect("opened above");
-        file.write_all(&record.bytes).map_err(io_err)?;
-        if fsync {
-            file.sync_data().map_err(io_err)?;
-        }
-        seg.records.push(RecordLoc {
-            first_lsn: record.first_lsn,
-            last_lsn: record.last_lsn,
-            offset: seg.size_bytes,
-            len: record.bytes.len() as u32,
-        });
-        seg.size_bytes += record.bytes.len() as u64;
-        self.tail_opt = Some(Tail {
-            last_lsn: record.last_lsn,
-            hash: record.hash,
-        });
-        Ok(())
-    }
-
-    /// Returns the (path, locations) of records with `last_lsn > after_lsn`, at most `max`.
-    fn locate(&self, after_lsn: Lsn, max: usize) -> Vec<(PathBuf, Vec<RecordLoc>)> {
-        let mut out = Vec::new();
-        let mut n = 0;
-        let start = self
-            .segments
-            .partition_point(|s| s.records.last().is_some_and(|r| r.last_lsn <= after_lsn));
-        for seg in &self.segments[start..] {
-            let i = seg.records.partition_point(|r| r.last_lsn <= after_lsn);
-            let take: Vec<RecordLoc> = seg.records[i..].iter().take(max - n).copied().collect();
-            n += take.len();
-            if !take.is_empty() {
-                out.push((seg.path.clone(), take));
-            }
-            if n >= max {
-                break;
-            }
-        }
-        out
-    }
-}
-
-/// Returns whether any valid record starts at or after `from` (used to tell a torn tail from
-/// corruption in the middle).
-fn valid_record_after(bytes: &[u8], from: usize) -> bool {
-    let mut i = from;
-    while i + MAGIC.len() <= bytes.len() {
-        if bytes[i..i + 4] == MAGIC && record::decode(&bytes[i..]).is_ok() {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
 #[async_trait]
 impl Wal for LocalFileWal {
     async fn append(&self, shard: u32, record: EncodedRecord) -> Result<(), WalError> {
@@ -617,15 +452,22 @@ impl Wal for LocalFileWal {
                 "the stream was opened read-only",
             )));
         }
-        let log = self.shard(shard)?;
-        let (fsync, segment_bytes) = (self.fsync, self.segment_bytes_target);
-        tokio::task::spawn_blocking(move || log.lock().append(shard, &record, fsync, segment_bytes))
-            .await
-            .map_err(|e| WalError::Unavailable(Box::new(e)))?
+        if record.bytes.len() > WAL_RECORD_BYTES_MAX {
+            return Err(WalError::RecordTooLarge {
+                size_bytes: record.bytes.len(),
+                limit_bytes: WAL_RECORD_BYTES_MAX,
+            });
+        }
+        let writer = self
+            .shard(shard)?
+            .writer_opt
+            .as_ref()
+            .expect("a writable handle starts a writer per shard");
+        writer.append(record).await
     }
 
     async fn tail(&self, shard: u32) -> Result<Option<Tail>, WalError> {
-        Ok(self.shard(shard)?.lock().tail_opt)
+        Ok(self.shard(shard)?.state.index.lock().tail_opt)
     }
 
     async fn read(
@@ -635,7 +477,7 @@ impl Wal for LocalFileWal {
         max_records: usize,
     ) -> Result<Vec<Record>, WalError> {
         let max = max_records.clamp(1, crate::limits::WAL_READ_RECORDS_MAX);
-        let located = self.shard(shard)?.lock().locate(after_lsn, max);
+        let located = self.shard(shard)?.state.index.lock().locate(after_lsn, max);
         tokio::task::spawn_blocking(move || read_located(shard, located))
             .await
             .map_err(|e| WalError::Unavailable(Box::new(e)))?
@@ -645,16 +487,15 @@ impl Wal for LocalFileWal {
         if self.read_only {
             return Ok(());
         }
-        let log = self.shard(shard)?;
-        let mut log = log.lock();
-        // Never remove the segment open for appends.
-        while log.segments.len() > 1
-            && log.segments[0]
+        let mut index = self.shard(shard)?.state.index.lock();
+        // Never remove the segment open for appends (the writer touches no other).
+        while index.segments.len() > 1
+            && index.segments[0]
                 .records
                 .last()
                 .is_some_and(|r| r.last_lsn <= lsn)
         {
-            let seg = log.segments.remove(0);
+            let seg = index.segments.remove(0);
             fs::remove_file(&seg.path).map_err(io_err)?;
             tracing::info!(shard, file = %seg.path.display(), "pruned stream segment covered by a snapshot");
         }
@@ -703,30 +544,46 @@ fn read_located(
     shard: u32,
     located: Vec<(PathBuf, Vec<RecordLoc>)>,
 ) -> Result<Vec<Record>, WalError> {
-    let mut out = Vec::new();
+    let mut out: Vec<Record> = Vec::new();
+    // One buffer for every record of the call.
+    let mut buf = Vec::new();
     for (path, locs) in located {
-        let mut file = File::open(&path).map_err(io_err)?;
+        let file = File::open(&path).map_err(io_err)?;
         for loc in locs {
-            let mut buf = vec![0u8; loc.len as usize];
-            file.seek(SeekFrom::Start(loc.offset)).map_err(io_err)?;
-            file.read_exact(&mut buf).map_err(io_err)?;
-            let corrupted = |reason: String| WalError::Corrupted {
-                shard,
-                location: format!("{} offset {}", path.display(), loc.offset),
-                reason,
-            };
-            let (rec, _) =
-                record::decode(&buf).map_err(|e: DecodeError| corrupted(e.to_string()))?;
-            if (rec.first_lsn, rec.last_lsn) != (loc.first_lsn, loc.last_lsn) {
-                return Err(corrupted("record changed on disk".into()));
-            }
+            let rec = read_record(shard, &path, &file, &loc, &mut buf)?;
             if let Some(prev) = out.last() {
-                let prev: &Record = prev;
-                record::check_follows(Some((prev.last_lsn, prev.hash)), &rec)
-                    .map_err(|r| corrupted(r.into()))?;
+                record::check_follows(Some((prev.last_lsn, prev.hash)), &rec).map_err(|r| {
+                    WalError::Corrupted {
+                        shard,
+                        location: format!("{} offset {}", path.display(), loc.offset),
+                        reason: r.into(),
+                    }
+                })?;
             }
             out.push(rec);
         }
     }
     Ok(out)
+}
+
+/// Reads and verifies the record at `loc` of a segment, through `buf`.
+fn read_record(
+    shard: u32,
+    path: &Path,
+    file: &File,
+    loc: &RecordLoc,
+    buf: &mut Vec<u8>,
+) -> Result<Record, WalError> {
+    let corrupted = |reason: String| WalError::Corrupted {
+        shard,
+        location: format!("{} offset {}", path.display(), loc.offset),
+        reason,
+    };
+    buf.resize(loc.len as usize, 0);
+    file.read_exact_at(buf, loc.offset).map_err(io_err)?;
+    let (rec, _) = record::decode(buf).map_err(|e: DecodeError| corrupted(e.to_string()))?;
+    if (rec.first_lsn, rec.last_lsn) != (loc.first_lsn, loc.last_lsn) {
+        return Err(corrupted("record changed on disk".into()));
+    }
+    Ok(rec)
 }
