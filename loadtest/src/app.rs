@@ -39,7 +39,12 @@ const HEALTHY_WAIT: Duration = Duration::from_secs(30);
 /// Runs load as the flags say; returns the exit code.
 pub async fn run_load(args: RunArgs) -> anyhow::Result<u8> {
     args.validate()?;
-    let endpoint = Endpoint::parse(&args.target, args.token.clone(), args.ca_file.as_deref())?;
+    let endpoint = Endpoint::parse(
+        &args.target,
+        args.token.clone(),
+        args.ca_file.as_deref(),
+        args.http2,
+    )?;
     let workload = build_workload(&args)?;
     let needs_accounts = workload.mix.needs_accounts();
     let funding_minor = minor(&args.funding, args.scale, "--funding")?;
@@ -53,6 +58,8 @@ pub async fn run_load(args: RunArgs) -> anyhow::Result<u8> {
         workload,
         timeout: args.timeout,
         threads: args.threads,
+        h2_connections: args.connections,
+        server_pid_opt: args.server_pid,
     });
     let pool = Pool::new(endpoint, args.timeout);
     crate::setup::wait_healthy(&pool, HEALTHY_WAIT).await?;
@@ -135,6 +142,8 @@ struct Outcome {
     num_unsent: u64,
     /// CPU time of the generator during that phase, s.
     generator_cpu_s_opt: Option<f64>,
+    /// CPU time of the server (`--server-pid`) during that phase, s.
+    server_cpu_s_opt: Option<f64>,
     /// Length of that phase, warm-up included, s.
     elapsed_s: f64,
     /// Requests of that phase, warm-up included (the CPU time covers them all).
@@ -145,8 +154,8 @@ struct Outcome {
     sweep_opt: Option<SweepReport>,
     /// `open`, `closed` or `sweep`.
     mode: &'static str,
-    /// Connections used.
-    connections: usize,
+    /// Workers: requests in flight at most.
+    workers: usize,
 }
 
 async fn run_mode(
@@ -157,13 +166,14 @@ async fn run_mode(
     if args.sweep {
         return run_sweep(args, ctx, hdr_log).await;
     }
-    let (pacing, connections, mode, target_opt) = match args.concurrency {
-        Some(concurrency) => {
+    let workers = args.workers();
+    let (pacing, mode, target_opt) = match args.concurrency {
+        Some(_) => {
             let pacing = Pacing::Closed {
                 duration: args.warmup + args.duration,
                 warmup: args.warmup,
             };
-            (pacing, concurrency, "closed", None)
+            (pacing, "closed", None)
         }
         None => {
             let rate = args.rate.unwrap_or(1_000);
@@ -173,17 +183,17 @@ async fn run_mode(
                     timetable,
                     warmup: args.warmup,
                 },
-                args.connections,
                 "open",
                 Some(rate),
             )
         }
     };
-    let (phase, acks) = run_phase(ctx.clone(), pacing, connections, 0, "run", hdr_log).await;
+    let (phase, acks) = run_phase(ctx.clone(), pacing, workers, 0, "run", hdr_log).await;
     let outcome = Outcome {
         measured_s: phase.measured.as_secs_f64(),
         num_unsent: phase.num_unsent,
         generator_cpu_s_opt: phase.generator_cpu_s_opt,
+        server_cpu_s_opt: phase.server_cpu_s_opt,
         elapsed_s: phase.elapsed.as_secs_f64(),
         num_requests_all: phase.num_requests_all,
         seconds: phase.seconds,
@@ -191,7 +201,7 @@ async fn run_mode(
         target_opt,
         sweep_opt: None,
         mode,
-        connections,
+        workers,
     };
     (outcome, acks)
 }
@@ -226,7 +236,7 @@ async fn run_sweep(
         let (phase, acks) = run_phase(
             ctx.clone(),
             pacing,
-            args.connections,
+            args.workers(),
             index_base,
             &label,
             hdr_log,
@@ -259,6 +269,7 @@ async fn run_sweep(
         measured_s: phase.measured.as_secs_f64(),
         num_unsent: phase.num_unsent,
         generator_cpu_s_opt: phase.generator_cpu_s_opt,
+        server_cpu_s_opt: phase.server_cpu_s_opt,
         elapsed_s: phase.elapsed.as_secs_f64(),
         num_requests_all: phase.num_requests_all,
         recorder: phase.recorder,
@@ -270,7 +281,7 @@ async fn run_sweep(
             steps,
         }),
         mode: "sweep",
-        connections: args.connections,
+        workers: args.workers(),
     };
     (outcome, all_acks)
 }
@@ -301,6 +312,7 @@ fn sweep_step(rate: u64, phase: &PhaseResult, p99_max_ms: f64, threads: usize) -
             phase.elapsed.as_secs_f64(),
             threads,
         ),
+        server_cpu_us_per_request: per_request_us(phase.server_cpu_s_opt, phase.num_requests_all),
         passed,
     }
 }
@@ -347,7 +359,11 @@ fn build_report(
         mode: outcome.mode.to_string(),
         seed: ctx.workload.seed,
         run_id: ctx.workload.run_id.clone(),
-        connections: outcome.connections,
+        connections: args.connections_open(),
+        protocol: if args.http2 { "h2" } else { "http/1.1" }.to_string(),
+        workers: outcome.workers,
+        num_responses_http1: recorder.num_responses_http1,
+        num_responses_http2: recorder.num_responses_http2,
         threads: args.threads,
         duration_s: crate::stats::round3(seconds),
         warmup_s: args.warmup.as_secs_f64(),
@@ -370,16 +386,26 @@ fn build_report(
             outcome.elapsed_s,
             args.threads,
         ),
-        generator_cpu_us_per_request: outcome
-            .generator_cpu_s_opt
-            .filter(|_| outcome.num_requests_all > 0)
-            .map(|cpu_s| {
-                #[allow(clippy::cast_precision_loss)]
-                let requests = outcome.num_requests_all as f64;
-                crate::stats::round3(cpu_s * 1e6 / requests)
-            }),
+        generator_cpu_us_per_request: per_request_us(
+            outcome.generator_cpu_s_opt,
+            outcome.num_requests_all,
+        ),
+        server_cpu_s: outcome.server_cpu_s_opt.map(crate::stats::round3),
+        server_cpu_us_per_request: per_request_us(
+            outcome.server_cpu_s_opt,
+            outcome.num_requests_all,
+        ),
         verification,
     }
+}
+
+/// Returns CPU time per request in µs, when both are known.
+fn per_request_us(cpu_s_opt: Option<f64>, num_requests: u64) -> Option<f64> {
+    cpu_s_opt.filter(|_| num_requests > 0).map(|cpu_s| {
+        #[allow(clippy::cast_precision_loss)]
+        let requests = num_requests as f64;
+        crate::stats::round3(cpu_s * 1e6 / requests)
+    })
 }
 
 fn build_workload(args: &RunArgs) -> anyhow::Result<Workload> {
@@ -505,7 +531,12 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<u8> {
         "state file has schema {} but this tool reads {STATE_SCHEMA_VERSION}",
         state.schema_version
     );
-    let endpoint = Endpoint::parse(&args.target, args.token.clone(), args.ca_file.as_deref())?;
+    let endpoint = Endpoint::parse(
+        &args.target,
+        args.token.clone(),
+        args.ca_file.as_deref(),
+        false,
+    )?;
     let pool = Pool::new(endpoint, args.timeout);
     crate::setup::wait_healthy(&pool, HEALTHY_WAIT).await?;
     let verification = verify(&pool, &state, args.connections.clamp(1, 1_024)).await;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::limits::{
-    ACCOUNTS_MAX, ACKS_REMEMBERED_MAX, BATCH_SIZE_MAX, CONNECTIONS_MAX, SWEEP_STEPS_MAX,
+    ACCOUNTS_MAX, ACKS_REMEMBERED_MAX, BATCH_SIZE_MAX, CONNECTIONS_MAX, STREAMS_MAX,
+    SWEEP_STEPS_MAX,
 };
 
 /// saldo's load generator: open loop, closed loop and sweep, with verification of the money.
@@ -111,12 +112,26 @@ pub struct RunArgs {
     /// Warm-up before measuring: load is sent but not counted in the totals.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
-    /// Keep-alive connections (open loop and sweep); closed loop uses --concurrency.
+    /// Keep-alive connections (open loop and sweep); closed loop uses --concurrency. With
+    /// --http2, the connections every mode spreads its streams over.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Speak HTTP/2: h2c with prior knowledge on http://, h2 by ALPN on https://. Requests in
+    /// flight (--concurrency, or --streams in open loop and sweep) are streams spread evenly
+    /// over --connections connections.
+    #[arg(long)]
+    pub http2: bool,
+    /// With --http2, open loop and sweep: requests in flight at most, as streams over
+    /// --connections (saldo serve allows 200 streams per connection) [default: 256].
+    #[arg(long, requires = "http2")]
+    pub streams: Option<usize>,
     /// Timeout of one request (connect + send + response).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Process ID of the server when it runs on this machine: its CPU time over the load
+    /// (from /proc/PID/stat) is reported beside the generator's, in total and per request.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Runtime threads of the generator (1 = one core).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -205,10 +220,22 @@ impl RunArgs {
             (1..=CONNECTIONS_MAX).contains(&self.connections),
             "--connections is 1..={CONNECTIONS_MAX}"
         );
+        // Over HTTP/2 a worker costs a stream, not a connection, so more may run.
+        let workers_max = if self.http2 {
+            STREAMS_MAX
+        } else {
+            CONNECTIONS_MAX
+        };
         if let Some(concurrency) = self.concurrency {
             ensure!(
-                (1..=CONNECTIONS_MAX).contains(&concurrency),
-                "--concurrency is 1..={CONNECTIONS_MAX}"
+                (1..=workers_max).contains(&concurrency),
+                "--concurrency is 1..={workers_max}"
+            );
+        }
+        if let Some(streams) = self.streams {
+            ensure!(
+                (1..=STREAMS_MAX).contains(&streams),
+                "--streams is 1..={STREAMS_MAX}"
             );
         }
         ensure!((1..=64).contains(&self.threads), "--threads is 1..=64");
@@ -298,7 +325,30 @@ impl RunArgs {
         }
         Ok(())
     }
+
+    /// Returns how many workers (requests in flight at most) a phase runs: `--concurrency` in
+    /// closed loop; in open loop `--connections`, or `--streams` over HTTP/2.
+    pub fn workers(&self) -> usize {
+        match (self.concurrency, self.http2) {
+            (Some(concurrency), _) => concurrency,
+            (None, false) => self.connections,
+            (None, true) => self.streams.unwrap_or(STREAMS_DEFAULT),
+        }
+    }
+
+    /// Returns how many connections a phase opens: one per worker over HTTP/1.1; over HTTP/2
+    /// `--connections`, but never more than there are workers.
+    pub fn connections_open(&self) -> usize {
+        match self.http2 {
+            true => self.connections.min(self.workers()),
+            false => self.workers(),
+        }
+    }
 }
+
+/// Streams in flight of an HTTP/2 open loop without `--streams`: room for a backlog of a few
+/// milliseconds at tens of thousands of requests per second.
+pub const STREAMS_DEFAULT: usize = 256;
 
 /// Parses `250ms`, `10s`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -351,5 +401,32 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["saldo-loadtest", "verify", "--state", "s.json"]).unwrap();
         assert!(matches!(cli.command_opt, Some(Command::Verify(_))));
+    }
+
+    #[test]
+    fn http2_spreads_the_workers_as_streams_over_few_connections() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["saldo-loadtest"];
+            all.extend_from_slice(args);
+            let cli = Cli::try_parse_from(all).unwrap();
+            cli.run.validate().unwrap();
+            (cli.run.workers(), cli.run.connections_open())
+        };
+        assert_eq!(parse(&["--concurrency", "8"]), (8, 8));
+        assert_eq!(parse(&["--connections", "16"]), (16, 16));
+        let many = ["--http2", "--connections", "4", "--concurrency", "2048"];
+        assert_eq!(parse(&many), (2_048, 4));
+        assert_eq!(
+            parse(&["--http2", "--connections", "2"]),
+            (STREAMS_DEFAULT, 2)
+        );
+        assert_eq!(parse(&["--http2", "--streams", "1"]), (1, 1));
+        assert!(Cli::try_parse_from(["saldo-loadtest", "--streams", "8"]).is_err());
+        let too_many = ["saldo-loadtest", "--concurrency", "2048"];
+        assert!(Cli::try_parse_from(too_many)
+            .unwrap()
+            .run
+            .validate()
+            .is_err());
     }
 }

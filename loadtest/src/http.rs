@@ -1,5 +1,5 @@
 //! A lean HTTP/1.1 keep-alive client: one TCP (or TLS, see `tls`) connection, one request at
-//! a time.
+//! a time (`http2` multiplexes instead).
 //!
 //! The generator must never be the bottleneck, so this is a hand-written client in the spirit of
 //! wrk rather than a general one: the request is rendered into a reused buffer and written with
@@ -34,15 +34,19 @@ pub struct Endpoint {
     pub token_opt: Option<String>,
     /// Set for `https://` targets.
     pub tls_opt: Option<TlsTarget>,
+    /// Speak HTTP/2 (`--http2`, see `http2`) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 impl Endpoint {
     /// Parses `http://host:port` or `https://host:port` (an optional trailing `/` is allowed;
-    /// no path). `ca_file_opt` (PEM) replaces the Mozilla roots for an `https://` target.
+    /// no path). `ca_file_opt` (PEM) replaces the Mozilla roots for an `https://` target; with
+    /// `http2` TLS offers only `h2` by ALPN.
     pub fn parse(
         url: &str,
         token_opt: Option<String>,
         ca_file_opt: Option<&Path>,
+        http2: bool,
     ) -> anyhow::Result<Endpoint> {
         use std::net::ToSocketAddrs;
         let (rest, default_port, https) = if let Some(rest) = url.strip_prefix("http://") {
@@ -70,7 +74,7 @@ impl Endpoint {
             .next()
             .ok_or_else(|| anyhow::anyhow!("target {url} resolves to no address"))?;
         let tls_opt = match https {
-            true => Some(TlsTarget::new(name, ca_file_opt)?),
+            true => Some(TlsTarget::new(name, ca_file_opt, http2)?),
             false => None,
         };
         Ok(Endpoint {
@@ -78,6 +82,7 @@ impl Endpoint {
             host: host.to_string(),
             token_opt,
             tls_opt,
+            http2,
         })
     }
 }
@@ -320,26 +325,26 @@ mod tests {
 
     #[test]
     fn endpoint_parses_host_and_port() {
-        let endpoint = Endpoint::parse("http://127.0.0.1:8080/", None, None).unwrap();
+        let endpoint = Endpoint::parse("http://127.0.0.1:8080/", None, None, false).unwrap();
         assert_eq!(endpoint.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(endpoint.host, "127.0.0.1:8080");
         assert!(endpoint.tls_opt.is_none());
-        assert!(Endpoint::parse("ftp://127.0.0.1:8080", None, None).is_err());
-        assert!(Endpoint::parse("http://127.0.0.1:8080/v1", None, None).is_err());
+        assert!(Endpoint::parse("ftp://127.0.0.1:8080", None, None, false).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:8080/v1", None, None, false).is_err());
         let ca = Path::new("ca.pem");
         assert!(
-            Endpoint::parse("http://127.0.0.1:8080", None, Some(ca)).is_err(),
+            Endpoint::parse("http://127.0.0.1:8080", None, Some(ca), false).is_err(),
             "a CA file means https"
         );
     }
 
     #[test]
     fn https_endpoints_carry_the_server_name_and_default_to_port_443() {
-        let endpoint = Endpoint::parse("https://localhost:8443", None, None).unwrap();
+        let endpoint = Endpoint::parse("https://localhost:8443", None, None, false).unwrap();
         assert_eq!(endpoint.addr.port(), 8443);
         let tls = endpoint.tls_opt.expect("https");
         assert_eq!(format!("{:?}", tls.server_name), "DnsName(\"localhost\")");
-        let endpoint = Endpoint::parse("https://127.0.0.1", None, None).unwrap();
+        let endpoint = Endpoint::parse("https://127.0.0.1", None, None, false).unwrap();
         assert_eq!(endpoint.addr.port(), 443);
         let tls = endpoint.tls_opt.expect("https");
         assert!(matches!(

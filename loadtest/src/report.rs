@@ -98,6 +98,8 @@ pub struct SweepStep {
     pub counts: Counts,
     /// Share of the generator's threads the step kept busy (see `Report`).
     pub generator_utilisation: Option<f64>,
+    /// Server CPU per request in the step, µs (with `--server-pid`).
+    pub server_cpu_us_per_request: Option<f64>,
     /// Whether the step met the objective.
     pub passed: bool,
 }
@@ -130,8 +132,18 @@ pub struct Report {
     pub seed: u64,
     /// Prefix of every ID the run created.
     pub run_id: String,
-    /// Connections (open loop and sweep) or workers (closed loop).
+    /// Connections opened by a phase: one per worker over HTTP/1.1, `--connections` (at most
+    /// one per worker) over HTTP/2.
     pub connections: usize,
+    /// `http/1.1` or `h2` (`--http2`).
+    pub protocol: String,
+    /// Requests in flight at most (`--concurrency`; in open loop `--connections`, or `--streams`
+    /// over HTTP/2).
+    pub workers: usize,
+    /// Responses that came over HTTP/1.x in the phase reported, warm-up included.
+    pub num_responses_http1: u64,
+    /// Responses that came over HTTP/2 in the phase reported, warm-up included.
+    pub num_responses_http2: u64,
     /// Runtime threads of the generator.
     pub threads: usize,
     /// Length of the measured window, s (warm-up excluded).
@@ -172,6 +184,10 @@ pub struct Report {
     /// Generator CPU per request, µs: `1e6 / this` is the rate one core of this machine can
     /// drive, whatever else the machine was doing during the run.
     pub generator_cpu_us_per_request: Option<f64>,
+    /// CPU time the server (`--server-pid`) used during the load, s.
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU per request, µs (the whole phase's CPU over its requests, warm-up included).
+    pub server_cpu_us_per_request: Option<f64>,
     /// Result of verification.
     pub verification: Verification,
 }
@@ -232,8 +248,14 @@ impl Report {
             .target_rate_per_s
             .map_or("-".to_string(), |t| format!("{t:.0}/s"));
         println!(
-            "saldo-loadtest {} · {} · {} connections · seed {} · run {}",
-            self.mode, self.target, self.connections, self.seed, self.run_id
+            "saldo-loadtest {} · {} · {} · {} connections · {} in flight · seed {} · run {}",
+            self.mode,
+            self.target,
+            self.protocol,
+            self.connections,
+            self.workers,
+            self.seed,
+            self.run_id
         );
         println!(
             "measured {:.1}s (after {:.1}s warm-up) · target {target} · achieved {:.1} ops/s · \
@@ -287,10 +309,10 @@ impl Report {
             );
             if lag.p99 > SEND_LAG_WARN_MS || self.num_unsent > 0 {
                 println!(
-                    "warning: requests waited for one of the {} connections (or for the \
+                    "warning: requests waited for one of the {} workers (or for the \
                      generator); the latency above includes that wait, as it should, but more \
-                     --connections may reach a higher rate",
-                    self.connections
+                     --connections (--streams over HTTP/2) may reach a higher rate",
+                    self.workers
                 );
             }
         }
@@ -350,6 +372,11 @@ impl Report {
                     ""
                 }
             );
+        }
+        if let (Some(cpu_s), Some(per_request)) =
+            (self.server_cpu_s, self.server_cpu_us_per_request)
+        {
+            println!("server: {cpu_s:.2} CPU-s, {per_request:.1} µs per request");
         }
         if let Some(objective) = &self.objective {
             println!(

@@ -1,7 +1,8 @@
 //! The load itself: workers that send the workload's operations and record what comes back.
 //!
 //! A *phase* is one open-loop run at a fixed rate (also each step of a sweep) or one
-//! closed-loop run. It spawns one worker per connection; workers share a counter of operation
+//! closed-loop run. It spawns one worker per connection (over HTTP/2, per stream, the streams
+//! dealt out over a few shared connections); workers share a counter of operation
 //! indices. In open loop a worker takes index `i`; if `i` is already due (every connection was
 //! busy: a backlog) it sends at once and measures latency from the due time, so a stalled
 //! server is charged for every request it delayed (no coordinated omission); otherwise it
@@ -26,6 +27,7 @@ use serde::Deserialize;
 
 use crate::client::{Client, TransportError};
 use crate::http::{Endpoint, Method};
+use crate::http2::H2Conn;
 use crate::limits::{ACKS_REMEMBERED_MAX, IN_DOUBT_MAX};
 use crate::model::{EntryAck, LedgerModel, Reservoir, TransferAck};
 use crate::progress::{reporter, SecondSample};
@@ -49,6 +51,11 @@ pub struct Context {
     pub timeout: Duration,
     /// Runtime threads of the generator (recorders are striped by it).
     pub threads: usize,
+    /// With `--http2`, the connections a phase spreads its workers' streams over (at most one
+    /// per worker); unused over HTTP/1.1, where each worker has a connection of its own.
+    pub h2_connections: usize,
+    /// The server's process on this machine (`--server-pid`), whose CPU time each phase reads.
+    pub server_pid_opt: Option<u32>,
 }
 
 /// How a phase paces its operations.
@@ -145,6 +152,8 @@ pub struct PhaseResult {
     pub num_requests_all: u64,
     /// CPU time the generator process used during the phase, s (`None` off Linux).
     pub generator_cpu_s_opt: Option<f64>,
+    /// CPU time the server (`--server-pid`) used during the phase, s.
+    pub server_cpu_s_opt: Option<f64>,
 }
 
 struct WorkerAcks {
@@ -154,16 +163,18 @@ struct WorkerAcks {
     num_in_doubt_dropped: u64,
 }
 
-/// Runs one phase; `index_base` is the index of its first operation.
+/// Runs one phase with `num_workers` requests in flight at most; `index_base` is the index of
+/// its first operation.
 pub async fn run_phase(
     ctx: Arc<Context>,
     pacing: Pacing,
-    num_connections: usize,
+    num_workers: usize,
     index_base: u64,
     label: &str,
     hdr_log: Option<&crate::progress::HdrLogSink>,
 ) -> (PhaseResult, Acks) {
     let cpu_before_opt = process_cpu_s();
+    let server_cpu_before_opt = ctx.server_pid_opt.and_then(server_cpu_s);
     let start = Instant::now() + Duration::from_millis(10);
     let next = Arc::new(AtomicU64::new(0));
     // Operations actually sent; `next` also counts indices taken after issuing stopped.
@@ -171,16 +182,32 @@ pub async fn run_phase(
     // Workers share one recorder per runtime thread: a recorder holds a dozen histograms of
     // ~140 KiB, and one per connection made resetting and merging them the generator's main
     // cost at a few hundred connections. On one thread the mutex is never contended.
-    let num_stripes = ctx.threads.clamp(1, num_connections.max(1));
+    let num_stripes = ctx.threads.clamp(1, num_workers.max(1));
     let recorders: Vec<Arc<Mutex<Recorder>>> = (0..num_stripes)
         .map(|_| Arc::new(Mutex::new(Recorder::new())))
         .collect();
-    let acks_per_worker = (ACKS_REMEMBERED_MAX / num_connections.max(1)).max(1);
-    let mut handles = Vec::with_capacity(num_connections);
-    for n in 0..num_connections {
+    let acks_per_worker = (ACKS_REMEMBERED_MAX / num_workers.max(1)).max(1);
+    // Over HTTP/2 the workers' requests are streams on a few shared connections, dealt out
+    // round robin; they close once the phase's last worker has dropped its client.
+    let h2_conns: Vec<Arc<H2Conn>> = match ctx.endpoint.http2 {
+        true => (0..ctx.h2_connections.clamp(1, num_workers.max(1)))
+            .map(|_| Arc::new(H2Conn::new(ctx.endpoint.clone())))
+            .collect(),
+        false => Vec::new(),
+    };
+    let mut handles = Vec::with_capacity(num_workers);
+    for n in 0..num_workers {
+        let client = match h2_conns.is_empty() {
+            true => Client::new(ctx.endpoint.clone(), ctx.timeout),
+            false => Client::over(
+                h2_conns[n % h2_conns.len()].clone(),
+                ctx.endpoint.clone(),
+                ctx.timeout,
+            ),
+        };
         let worker = Worker {
             ctx: ctx.clone(),
-            client: Client::new(ctx.endpoint.clone(), ctx.timeout),
+            client,
             recorder: recorders[n % num_stripes].clone(),
             acks: WorkerAcks {
                 transfers: Reservoir::new(acks_per_worker, index_base ^ n as u64),
@@ -235,6 +262,10 @@ pub async fn run_phase(
     };
     let measured = elapsed.saturating_sub(warmup);
     let generator_cpu_s_opt = cpu_before_opt.zip(process_cpu_s()).map(|(a, b)| b - a);
+    let server_cpu_after_opt = ctx.server_pid_opt.and_then(server_cpu_s);
+    let server_cpu_s_opt = server_cpu_before_opt
+        .zip(server_cpu_after_opt)
+        .map(|(a, b)| b - a);
     let num_requests_all = merged.num_requests_all;
     let result = PhaseResult {
         num_requests_all,
@@ -245,6 +276,7 @@ pub async fn run_phase(
         num_issued: issued,
         num_unsent,
         generator_cpu_s_opt,
+        server_cpu_s_opt,
     };
     (result, acks)
 }
@@ -343,6 +375,10 @@ impl Worker {
                 }
             }
         }
+        let mut recorder = self.recorder.lock();
+        recorder.num_responses_http1 += self.client.num_responses_http1;
+        recorder.num_responses_http2 += self.client.num_responses_http2;
+        drop(recorder);
         self.acks
     }
 
@@ -590,7 +626,17 @@ fn set_path(path: &mut String, parts: &[&str]) {
 /// Returns the CPU time (user + system) this process has used, in seconds, read from
 /// `/proc/self/stat`; `None` where that file does not exist.
 pub fn process_cpu_s() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_s_of("/proc/self/stat")
+}
+
+/// Returns the CPU time (user + system) process `pid` of this machine has used, in seconds
+/// (`--server-pid`); `None` when it cannot be read.
+pub fn server_cpu_s(pid: u32) -> Option<f64> {
+    cpu_s_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_s_of(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;

@@ -189,6 +189,10 @@ pub struct Recorder {
     pub num_transfers_committed: u64,
     /// Requests answered or failed, warm-up included (for the generator's CPU per request).
     pub num_requests_all: u64,
+    /// Responses that came over HTTP/1.x, warm-up included.
+    pub num_responses_http1: u64,
+    /// Responses that came over HTTP/2, warm-up included: the proof that `--http2` spoke it.
+    pub num_responses_http2: u64,
 }
 
 impl Recorder {
@@ -201,6 +205,8 @@ impl Recorder {
             num_ops: 0,
             num_transfers_committed: 0,
             num_requests_all: 0,
+            num_responses_http1: 0,
+            num_responses_http2: 0,
         }
     }
 
@@ -257,6 +263,8 @@ impl Recorder {
         self.num_ops += other.num_ops;
         self.num_transfers_committed += other.num_transfers_committed;
         self.num_requests_all += other.num_requests_all;
+        self.num_responses_http1 += other.num_responses_http1;
+        self.num_responses_http2 += other.num_responses_http2;
     }
 
     /// Returns the latency of all operations together.

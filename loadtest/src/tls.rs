@@ -2,8 +2,9 @@
 //!
 //! The server is trusted through the Mozilla roots (webpki-roots) or, with `--ca-file`, through
 //! that PEM file's certificates only: a test deployment with a self-signed CA then needs no
-//! change to the system's trust store. Only `http/1.1` is offered by ALPN, because the
-//! hand-written client speaks nothing else. Sessions are resumed on reconnection (rustls' default
+//! change to the system's trust store. ALPN offers `http/1.1` alone for the hand-written client,
+//! or `h2` alone with `--http2` (a server that cannot speak it fails the run instead of quietly
+//! measuring HTTP/1.1). Sessions are resumed on reconnection (rustls' default
 //! in-memory cache), so a reconnecting worker pays for a full handshake only once.
 
 use std::{
@@ -40,8 +41,9 @@ impl std::fmt::Debug for TlsTarget {
 }
 
 impl TlsTarget {
-    /// Returns the client side of TLS for `host`, trusting `ca_file_opt` or the Mozilla roots.
-    pub fn new(host: &str, ca_file_opt: Option<&Path>) -> anyhow::Result<TlsTarget> {
+    /// Returns the client side of TLS for `host`, trusting `ca_file_opt` or the Mozilla roots,
+    /// offering `h2` by ALPN when `http2` is set and `http/1.1` otherwise.
+    pub fn new(host: &str, ca_file_opt: Option<&Path>, http2: bool) -> anyhow::Result<TlsTarget> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file_opt {
             Some(path) => {
@@ -61,7 +63,11 @@ impl TlsTarget {
             .context("tls protocol versions")?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let name = host.trim_start_matches('[').trim_end_matches(']');
         let server_name = ServerName::try_from(name.to_owned())
             .with_context(|| format!("{host} is not a valid TLS server name"))?;

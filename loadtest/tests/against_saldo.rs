@@ -313,7 +313,7 @@ fn a_closed_loop_run_against_healthz_needs_no_accounts() {
 }
 
 #[test]
-fn a_closed_loop_run_over_https_with_a_test_ca_verifies() {
+fn a_closed_loop_run_over_https_with_a_test_ca_verifies_over_http1_and_h2() {
     let dir = tempfile::tempdir().unwrap();
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -336,7 +336,7 @@ fn a_closed_loop_run_over_https_with_a_test_ca_verifies() {
     // The certificate names localhost, so the target does too (and SNI and the check use it).
     let target = format!("https://localhost:{}", server.port);
     let json_path = dir.path().join("report.json");
-    let run = |ca_file_opt: Option<&str>| {
+    let run = |ca_file_opt: Option<&str>, http2: bool| {
         let mut args = vec![
             "--target",
             &target,
@@ -348,9 +348,10 @@ fn a_closed_loop_run_over_https_with_a_test_ca_verifies() {
         args.extend(["--warmup", "0s", "--accounts", "8", "--mix", "transfer"]);
         args.extend(["--json", json_path.to_str().unwrap()]);
         args.extend(ca_file_opt.map(|ca| ["--ca-file", ca]).iter().flatten());
+        args.extend(http2.then_some("--http2"));
         loadtest(&args)
     };
-    let output = run(Some(&ca_file));
+    let output = run(Some(&ca_file), false);
     assert_eq!(output.status.code(), Some(0), "the run passes verification");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("verification: PASS"), "{stdout}");
@@ -358,10 +359,54 @@ fn a_closed_loop_run_over_https_with_a_test_ca_verifies() {
         serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let ok = &report["operations"]["transfer"]["counts"]["ok"];
     assert!(ok.as_u64().unwrap() > 0, "{report}");
-    let untrusted = run(None);
+    assert_eq!(report["num_responses_http2"], 0, "{report}");
+    // The same over HTTP/2, chosen by ALPN.
+    let output = run(Some(&ca_file), true);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "the h2 run passes verification"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert!(
+        report["num_responses_http2"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["num_responses_http1"], 0, "{report}");
+    let untrusted = run(None, false);
     assert_ne!(
         untrusted.status.code(),
         Some(0),
         "the Mozilla roots do not trust a test CA"
     );
+}
+
+#[test]
+fn an_open_loop_run_over_http2_multiplexes_streams_and_verifies() {
+    let server = start_server();
+    let target = format!("http://127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("report.json");
+    // 32 requests in flight as streams on 2 connections: h2c with prior knowledge.
+    let mut args = vec!["--target", &target, "--http2", "--connections", "2"];
+    args.extend(["--streams", "32", "--rate", "300", "--duration", "2s"]);
+    args.extend(["--warmup", "0s", "--accounts", "20", "--batch-size", "10"]);
+    args.extend(["--mix", "transfer=4,batch=1,balance=1", "--seed", "3"]);
+    args.extend(["--json", json_path.to_str().unwrap()]);
+    let output = loadtest(&args);
+    assert_eq!(output.status.code(), Some(0), "the run passes verification");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("verification: PASS"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(report["protocol"], "h2");
+    assert_eq!(report["connections"], 2);
+    assert_eq!(report["workers"], 32);
+    let http2 = report["num_responses_http2"].as_u64().unwrap();
+    assert!(http2 > 0, "responses came over HTTP/2: {report}");
+    assert_eq!(report["num_responses_http1"], 0, "and none over HTTP/1.1");
+    let ok = &report["operations"]["transfer"]["counts"]["ok"];
+    assert!(ok.as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["verification"]["passed"], true);
 }
