@@ -455,7 +455,10 @@ impl Node {
             {
                 let mut slots = shard.slots.lock();
                 let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-                let at = *at_opt.get_or_insert_with(|| slot.turn_time(Timestamp::now()));
+                // The turn's time is taken at each (re)delivery: while this message waited for
+                // room, other turns may have moved the account's clock on.
+                let at = slot.turn_time(Timestamp::now());
+                at_opt.get_or_insert(at);
                 while let Some(cmd) = pending_opt {
                     match slot.exec(&shard.log, window, cmd, at)? {
                         Turn::Done { result, ticket_opt } => {

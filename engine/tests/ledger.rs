@@ -1258,3 +1258,57 @@ async fn an_unappliable_event_refuses_restore_naming_shard_lsn_and_event() {
     );
     assert!(text.contains("runbook"), "{text}");
 }
+
+// ------------------------------------------------------------------ issue 14: hosted accounts
+
+/// A batch's phase that finds the group commit full waits for room and then resumes; other
+/// turns on the same account may run meanwhile and move its clock on. The resumed turn must
+/// take the account's time again: a stale one would be an event in the past, which `apply`
+/// refuses by stopping the process (found by the batch-8,189 benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_phase_that_waits_for_room_resumes_at_the_accounts_time() {
+    let (l, _, _, gate, (a, b, c)) = gated_ledger(EngineConfig {
+        in_flight_max: 10_000,
+        ..config(1)
+    })
+    .await;
+    credit(&l, "fund-a", &a, 100_000_000).await.unwrap();
+    credit(&l, "fund-b", &b, 100_000_000).await.unwrap();
+    // The stream stalls: holds and credits of the batches fill the group commit past its
+    // room, many times over; single transfers on the credit account queue for room beside
+    // them, and win the lock now and then while a batch's phase waits.
+    gate.send_replace(false);
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let batch: Vec<_> = (0..4_000)
+            .map(|i| transfer(&format!("b-{k}-{i}"), &a, &b, 1))
+            .collect();
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            l.transfer_batch(batch, false)
+                .await
+                .iter()
+                .all(Result::is_ok)
+        }));
+    }
+    for i in 0..256 {
+        let (l, t) = (l.clone(), transfer(&format!("s-{i}"), &b, &c, 1));
+        tasks.push(tokio::spawn(async move { l.transfer(t).await.is_ok() }));
+        if i % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.send_replace(true);
+    for t in tasks {
+        let ok = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("every transfer ends")
+            .expect("no transfer stopped the process");
+        assert!(ok, "every transfer commits");
+    }
+    assert_eq!(balance(&l, &a).await, 100_000_000 - 16_000);
+    assert_eq!(balance(&l, &b).await, 100_000_000 + 16_000 - 256);
+    assert_eq!(balance(&l, &c).await, 256);
+    l.shutdown().await;
+}
