@@ -55,7 +55,6 @@ fn serve_config() -> EngineConfig {
         num_shards: 1,
         node_epoch: 1,
         movements_window: 100,
-        passivate_after_ms: 30_000,
         in_flight_max: 10_000,
         group_commit_linger_us: 0,
         snapshot_every_events: 1_000_000,

@@ -74,6 +74,17 @@ enum OpenStep {
     Full,
 }
 
+/// What the turn of a transfer within one shard did.
+enum InShard {
+    /// Ran: the final status, and the ticket of the turn's last record.
+    Done(Result<(), Rejection>, crate::log::Ticket),
+    /// The group commit has no room for the turn's events: nothing happened.
+    Full,
+    /// An account is missing, or the credit account holds another currency: nothing
+    /// happened (the coordinator records the refusal).
+    Elsewhere,
+}
+
 /// The node.
 pub(crate) struct Node {
     config: EngineConfig,
@@ -890,21 +901,20 @@ impl Node {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
-            if shard.log.room_for(3) {
-                match self.transfer_turn(shard, t, cell, false)? {
-                    Some(done) => break done,
-                    None => {
-                        let event = Event::TransferRejected {
-                            transfer: t.clone(),
-                            reason: Rejection::AccountNotFound,
-                            at: Timestamp::now(),
-                        };
-                        self.record_rejection(debit, event, Some(cell)).await?;
-                        return Ok(Err(Rejection::AccountNotFound));
-                    }
+            match self.transfer_turn(shard, t, cell, false)? {
+                InShard::Done(status, ticket) => break (status, ticket),
+                InShard::Full => room.await,
+                // The credit account was checked: the debit account does not exist.
+                InShard::Elsewhere => {
+                    let event = Event::TransferRejected {
+                        transfer: t.clone(),
+                        reason: Rejection::AccountNotFound,
+                        at: Timestamp::now(),
+                    };
+                    self.record_rejection(debit, event, Some(cell)).await?;
+                    return Ok(Err(Rejection::AccountNotFound));
                 }
             }
-            room.await;
         };
         ticket.durable().await?;
         Ok(status)
@@ -954,14 +964,18 @@ impl Node {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
-            if shard.log.room_for(3) {
-                break self.transfer_turn(shard, t, &cell, true);
+            match self.transfer_turn(shard, t, &cell, true) {
+                Ok(InShard::Full) => room.await,
+                other => break other,
             }
-            room.await;
         };
         drop(unclaim);
-        if let Err(e) = turn {
-            return Some(Err(e));
+        match turn {
+            Ok(InShard::Done(..)) => {}
+            Ok(InShard::Elsewhere | InShard::Full) => {
+                unreachable!("both accounts were checked, and accounts are never deleted")
+            }
+            Err(e) => return Some(Err(e)),
         }
         Some(match cell.settled(&self.health.any_failed).await {
             Ok(movement) => match (&movement.status, &movement.rejection_opt) {
@@ -985,11 +999,29 @@ impl Node {
         t: &Transfer,
         cell: &Arc<MovementCell>,
         settle: bool,
-    ) -> Result<Option<(Result<(), Rejection>, crate::log::Ticket)>, LedgerError> {
+    ) -> Result<InShard, LedgerError> {
+        Self::transfer_turn_locked(&mut shard.slots.lock(), shard, t, cell, settle)
+    }
+
+    /// [`Node::transfer_turn`] under the host lock already taken (`slots`): `Full` when the
+    /// group commit has no room, `Elsewhere` when an account is missing or holds another currency.
+    fn transfer_turn_locked(
+        slots: &mut FastMap<AccountId, Slot>,
+        shard: &ShardCore,
+        t: &Transfer,
+        cell: &Arc<MovementCell>,
+        settle: bool,
+    ) -> Result<InShard, LedgerError> {
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
-        let mut slots = shard.slots.lock();
+        // Under the host lock, so that no other turn takes the room between.
+        if !shard.log.room_for(3) {
+            return Ok(InShard::Full);
+        }
+        if slots.get(credit).map(|s| s.state.currency()) != Some(t.currency) {
+            return Ok(InShard::Elsewhere);
+        }
         let Some(slot) = slots.get_mut(debit) else {
-            return Ok(None);
+            return Ok(InShard::Elsewhere);
         };
         let at = slot.turn_time(Timestamp::now());
         let (hold, ticket) = Self::turn(slot, shard, &AccountCommand::Hold(t.clone(), None), at)?;
@@ -1005,7 +1037,7 @@ impl Node {
                     },
                 );
             }
-            return Ok(Some((Err(reason), ticket)));
+            return Ok(InShard::Done(Err(reason), ticket));
         }
         let slot = slots
             .get_mut(credit)
@@ -1037,7 +1069,7 @@ impl Node {
                 },
             );
         }
-        Ok(Some((status, ticket)))
+        Ok(InShard::Done(status, ticket))
     }
 
     /// One command's turn on a hosted account, in a turn that checked the log's room first.
@@ -1239,10 +1271,52 @@ impl Node {
         let cross = |t: &Transfer| {
             self.shard_index(&t.debit_account_id) != self.shard_index(&t.credit_account_id)
         };
+        // Transfers within one shard: one turn each (hold, credit, commit or release), as many
+        // per host lock as the group commit has room for.
+        let mut in_shard: Vec<Vec<usize>> = vec![Vec::new(); num_shards];
+        for (i, t) in cmds.iter().enumerate() {
+            if cells[i].is_some() && !cross(t) {
+                in_shard[self.shard_index(&t.debit_account_id)].push(i);
+            }
+        }
+        for (index, idxs) in in_shard.into_iter().enumerate() {
+            let shard = &self.shards[index];
+            let mut next = 0;
+            while next < idxs.len() {
+                let room = shard.log.room();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                {
+                    let mut slots = shard.slots.lock();
+                    while next < idxs.len() {
+                        let i = idxs[next];
+                        let cell = cells[i].as_ref().expect("claimed above");
+                        match Self::transfer_turn_locked(&mut slots, shard, &cmds[i], cell, false) {
+                            Ok(InShard::Done(result, ticket)) => {
+                                final_lsn[index] = final_lsn[index].max(ticket.lsn);
+                                status[i] = Some(Ok(result));
+                            }
+                            Ok(InShard::Full) => break,
+                            // A missing account or another currency: the phases below record
+                            // the refusal.
+                            Ok(InShard::Elsewhere) => {}
+                            Err(e) => {
+                                cell.maybe_recorded();
+                                status[i] = Some(Err(e));
+                            }
+                        }
+                        next += 1;
+                    }
+                }
+                if next < idxs.len() {
+                    room.await;
+                }
+            }
+        }
         let mut early = Vec::new();
         let mut holds: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
         for (i, t) in cmds.iter().enumerate() {
-            if cells[i].is_none() {
+            if cells[i].is_none() || status[i].is_some() {
                 continue;
             }
             match self
