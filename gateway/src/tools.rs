@@ -319,6 +319,12 @@ fn render_snapshotter_metrics(stats: &FollowStats, storage: &Storage) -> String 
             s.snapshot_failures.load(Ordering::Relaxed) as f64,
         );
         push(
+            "saldo_snapshotter_following",
+            "1 once the shard's initial restore is done and its stream is followed.",
+            MetricKind::Gauge,
+            f64::from(u8::from(s.following.load(Ordering::Relaxed))),
+        );
+        push(
             "saldo_snapshotter_audit_failures_total",
             "Stream records that failed the audit (gap, broken hash chain, undecodable).",
             MetricKind::Counter,

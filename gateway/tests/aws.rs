@@ -1059,6 +1059,29 @@ async fn a_node_on_kinesis_and_dynamodb_survives_sigkill_under_load() {
     let mut snapshotter = Proc::spawn("snapshotter", &snapshotter_args);
 
     let client = http_client();
+    // The snapshotter follows every shard before the load starts, so that the records of the
+    // load are folded by following (a snapshotter still restoring would fold them in its
+    // initial restore instead).
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    let deadline = Instant::now() + SNAPSHOTTER_CATCH_UP_TIMEOUT;
+    loop {
+        let following = match client.get(&metrics_url).send().await {
+            Ok(r) => metric(
+                &r.text().await.unwrap_or_default(),
+                "saldo_snapshotter_following",
+            ),
+            Err(_) => Vec::new(),
+        };
+        if following.len() == SHARDS as usize && following.iter().all(|(_, v)| *v == 1.0) {
+            break;
+        }
+        snapshotter.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the snapshotter did not start following in {SNAPSHOTTER_CATCH_UP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let accounts = Arc::new(open_accounts(&client, &node.base, &name, 20).await);
     let seed = seed();
     eprintln!("AWS_TEST_SEED={seed}");
@@ -1087,7 +1110,6 @@ async fn a_node_on_kinesis_and_dynamodb_survives_sigkill_under_load() {
     // The snapshotter followed the stream across the kill: it catches up, audits clean and wrote
     // snapshots.
     snapshotter.assert_running();
-    let metrics_url = format!("http://{metrics_addr}/metrics");
     let deadline = Instant::now() + SNAPSHOTTER_CATCH_UP_TIMEOUT;
     let text = loop {
         let text = scrape(&client, &metrics_url).await;

@@ -143,6 +143,7 @@ impl Snapshotter {
             stats.shards[i]
                 .snapshot_lsn
                 .store(snap_lsn, Ordering::Relaxed);
+            stats.shards[i].following.store(!failed, Ordering::Relaxed);
             followed.push(Followed {
                 state,
                 snapshot_lsn: snap_lsn,
@@ -298,8 +299,10 @@ pub struct ShardFollowStats {
     pub snapshot_lsn: AtomicU64,
     /// When the last folded event happened, µs since the epoch.
     pub last_event_at_us: AtomicU64,
-    /// Records folded.
+    /// Records folded while following (the initial restore's are not counted).
     pub records: AtomicU64,
+    /// Whether the shard's initial restore is done and the stream is being followed.
+    pub following: std::sync::atomic::AtomicBool,
     /// Snapshots written.
     pub snapshots_written: AtomicU64,
     /// Snapshots that failed (retried).
