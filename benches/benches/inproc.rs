@@ -193,27 +193,37 @@ async fn single_round(
             transfers(&mut rng, tag * CALLERS as u64 + c as u64, mine)
         })
         .collect();
+    // Each caller notes its latencies in a vector allocated before the clock starts (a
+    // histogram per caller would zero hundreds of KiB each inside the timed region); they go
+    // into the histogram once the round is timed.
+    let work: Vec<(Vec<Transfer>, Vec<u32>)> = work
+        .into_iter()
+        .map(|mine| {
+            let latencies = Vec::with_capacity(mine.len());
+            (mine, latencies)
+        })
+        .collect();
     let started = Instant::now();
-    let callers = work.into_iter().map(|mine| {
+    let callers = work.into_iter().map(|(mine, mut latencies_us)| {
         let ledger = ledger.clone();
         tokio::spawn(async move {
-            let mut latency_us = latency_histogram();
             for transfer in mine {
                 let sent = Instant::now();
                 let posted = ledger.transfer(transfer).await;
                 assert!(posted.is_ok(), "a funded transfer commits: {posted:?}");
-                latency_us.saturating_record(sent.elapsed().as_micros() as u64);
+                latencies_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
             }
-            latency_us
+            latencies_us
         })
     });
-    let histograms = futures::future::join_all(callers).await;
+    let latencies = futures::future::join_all(callers).await;
     let elapsed = started.elapsed();
     let mut totals = totals.lock().expect("no bench thread panicked");
-    for histogram in histograms {
-        let histogram = histogram.expect("a caller does not panic");
-        totals.num_transfers += histogram.len();
-        totals.latency_us.add(histogram).expect("same bounds");
+    for latencies_us in latencies {
+        for latency_us in latencies_us.expect("a caller does not panic") {
+            totals.num_transfers += 1;
+            totals.latency_us.saturating_record(u64::from(latency_us));
+        }
     }
     totals.elapsed += elapsed;
     elapsed
@@ -233,11 +243,11 @@ async fn batch_round(ledger: Ledger, tag: u64, iters: u64, totals: Arc<Mutex<Tot
                 .collect()
         })
         .collect();
+    let work: Vec<_> = work.into_iter().map(|b| (b, latency_histogram())).collect();
     let started = Instant::now();
-    let clients = work.into_iter().map(|batches| {
+    let clients = work.into_iter().map(|(batches, mut latency_us)| {
         let ledger = ledger.clone();
         tokio::spawn(async move {
-            let mut latency_us = latency_histogram();
             let mut num_committed = 0;
             for batch in batches {
                 let sent = Instant::now();

@@ -259,6 +259,21 @@ impl AccountState {
         }
     }
 
+    /// Checks that the debit of transfer `t` can leave this account (its debit account) now:
+    /// the check of a hold, for a transfer within one shard that posts in one event.
+    pub fn check_debit(&self, t: &Transfer) -> Result<(), Rejection> {
+        assert_eq!(t.debit_account_id, self.id, "routing bug");
+        self.check_amount(t.amount_minor, t.currency)?;
+        self.check_can_spend(t.amount_minor)
+    }
+
+    /// Checks that the credit of transfer `t` can arrive on this account (its credit account).
+    pub fn check_credit(&self, t: &Transfer) -> Result<(), Rejection> {
+        assert_eq!(t.credit_account_id, self.id, "routing bug");
+        self.check_amount(t.amount_minor, t.currency)?;
+        self.check_can_receive(t.amount_minor)
+    }
+
     fn check_amount(&self, amount_minor: i64, currency: Currency) -> Result<(), Rejection> {
         if currency != self.currency {
             return Err(Rejection::CurrencyMismatch);
@@ -411,6 +426,26 @@ impl AccountState {
             }
             Event::HoldReleased { transfer_id, .. } => {
                 self.take_hold(transfer_id)?;
+            }
+            Event::TransferPosted { transfer: t, .. } => {
+                let (direction, counterparty) = if t.debit_account_id == self.id {
+                    (Direction::Out, &t.credit_account_id)
+                } else if t.credit_account_id == self.id {
+                    (Direction::In, &t.debit_account_id)
+                } else {
+                    return Err(Unappliable("a transfer routed to another account"));
+                };
+                if t.debit_account_id == t.credit_account_id {
+                    return Err(Unappliable("a transfer from an account to itself"));
+                }
+                self.post(at, t.amount_minor, direction, movements_window, || {
+                    (
+                        t.transfer_id.clone(),
+                        Some(counterparty.clone()),
+                        t.description_opt.as_deref().map(Arc::from),
+                        true,
+                    )
+                })?;
             }
             Event::EntryApplied {
                 entry,
@@ -961,6 +996,64 @@ mod tests {
             a.try_apply(&overflow, 8),
             Err(Unappliable("the account is below its allowance (I4)"))
         );
+        // A transfer within one shard that the account could not pay, or that names neither
+        // side as this account.
+        let mut a = account(0);
+        let overdrawn = Event::TransferPosted {
+            transfer: transfer("t1", 5),
+            at: Timestamp(40),
+        };
+        assert_eq!(
+            a.try_apply(&overdrawn, 8),
+            Err(Unappliable("the account is below its allowance (I4)"))
+        );
+        let mut elsewhere = transfer("t2", 5);
+        elsewhere.debit_account_id = AccountId::new("x").unwrap();
+        let elsewhere = Event::TransferPosted {
+            transfer: elsewhere,
+            at: Timestamp(50),
+        };
+        assert_eq!(
+            account(0).try_apply(&elsewhere, 8),
+            Err(Unappliable("a transfer routed to another account"))
+        );
+    }
+
+    #[test]
+    fn a_transfer_within_one_shard_debits_one_account_and_credits_the_other() {
+        let mut a = account(0);
+        run(&mut a, entry("c1", EntryKind::Credit, 10), 10).unwrap();
+        let t = transfer("t1", 4);
+        assert_eq!(a.check_debit(&t), Ok(()));
+        assert_eq!(
+            a.check_debit(&transfer("t2", 11)),
+            Err(Rejection::InsufficientFunds)
+        );
+        let mut b = AccountState::open(
+            &OpenAccount {
+                account_id: t.credit_account_id.clone(),
+                currency: t.currency,
+                overdraft_limit_minor: 0,
+                metadata_opt: None,
+            },
+            Timestamp(1),
+        );
+        assert_eq!(b.check_credit(&t), Ok(()));
+        let posted = Event::TransferPosted {
+            transfer: t,
+            at: Timestamp(20),
+        };
+        a.apply(&posted, 8);
+        b.apply(&posted, 8);
+        assert_eq!((a.balance_minor(), b.balance_minor()), (6, 4));
+        assert_eq!(a.held_minor(), 0);
+        let (out, inn) = (&a.movements(8, None).rows[0], &b.movements(8, None).rows[0]);
+        assert_eq!(
+            (out.direction, inn.direction),
+            (Direction::Out, Direction::In)
+        );
+        assert_eq!(out.counterparty_opt, Some(b.id().clone()));
+        assert_eq!(inn.counterparty_opt, Some(a.id().clone()));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Events: the facts the ledger records in its stream, and their encoding.
 //!
 //! A stream record's payload is a sequence of events, each a little-endian `u32` length
-//! followed by the postcard encoding of an [`Event`]. Every event names the account it changes,
-//! so a shard's state is the fold of its events in stream order (see [`crate::state`]).
+//! followed by the postcard encoding of an [`Event`]. Every event names the accounts it changes
+//! (one, or both accounts of a transfer within one shard), so a shard's state is the fold of
+//! its events in stream order (see [`crate::state`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,15 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    /// A transfer between two accounts of one shard, whole: the debit and the credit at once
+    /// (its hold, credit and commit in one event; design decision 4). Neither account was
+    /// ever short: `decide` checked both before it was recorded.
+    TransferPosted {
+        /// The transfer.
+        transfer: Transfer,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -107,7 +117,8 @@ impl Event {
             | Event::CreditApplied { at, .. }
             | Event::HoldCommitted { at, .. }
             | Event::HoldReleased { at, .. }
-            | Event::BatchCommitted { at, .. } => *at,
+            | Event::BatchCommitted { at, .. }
+            | Event::TransferPosted { at, .. } => *at,
         }
     }
 }

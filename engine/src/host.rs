@@ -103,44 +103,40 @@ impl Slot {
         cmd: &AccountCommand,
         at: Timestamp,
     ) -> Result<Turn, LedgerError> {
-        let (event, result) = match self.state.decide(cmd, at) {
-            Ok(ev) => (Some(ev.clone()), Ok(ev)),
-            Err(reason) => {
-                let record_opt = match cmd {
-                    AccountCommand::Hold(t, _) => Some(Event::TransferRejected {
-                        transfer: t.clone(),
-                        reason: reason.clone(),
-                        at,
-                    }),
-                    AccountCommand::Entry(e) => Some(Event::EntryRejected {
-                        entry: e.clone(),
-                        reason: reason.clone(),
-                        at,
-                    }),
-                    _ => None,
-                };
-                (record_opt, Err(reason))
-            }
+        let decided = self.state.decide(cmd, at);
+        let rejection_record_opt = match (&decided, cmd) {
+            (Ok(_), _) => None,
+            (Err(reason), AccountCommand::Hold(t, _)) => Some(Event::TransferRejected {
+                transfer: t.clone(),
+                reason: reason.clone(),
+                at,
+            }),
+            (Err(reason), AccountCommand::Entry(e)) => Some(Event::EntryRejected {
+                entry: e.clone(),
+                reason: reason.clone(),
+                at,
+            }),
+            (Err(_), _) => None,
         };
-        let Some(event) = event else {
+        let Some(record) = decided.as_ref().ok().or(rejection_record_opt.as_ref()) else {
             return Ok(Turn::Done {
-                result,
+                result: decided,
                 ticket_opt: None,
             });
         };
-        let ticket = match log.try_append(&event)? {
+        let ticket = match log.try_append(record)? {
             TryAppend::Appended(t) => t,
             TryAppend::Full => return Ok(Turn::Full),
         };
         self.last_lsn = ticket.lsn;
-        if result.is_ok() {
-            self.state.apply(&event, movements_window);
+        if let Ok(event) = &decided {
+            self.state.apply(event, movements_window);
             if let AccountCommand::CreditReserved(t) = cmd {
                 self.state.release_incoming(t.amount_minor);
             }
         }
         Ok(Turn::Done {
-            result,
+            result: decided,
             ticket_opt: Some(ticket),
         })
     }

@@ -10,7 +10,8 @@ pub const WAL_BATCH_EVENTS_MAX: usize = 8_192;
 /// Longest a group commit waits for more events while nobody waits for it, µs (tokio's timer
 /// rounds up to whole milliseconds). A batch is written at once when someone waits for one of
 /// its events (a reply, a read, a phase crossing shards) or when it is full; otherwise it lingers
-/// this long, so that a transfer's hold, credit and commit share one record and one fsync.
+/// this long, so that events appended together with only the last awaited share one record and
+/// one fsync.
 pub const WAL_UNDEMANDED_FLUSH_US: u64 = 1_000;
 
 /// Largest encoded event (an account opening with maximal metadata, a transfer with maximal
@@ -45,6 +46,13 @@ const _: () = assert!(METADATA_BYTES_MAX + 1024 < EVENT_BYTES_MAX);
 
 /// Tries of `Ledger::shard_checksum` to find its shard quiet (2 ms apart) before giving up.
 pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;
+
+/// Nice value of the thread that folds and writes a snapshot (0 is the request path's, 19 the
+/// lowest). Folding a shard is CPU-bound and competes with the request path for the same cores:
+/// at 10 the scheduler gives it about a tenth of the share of a request-path thread when both
+/// want a core, and preempts it when a request-path thread wakes, so a snapshot moves the
+/// latency of requests little, and still finishes under full load (slowly) rather than never.
+pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 
 /// Longest pause between two looks of the background task at whether a shard's snapshot is
 /// due (shorter when the snapshot interval is shorter).

@@ -9,10 +9,9 @@
 //!
 //! The writer writes a batch as soon as someone waits for it (the first `durable()` on one of
 //! its tickets tells it) or it is full; a batch nobody waits for yet lingers up to
-//! [`WAL_UNDEMANDED_FLUSH_US`]. So the hold, credit and commit of a transfer within one shard,
-//! appended microseconds apart with only the commit awaited, share one record and one fsync
-//! instead of paying three in a row; under load there is always a waiter and the writer never
-//! lingers.
+//! [`WAL_UNDEMANDED_FLUSH_US`]. So events appended microseconds apart with only the last one
+//! awaited (the accounts of a batch's phase, say) share one record and one fsync instead of
+//! paying one each in a row; under load there is always a waiter and the writer never lingers.
 
 use std::{
     sync::{

@@ -22,7 +22,7 @@
 //! credit, else credit then commit) or releases it when the credit account cannot take it.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -78,11 +78,8 @@ enum OpenStep {
 enum InShard {
     /// Ran: the final status, and the ticket of the turn's last record.
     Done(Result<(), Rejection>, crate::log::Ticket),
-    /// The group commit has no room for the turn's events: nothing happened.
+    /// The group commit has no room for the turn's event: nothing happened.
     Full,
-    /// An account is missing, or the credit account holds another currency: nothing
-    /// happened (the coordinator records the refusal).
-    Elsewhere,
 }
 
 /// The node.
@@ -181,6 +178,19 @@ fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     }
 }
 
+/// Sets the nice value of the calling thread (Linux keeps one per thread). Lowering a
+/// thread's priority needs no privilege; a failure leaves it as it was, which is only slower.
+fn lower_this_threads_priority(nice: i32) {
+    // SAFETY: plain system calls on the calling thread, no memory is shared with them.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0
+    };
+    if failed {
+        tracing::debug!(nice, "could not lower the snapshot thread's priority");
+    }
+}
+
 impl ShardCore {
     /// Returns the account's currency.
     fn currency_of(&self, id: &AccountId) -> Option<Currency> {
@@ -258,7 +268,7 @@ impl Node {
                     for (id, a) in state.accounts.drain() {
                         slots.insert(id, Slot::new(a, 0));
                     }
-                    state.accounts = HashMap::new();
+                    state.accounts = FastMap::new();
                     Ok((state, slots, holds))
                 })
             })
@@ -896,7 +906,6 @@ impl Node {
         t: &Transfer,
         cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
-        let debit = &t.debit_account_id;
         let (status, ticket) = loop {
             let room = shard.log.room();
             tokio::pin!(room);
@@ -904,45 +913,33 @@ impl Node {
             match self.transfer_turn(shard, t, cell, false)? {
                 InShard::Done(status, ticket) => break (status, ticket),
                 InShard::Full => room.await,
-                // The credit account was checked: the debit account does not exist.
-                InShard::Elsewhere => {
-                    let event = Event::TransferRejected {
-                        transfer: t.clone(),
-                        reason: Rejection::AccountNotFound,
-                        at: Timestamp::now(),
-                    };
-                    self.record_rejection(debit, event, Some(cell)).await?;
-                    return Ok(Err(Rejection::AccountNotFound));
-                }
             }
         };
         ticket.durable().await?;
         Ok(status)
     }
 
-    /// A transfer whose accounts both exist in one shard, in the transfer's currency: claimed,
-    /// then run in one turn of the shard that also hands the movement to the shard (its log
-    /// writer settles it once the turn's last record is durable). The caller only waits for
-    /// the outcome: the transfer needs no task of its own, and a caller that hangs up strands
-    /// nothing. `None` (nothing claimed) for any other transfer: the coordinator runs it.
+    /// A transfer whose accounts share a shard: claimed, then run in one turn of the shard
+    /// (under one host lock) that also hands the movement to the shard: its log writer settles
+    /// it once the turn's last record is durable. A refusal for a missing account or another
+    /// currency is recorded in that same turn. The caller only waits for the outcome: the
+    /// transfer needs no task of its own, and a caller that hangs up strands nothing. `None`
+    /// (nothing claimed) when the accounts are on two shards: the coordinator runs it.
     pub(crate) async fn try_transfer_in_shard(
         &self,
         t: &Transfer,
     ) -> Option<Result<Posted, LedgerError>> {
+        let index = self.shard_index(&t.debit_account_id);
+        if index != self.shard_index(&t.credit_account_id) {
+            return None;
+        }
         if let Err(e) = self.check_open() {
             return Some(Err(e));
         }
         if let Err(r) = Self::validate_transfer(t) {
             return Some(Err(r.into()));
         }
-        let index = self.shard_index(&t.debit_account_id);
         let shard = &self.shards[index];
-        if index != self.shard_index(&t.credit_account_id)
-            || shard.currency_of(&t.credit_account_id) != Some(t.currency)
-            || shard.currency_of(&t.debit_account_id).is_none()
-        {
-            return None;
-        }
         let _permit = match self.in_flight_permit() {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
@@ -966,16 +963,13 @@ impl Node {
             room.as_mut().enable();
             match self.transfer_turn(shard, t, &cell, true) {
                 Ok(InShard::Full) => room.await,
-                other => break other,
+                Ok(InShard::Done(..)) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
         drop(unclaim);
-        match turn {
-            Ok(InShard::Done(..)) => {}
-            Ok(InShard::Elsewhere | InShard::Full) => {
-                unreachable!("both accounts were checked, and accounts are never deleted")
-            }
-            Err(e) => return Some(Err(e)),
+        if let Err(e) = turn {
+            return Some(Err(e));
         }
         Some(match cell.settled(&self.health.any_failed).await {
             Ok(movement) => match (&movement.status, &movement.rejection_opt) {
@@ -989,10 +983,9 @@ impl Node {
         })
     }
 
-    /// The turn of a transfer within one shard, in a shard whose log has room for its three
-    /// events: the final status and the ticket of the last record; `None` when the debit
-    /// account does not exist (nothing recorded). With `settle`, the shard's log writer
-    /// settles the movement once that record is durable.
+    /// The turn of a transfer within one shard (one event, see
+    /// [`Node::transfer_turn_locked`]): its status and the ticket of its record. With
+    /// `settle`, the shard's log writer settles the movement once that record is durable.
     fn transfer_turn(
         &self,
         shard: &ShardCore,
@@ -1004,7 +997,11 @@ impl Node {
     }
 
     /// [`Node::transfer_turn`] under the host lock already taken (`slots`): `Full` when the
-    /// group commit has no room, `Elsewhere` when an account is missing or holds another currency.
+    /// group commit has no room. Both accounts are checked (the credit account first: it must
+    /// exist in the transfer's currency; then the debit account as a hold would be, and the
+    /// credit account as a credit would be) and the transfer is recorded as one event:
+    /// `TransferPosted`, or `TransferRejected` with the first refusal. Its time is the latest
+    /// of both accounts'.
     fn transfer_turn_locked(
         slots: &mut FastMap<AccountId, Slot>,
         shard: &ShardCore,
@@ -1014,75 +1011,55 @@ impl Node {
     ) -> Result<InShard, LedgerError> {
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
         // Under the host lock, so that no other turn takes the room between.
-        if !shard.log.room_for(3) {
+        if !shard.log.room_for(1) {
             return Ok(InShard::Full);
         }
-        if slots.get(credit).map(|s| s.state.currency()) != Some(t.currency) {
-            return Ok(InShard::Elsewhere);
-        }
-        let Some(slot) = slots.get_mut(debit) else {
-            return Ok(InShard::Elsewhere);
+        let (debit_slot, credit_slot) = (slots.get(debit), slots.get(credit));
+        let at = [debit_slot, credit_slot]
+            .into_iter()
+            .flatten()
+            .fold(Timestamp::now(), |at, slot| slot.turn_time(at));
+        let status = match (debit_slot, credit_slot) {
+            (_, None) => Err(Rejection::AccountNotFound),
+            (_, Some(c)) if c.state.currency() != t.currency => Err(Rejection::CurrencyMismatch),
+            (None, Some(_)) => Err(Rejection::AccountNotFound),
+            (Some(d), Some(c)) => d
+                .state
+                .check_debit(t)
+                .and_then(|()| c.state.check_credit(t)),
         };
-        let at = slot.turn_time(Timestamp::now());
-        let (hold, ticket) = Self::turn(slot, shard, &AccountCommand::Hold(t.clone(), None), at)?;
-        let ticket = ticket.expect("a hold or its refusal is recorded");
+        let event = match &status {
+            Ok(()) => Event::TransferPosted {
+                transfer: t.clone(),
+                at,
+            },
+            Err(reason) => Event::TransferRejected {
+                transfer: t.clone(),
+                reason: reason.clone(),
+                at,
+            },
+        };
+        let TryAppend::Appended(ticket) = shard.log.try_append(&event)? else {
+            unreachable!("the turn checked the log's room")
+        };
         cell.recorded_at(at, shard.id as usize, ticket.lsn);
-        if let Err(reason) = hold {
-            if settle {
-                shard.log.settle_at(
-                    ticket.lsn,
-                    Settlement {
-                        cell: cell.clone(),
-                        outcome: Err(reason.clone()),
-                    },
-                );
+        if status.is_ok() {
+            for id in [debit, credit] {
+                let slot = slots.get_mut(id).expect("checked above");
+                slot.state.apply(&event, shard.movements_window);
+                slot.last_lsn = ticket.lsn;
             }
-            return Ok(InShard::Done(Err(reason), ticket));
         }
-        let slot = slots
-            .get_mut(credit)
-            .expect("the credit account was checked, and accounts are never deleted");
-        let credit_at = slot.turn_time(at);
-        let (credited, _) = Self::turn(slot, shard, &AccountCommand::Credit(t.clone()), credit_at)?;
-        let (finish, status) = match credited {
-            Ok(_) => (AccountCommand::Commit(t.transfer_id.clone()), Ok(())),
-            Err(reason) => (
-                AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
-                Err(reason),
-            ),
-        };
-        let slot = slots.get_mut(debit).expect("checked above");
-        let (finished, ticket) = Self::turn(slot, shard, &finish, at)?;
-        assert!(
-            finished.is_ok(),
-            "the hold of transfer {} is open until its commit or release",
-            t.transfer_id
-        );
-        let ticket = ticket.expect("a commit or release is recorded");
         if settle {
-            let outcome = status.clone().map(|()| None);
             shard.log.settle_at(
                 ticket.lsn,
                 Settlement {
                     cell: cell.clone(),
-                    outcome,
+                    outcome: status.clone().map(|()| None),
                 },
             );
         }
         Ok(InShard::Done(status, ticket))
-    }
-
-    /// One command's turn on a hosted account, in a turn that checked the log's room first.
-    fn turn(
-        slot: &mut Slot,
-        shard: &ShardCore,
-        cmd: &AccountCommand,
-        at: Timestamp,
-    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
-        match slot.exec(&shard.log, shard.movements_window, cmd, at)? {
-            Turn::Done { result, ticket_opt } => Ok((result, ticket_opt)),
-            Turn::Full => unreachable!("the turn checked the log's room"),
-        }
     }
 
     /// Phases 4–6: credit, then commit (or release if the credit is refused).
@@ -1297,9 +1274,6 @@ impl Node {
                                 status[i] = Some(Ok(result));
                             }
                             Ok(InShard::Full) => break,
-                            // A missing account or another currency: the phases below record
-                            // the refusal.
-                            Ok(InShard::Elsewhere) => {}
                             Err(e) => {
                                 cell.maybe_recorded();
                                 status[i] = Some(Err(e));
@@ -2017,27 +1991,35 @@ impl Node {
                         t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
                     });
                 if due_by_count || due_by_time {
-                    // Folding a shard's stream is CPU-bound: run it on a blocking-pool thread
-                    // so that it never holds one of the runtime's workers (with two cores,
-                    // that would stall half the request path for the whole fold).
-                    let (node, shard) = (self.clone(), shard.clone());
-                    let handle = tokio::runtime::Handle::current();
-                    let result = tokio::task::spawn_blocking(move || {
-                        handle.block_on(async {
-                            node.snapshot_shard(&shard).await.map_err(|e| (shard.id, e))
-                        })
-                    })
-                    .await;
-                    match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err((shard, e))) => {
-                            tracing::warn!(shard, error = %e, "snapshot failed; will retry")
+                    match self.clone().snapshot_on_own_thread(shard.clone()).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(shard = shard.id, error = %e, "snapshot failed; will retry")
                         }
-                        Err(e) => tracing::warn!(error = %e, "snapshot task failed; will retry"),
                     }
                 }
             }
         }
+    }
+
+    /// Runs [`Node::snapshot_shard`] on a thread of its own at [`SNAPSHOT_THREAD_NICE`]:
+    /// folding a shard's stream is CPU-bound, so it must neither hold one of the runtime's
+    /// workers (with two cores, that would stall half the request path for the whole fold) nor
+    /// compete with them as an equal.
+    async fn snapshot_on_own_thread(self: Arc<Self>, shard: Arc<ShardCore>) -> Result<(), String> {
+        let handle = tokio::runtime::Handle::current();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("snapshot-{}", shard.id))
+            .spawn(move || {
+                lower_this_threads_priority(SNAPSHOT_THREAD_NICE);
+                let result = handle.block_on(self.snapshot_shard(&shard));
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("the snapshot thread did not start: {e}"))?;
+        finished
+            .await
+            .map_err(|_| "the snapshot thread stopped".to_string())?
     }
 
     /// Writes a snapshot of a shard folded from its durable stream (never from live memory,

@@ -6,7 +6,7 @@
 //! A movement's *home* is the shard of its debit account (transfers) or of its account
 //! (entries): that shard's stream holds the hold, the commit or release, and the rejections.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 
 use saldo_persistence::{record, Lsn, Record, RecordHash};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,14 @@ impl MovementRecord {
                 None,
                 at,
             ),
+            Event::TransferPosted { transfer, at } => (
+                &transfer.transfer_id,
+                MovementBody::Transfer(transfer.clone()),
+                MovementStatus::Committed,
+                None,
+                None,
+                at,
+            ),
             _ => return None,
         };
         Some((
@@ -143,10 +151,17 @@ pub struct ShardState {
 /// Version tag of the snapshot encoding.
 const SNAPSHOT_FORMAT: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotData {
     format: u32,
     state: ShardState,
+}
+
+/// [`SnapshotData`] as it is written: the same encoding, borrowing the state.
+#[derive(Serialize)]
+struct SnapshotDataRef<'a> {
+    format: u32,
+    state: &'a ShardState,
 }
 
 impl ShardState {
@@ -228,6 +243,15 @@ impl ShardState {
                 } else {
                     m.status = MovementStatus::Committed;
                 }
+            }
+            Event::TransferPosted { transfer, .. } => {
+                if transfer.debit_account_id == transfer.credit_account_id {
+                    return Err(Unappliable("a transfer from an account to itself"));
+                }
+                self.account(&transfer.debit_account_id)?
+                    .try_apply(event, window)?;
+                self.account(&transfer.credit_account_id)?
+                    .try_apply(event, window)?;
             }
             Event::BatchCommitted { batch_id, .. } => {
                 if !self.batches_committed.insert(batch_id.clone()) {
@@ -332,9 +356,9 @@ impl ShardState {
 
     /// Encodes the state as a snapshot blob (postcard).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&SnapshotData {
+        postcard::to_allocvec(&SnapshotDataRef {
             format: SNAPSHOT_FORMAT,
-            state: self.clone(),
+            state: self,
         })
         .expect("state serializes")
     }

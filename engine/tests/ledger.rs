@@ -1246,6 +1246,114 @@ async fn an_unappliable_event_refuses_restore_naming_shard_lsn_and_event() {
     assert!(text.contains("runbook"), "{text}");
 }
 
+/// Every event of a shard's stream, in order.
+async fn stream_events(wal: &MemoryWal, shard: u32) -> Vec<saldo_engine::event::Event> {
+    use saldo_persistence::Wal;
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let records = wal.read(shard, after, 100).await.unwrap();
+        let Some(last) = records.last() else {
+            return out;
+        };
+        after = last.last_lsn;
+        for rec in &records {
+            out.extend(saldo_engine::event::decode_all(&rec.payload).unwrap());
+        }
+    }
+}
+
+/// Issue #14 (design decision 4): a transfer whose accounts share a shard is one event,
+/// `TransferPosted` applied to both accounts, or one `TransferRejected` (a refused debit, a
+/// refused credit, a missing account or another currency); a restart folds them to the same
+/// balances, movements and histories.
+#[tokio::test]
+async fn a_transfer_within_one_shard_is_one_event_that_both_accounts_fold() {
+    use saldo_engine::event::Event;
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(1)).await;
+    open_account(&l, "a", 0).await;
+    open_account(&l, "b", 0).await;
+    credit(&l, "fund-a", "a", 100).await.unwrap();
+    credit(&l, "fund-b", "b", i64::MAX - 10).await.unwrap();
+    let before = stream_events(&wal, 0).await.len();
+
+    l.transfer(transfer("t-ok", "a", "b", 5)).await.unwrap();
+    let refused = [
+        (
+            transfer("t-short", "a", "b", 1_000),
+            Rejection::InsufficientFunds,
+        ),
+        (
+            transfer("t-overflow", "a", "b", 50),
+            Rejection::BalanceOverflow,
+        ),
+        (
+            transfer("t-ghost", "a", "ghost", 1),
+            Rejection::AccountNotFound,
+        ),
+        (
+            transfer("t-from-ghost", "ghost", "b", 1),
+            Rejection::AccountNotFound,
+        ),
+    ];
+    for (t, reason) in &refused {
+        assert_eq!(
+            l.transfer(t.clone()).await.map(|_| ()),
+            Err(LedgerError::Rejected(reason.clone())),
+            "{}",
+            t.transfer_id
+        );
+    }
+    let events = stream_events(&wal, 0).await;
+    let new = &events[before..];
+    assert_eq!(
+        new.len(),
+        1 + refused.len(),
+        "one event per transfer: {new:#?}"
+    );
+    assert!(
+        matches!(&new[0], Event::TransferPosted { transfer, .. } if transfer.transfer_id == mid("t-ok")),
+        "{:?}",
+        new[0]
+    );
+    for (ev, (t, reason)) in new[1..].iter().zip(&refused) {
+        assert!(
+            matches!(ev, Event::TransferRejected { transfer, reason: r, .. }
+                if transfer.transfer_id == t.transfer_id && r == reason),
+            "{ev:?}"
+        );
+    }
+
+    let live = (
+        l.account(&id("a")).await.unwrap(),
+        l.account(&id("b")).await.unwrap(),
+        l.movements(&id("a"), 10, None).await.unwrap(),
+        l.movements(&id("b"), 10, None).await.unwrap(),
+        l.movement(&mid("t-ok")).await.unwrap(),
+        l.movement(&mid("t-short")).await.unwrap(),
+    );
+    assert_eq!(live.0.balance_minor, 95);
+    assert_eq!(live.1.balance_minor, i64::MAX - 5);
+    assert_eq!(live.4.status, MovementStatus::Committed);
+    assert_eq!(live.5.status, MovementStatus::Rejected);
+    l.shutdown().await;
+    let l = open(&wal, &snaps, config(1)).await;
+    let restored = (
+        l.account(&id("a")).await.unwrap(),
+        l.account(&id("b")).await.unwrap(),
+        l.movements(&id("a"), 10, None).await.unwrap(),
+        l.movements(&id("b"), 10, None).await.unwrap(),
+        l.movement(&mid("t-ok")).await.unwrap(),
+        l.movement(&mid("t-short")).await.unwrap(),
+    );
+    assert_eq!(format!("{live:?}"), format!("{restored:?}"));
+    // A retry after the restart answers the original outcome and records nothing.
+    let retried = l.transfer(transfer("t-ok", "a", "b", 5)).await.unwrap();
+    assert!(retried.replayed);
+    assert_eq!(stream_events(&wal, 0).await.len(), events.len());
+}
+
 // ------------------------------------------------------------------ issue 14: hosted accounts
 
 /// A batch's phase that finds the group commit full waits for room and then resumes; other
