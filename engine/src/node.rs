@@ -170,10 +170,13 @@ fn note_lsn(lsns: &mut [Lsn], shard: usize, ticket_opt: &Option<crate::log::Tick
     }
 }
 
-/// An overlong description is a malformed request (`InvalidId` maps to `invalid_request`).
+/// An overlong description is a malformed request.
 fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     match d {
-        Some(d) if d.len() > DESCRIPTION_BYTES_MAX => Err(Rejection::InvalidId),
+        Some(d) if d.len() > DESCRIPTION_BYTES_MAX => Err(Rejection::InvalidField {
+            field: "description".into(),
+            problem: format!("longer than {DESCRIPTION_BYTES_MAX} bytes"),
+        }),
         _ => Ok(()),
     }
 }
@@ -552,7 +555,11 @@ impl Node {
             .as_ref()
             .is_some_and(|m| m.len() > METADATA_BYTES_MAX)
         {
-            return Err(Rejection::InvalidId.into());
+            return Err(Rejection::InvalidField {
+                field: "metadata".into(),
+                problem: format!("longer than {METADATA_BYTES_MAX} bytes"),
+            }
+            .into());
         }
         let _permit = self.in_flight_permit()?;
         let shard = self.shard(&cmd.account_id);
@@ -649,7 +656,14 @@ impl Node {
         to: Day,
     ) -> Result<DailyReport, LedgerError> {
         if to < from || to.0 - from.0 >= DAILY_RANGE_DAYS_MAX {
-            return Err(Rejection::InvalidId.into());
+            return Err(Rejection::InvalidField {
+                field: "to".into(),
+                problem: format!(
+                    "the range must not end before `from` nor span more than \
+                     {DAILY_RANGE_DAYS_MAX} days"
+                ),
+            }
+            .into());
         }
         let (days, currency) = self.read(id, |s| (s.daily(from, to), s.currency())).await?;
         Ok(DailyReport {

@@ -236,9 +236,18 @@ pub enum Rejection {
     /// A transfer in an atomic batch was not applied because another one was rejected.
     BatchAborted,
     /// The movement would take a balance, or the sum of an account's holds, past the largest
-    /// amount the ledger represents (`i64::MAX` minor units). Last in the enum: rejections are
-    /// recorded in the stream by their index.
+    /// amount the ledger represents (`i64::MAX` minor units). Rejections are recorded in the
+    /// stream by their index: new ones go last.
     BalanceOverflow,
+    /// A request field other than an identifier or an amount is malformed or past its limit
+    /// (API code `invalid_request`, as for identifiers). Never recorded: it is refused before
+    /// anything is claimed.
+    InvalidField {
+        /// The request field (`description`, `metadata`, `from`…).
+        field: String,
+        /// What is wrong with it, with the limit.
+        problem: String,
+    },
 }
 
 impl Rejection {
@@ -252,7 +261,7 @@ impl Rejection {
             Rejection::CurrencyMismatch => "currency_mismatch",
             Rejection::SameAccount => "same_account",
             Rejection::InvalidAmount => "invalid_amount",
-            Rejection::InvalidId => "invalid_request",
+            Rejection::InvalidId | Rejection::InvalidField { .. } => "invalid_request",
             Rejection::IdConflict { .. } => "id_conflict",
             Rejection::BatchAborted => "batch_aborted",
             Rejection::BalanceOverflow => "balance_overflow",
@@ -269,6 +278,9 @@ impl fmt::Display for Rejection {
                     "id_conflict: fields differ from the original: {}",
                     fields.join(", ")
                 )
+            }
+            Rejection::InvalidField { field, problem } => {
+                write!(f, "invalid_request: {field}: {problem}")
             }
             other => f.write_str(other.code()),
         }

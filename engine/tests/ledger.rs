@@ -1354,6 +1354,44 @@ async fn a_transfer_within_one_shard_is_one_event_that_both_accounts_fold() {
     assert_eq!(stream_events(&wal, 0).await.len(), events.len());
 }
 
+/// Issue #14 (outcomes apart from failures): a malformed field other than an ID is refused
+/// with a rejection that names it, not as a bad ID, and nothing is recorded.
+#[tokio::test]
+async fn a_bad_field_is_refused_by_name_and_changes_nothing() {
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let l = open(&wal, &snaps, config(1)).await;
+    open_account(&l, "a", 0).await;
+    open_account(&l, "b", 0).await;
+    credit(&l, "fund", "a", 100).await.unwrap();
+    let field_of = |e: LedgerError| match e {
+        LedgerError::Rejected(Rejection::InvalidField { field, .. }) => field,
+        other => panic!("not a field's rejection: {other:?}"),
+    };
+    let before = stream_events(&wal, 0).await.len();
+    let mut long = transfer("t-long", "a", "b", 1);
+    long.description_opt = Some("x".repeat(DESCRIPTION_BYTES_MAX + 1));
+    assert_eq!(field_of(l.transfer(long).await.unwrap_err()), "description");
+    let opening = OpenAccount {
+        account_id: id("c"),
+        currency: brl(),
+        overdraft_limit_minor: 0,
+        metadata_opt: Some("x".repeat(limits::METADATA_BYTES_MAX + 1)),
+    };
+    assert_eq!(
+        field_of(l.open_account(opening).await.unwrap_err()),
+        "metadata"
+    );
+    let day = Timestamp::now().day();
+    let backwards = l.daily(&id("a"), day, Day(day.0 - 1)).await.unwrap_err();
+    assert_eq!(field_of(backwards), "to");
+    assert_eq!(
+        stream_events(&wal, 0).await.len(),
+        before,
+        "nothing recorded"
+    );
+    assert_eq!(balance(&l, "a").await, 100);
+}
+
 // ------------------------------------------------------------------ issue 14: hosted accounts
 
 /// A batch's phase that finds the group commit full waits for room and then resumes; other

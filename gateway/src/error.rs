@@ -234,7 +234,9 @@ fn rejection_parts(r: &Rejection) -> (StatusCode, &'static str, &'static str) {
         Rejection::CurrencyMismatch => (S::UNPROCESSABLE_ENTITY, code, "Currency mismatch"),
         Rejection::SameAccount => (S::UNPROCESSABLE_ENTITY, code, "Same account"),
         Rejection::InvalidAmount => (S::UNPROCESSABLE_ENTITY, code, "Invalid amount"),
-        Rejection::InvalidId => (S::BAD_REQUEST, code, "Invalid request"),
+        Rejection::InvalidId | Rejection::InvalidField { .. } => {
+            (S::BAD_REQUEST, code, "Invalid request")
+        }
         Rejection::BatchAborted => (S::UNPROCESSABLE_ENTITY, code, "Batch aborted"),
         Rejection::BalanceOverflow => (S::UNPROCESSABLE_ENTITY, code, "Balance overflow"),
     }
@@ -265,6 +267,7 @@ fn rejection_detail(r: &Rejection) -> String {
         Rejection::SameAccount => "from and to name the same account".to_owned(),
         Rejection::InvalidAmount => "the amount is not valid for this currency".to_owned(),
         Rejection::InvalidId => "an identifier is not 1-64 characters of A-Za-z0-9._:-".to_owned(),
+        Rejection::InvalidField { field, problem } => format!("{field}: {problem}"),
         Rejection::BatchAborted => {
             "not applied: another transfer of this atomic batch was rejected".to_owned()
         }
@@ -278,7 +281,7 @@ fn rejection_detail(r: &Rejection) -> String {
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::Rejected(r) => ApiError::Rejected(r),
+            LedgerError::Rejected(r) => r.into(),
             LedgerError::Overloaded { reason } => ApiError::Unavailable {
                 detail: format!("ledger overloaded: {reason}").into(),
             },
@@ -291,7 +294,11 @@ impl From<LedgerError> for ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        ApiError::Rejected(r)
+        match r {
+            // The same problem as the gateway's own checks of a field: it names the field.
+            Rejection::InvalidField { field, problem } => ApiError::invalid(field, problem),
+            r => ApiError::Rejected(r),
+        }
     }
 }
 
@@ -384,6 +391,19 @@ mod tests {
             let (_, code, _) = e.parts();
             assert!(CODES.contains(&code), "{code} missing from CODES");
         }
+    }
+
+    #[test]
+    fn a_field_the_engine_refuses_is_named_like_the_gateways_own_checks() {
+        let p = ApiError::from(LedgerError::Rejected(Rejection::InvalidField {
+            field: "description".into(),
+            problem: "longer than 140 bytes".into(),
+        }))
+        .problem();
+        assert_eq!(p.status, 400);
+        assert_eq!(p.code, "invalid_request");
+        assert_eq!(p.field.as_deref(), Some("description"));
+        assert_eq!(p.detail, "longer than 140 bytes");
     }
 
     #[test]
