@@ -8,7 +8,7 @@
 //! snapshots, verified as it is read. Results go to stdout, progress to stderr.
 //!
 //! - this module: the settings, [`shard()`], `list`, `snapshots`, `cut`, [`parse_at`];
-//! - [`follow`]: `saldo snapshotter` and its `/metrics`;
+//! - [`follow`](mod@follow): `saldo snapshotter` and its `/metrics`;
 //! - [`restore`]: `saldo shard restore` (rebuild, balances export, snapshot write-back) and the
 //!   progress bar;
 //! - [`verify`]: `saldo shard verify` (hash chain, snapshots, a live node's checksum).
