@@ -33,6 +33,7 @@
 pub mod account;
 pub mod currency;
 pub mod event;
+pub mod format;
 mod host;
 pub mod ledger;
 pub mod limits;

@@ -1,14 +1,18 @@
 //! Command line of the `saldo` binary.
 //!
-//! `saldo serve` runs the node. Later issues add other subcommands (`saldo shard …`,
-//! `saldo snapshotter`) as new variants of [`Command`]. Every `serve` flag can also come from a
-//! `SALDO_*` environment variable; both override the config file (`--config`).
+//! `saldo serve` runs the node; `saldo snapshotter` and `saldo shard …` are the operators'
+//! tools, whose flags and dispatch are in [`tools`] (their logic is
+//! [`saldo_snapshotter::tools`]). Every flag can also come from a `SALDO_*` environment
+//! variable; both override the config file (`--config`).
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use saldo_snapshotter::storage::{SnapshotBackend, StorageSettings, WalBackend};
 
 use crate::config::{AuthMode, Config, ConfigError, ConsoleOAuthSettings, LogFormat};
+
+pub mod tools;
 
 /// The `saldo` command line.
 #[derive(Debug, Parser)]
@@ -26,9 +30,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Follows the stream beside the nodes and writes each shard's snapshots (and audits the
     /// stream as it reads it).
-    Snapshotter(Box<crate::tools::SnapshotterArgs>),
+    Snapshotter(Box<tools::SnapshotterArgs>),
     /// Operator tools: list shards and snapshots, restore or verify a shard.
-    Shard(Box<crate::tools::ShardArgs>),
+    Shard(Box<tools::ShardArgs>),
 }
 
 /// Flags of `saldo serve`; each overrides the config file.
@@ -149,7 +153,7 @@ pub struct ServeArgs {
     pub trusted_proxies: Vec<crate::forwarded::TrustedProxy>,
     /// Where the stream and snapshots live.
     #[command(flatten)]
-    pub storage: crate::storage::StorageArgs,
+    pub storage: StorageArgs,
 }
 
 impl ServeArgs {
@@ -242,6 +246,69 @@ impl ServeArgs {
     }
 }
 
+/// Storage flags, shared by every subcommand. Global: `saldo shard list --wal kinesis …` and
+/// `saldo shard --wal kinesis … list` both work.
+#[derive(Debug, Default, Clone, Args)]
+pub struct StorageArgs {
+    /// Write-ahead stream backend [default: file].
+    #[arg(long, global = true, env = "SALDO_WAL", value_enum)]
+    pub wal: Option<WalBackend>,
+    /// Snapshot store backend [default: dir].
+    #[arg(long, global = true, env = "SALDO_SNAPSHOT_STORE", value_enum)]
+    pub snapshot_store: Option<SnapshotBackend>,
+    /// Kinesis stream name (with --wal kinesis).
+    #[arg(long, global = true, env = "SALDO_KINESIS_STREAM")]
+    pub kinesis_stream: Option<String>,
+    /// Kinesis endpoint URL (an emulator; default: AWS).
+    #[arg(long, global = true, env = "SALDO_KINESIS_ENDPOINT")]
+    pub kinesis_endpoint: Option<String>,
+    /// Shards of a stream made by --create-resources [default: 1].
+    #[arg(long, global = true, env = "SALDO_KINESIS_SHARDS")]
+    pub kinesis_shards: Option<u32>,
+    /// DynamoDB table name (with --snapshot-store dynamodb).
+    #[arg(long, global = true, env = "SALDO_DYNAMODB_TABLE")]
+    pub dynamodb_table: Option<String>,
+    /// DynamoDB endpoint URL (an emulator; default: AWS).
+    #[arg(long, global = true, env = "SALDO_DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+    /// AWS region (default: the provider chain, AWS_REGION).
+    #[arg(long, global = true, env = "SALDO_AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Create a missing Kinesis stream / DynamoDB table (development and tests).
+    #[arg(long, global = true, env = "SALDO_CREATE_RESOURCES", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub create_resources: Option<bool>,
+}
+
+impl StorageArgs {
+    /// Overrides `s` with every flag that was given.
+    pub fn apply(&self, s: &mut StorageSettings) {
+        if let Some(v) = self.wal {
+            s.wal = v;
+        }
+        if let Some(v) = self.snapshot_store {
+            s.snapshot_store = v;
+        }
+        let strings = [
+            (&mut s.kinesis_stream, &self.kinesis_stream),
+            (&mut s.kinesis_endpoint, &self.kinesis_endpoint),
+            (&mut s.dynamodb_table, &self.dynamodb_table),
+            (&mut s.dynamodb_endpoint, &self.dynamodb_endpoint),
+            (&mut s.aws_region, &self.aws_region),
+        ];
+        for (target, value) in strings {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        }
+        if let Some(v) = self.kinesis_shards {
+            s.kinesis_shards = v;
+        }
+        if let Some(v) = self.create_resources {
+            s.create_resources = v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -306,7 +373,7 @@ mod tests {
             "--create-resources",
         ])
         .expect("valid");
-        assert_eq!(config.storage.wal, crate::storage::WalBackend::Kinesis);
+        assert_eq!(config.storage.wal, WalBackend::Kinesis);
         assert_eq!(config.storage.dynamodb_table.as_deref(), Some("t"));
         assert!(config.storage.create_resources);
         let err = parse(&["--wal", "kinesis"]).expect_err("no stream name");

@@ -89,7 +89,7 @@ pub struct Config {
     /// The web console at `/console/`.
     pub console: ConsoleSettings,
     /// Where the stream and snapshots live (`[storage]`).
-    pub storage: crate::storage::StorageSettings,
+    pub storage: saldo_snapshotter::storage::StorageSettings,
     /// HTTPS, or the TLS-terminating proxy in front (`[tls]`).
     pub tls: TlsSettings,
 }
@@ -168,7 +168,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             limits: LimitsConfig::default(),
             console: ConsoleSettings::default(),
-            storage: crate::storage::StorageSettings::default(),
+            storage: saldo_snapshotter::storage::StorageSettings::default(),
             tls: TlsSettings::default(),
         }
     }
@@ -338,7 +338,9 @@ impl Config {
     /// Checks every value and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: String| Err(ConfigError::Invalid(s));
-        self.storage.validate()?;
+        self.storage
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let e = &self.engine;
         if e.shards == 0 || !e.shards.is_power_of_two() {
             return invalid(format!("shards must be a power of two, got {}", e.shards));

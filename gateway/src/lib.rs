@@ -5,7 +5,9 @@
 //! and maps the engine's outcomes to JSON and `application/problem+json`.
 //!
 //! ## Layout (in the order a request flows)
-//! - [`cli`] and [`config`]: `saldo serve` flags, `SALDO_*` variables and the TOML file.
+//! - [`cli`] and [`config`]: the `saldo` flags, `SALDO_*` variables and the TOML file;
+//!   [`cli::tools`]: the flags of `saldo snapshotter` and `saldo shard …`, whose logic (and the
+//!   opening of the stream and snapshot backends) is in `saldo_snapshotter`.
 //! - [`listener`]: the accept loop's bound on open connections (and `TCP_NODELAY`), and the
 //!   TLS handshake of each connection.
 //! - [`tls`]: HTTPS (rustls, HTTP/2 by ALPN) and the certificate reloaded when its files
@@ -20,8 +22,6 @@
 //! - [`error`]: [`ApiError`], the one error type, and its problem+json rendering.
 //! - [`metrics`]: lock-free Prometheus registry; [`openapi`]: the OpenAPI 3.1 document.
 //! - [`state`]: shared state; [`limits`]: every bound, with its reason; [`telemetry`]: logs.
-//! - [`storage`]: the stream and snapshot backends (files or Kinesis/DynamoDB), shared by
-//!   every subcommand; [`tools`]: `saldo snapshotter` and `saldo shard …`.
 //! - [`console`]: the merchant web console at `/console/` (embedded static files).
 //!
 //! ## Invariants
@@ -51,10 +51,8 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;
-pub mod storage;
 pub mod telemetry;
 pub mod tls;
-pub mod tools;
 
 pub use config::Config;
 pub use error::ApiError;

@@ -31,11 +31,9 @@ pub const BATCH_BODY_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// (it stores metadata in every snapshot).
 pub const METADATA_BYTES_MAX: usize = saldo_engine::limits::METADATA_BYTES_MAX;
 
-/// A stream whose records expire (Kinesis retention: 24 h at least) needs every shard
-/// snapshotted at least this many times per retention period. Four leaves three quarters of
-/// the retention (18 h of Kinesis' minimum) for failed snapshots (a snapshot store outage) to
-/// be retried before a record could expire uncovered.
-pub const RETENTION_PER_SNAPSHOT_INTERVAL_MIN: u64 = 4;
+/// Snapshots per retention period of a stream whose records expire (the snapshotter's bound,
+/// which `saldo serve` checks too).
+pub use saldo_snapshotter::RETENTION_PER_SNAPSHOT_INTERVAL_MIN;
 
 /// First capacity of the buffer a JSON answer is serialized into. A transfer's answer with the
 /// longest IDs and no description is under 400 bytes (three IDs, then

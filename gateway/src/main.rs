@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Snapshotter(args) => {
             let _telemetry = gateway::telemetry::init(gateway::config::LogFormat::Text, None)?;
-            gateway::tools::snapshotter(&args).await
+            gateway::cli::tools::snapshotter(&args, gateway::shutdown_signal()).await
         }
         Command::Shard(args) => {
             // Warnings only: the tool's own output goes to stdout (results) and stderr
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 std::env::set_var("RUST_LOG", "warn");
             }
             let _telemetry = gateway::telemetry::init(gateway::config::LogFormat::Text, None)?;
-            let code = gateway::tools::shard(&args).await?;
+            let code = gateway::cli::tools::shard(&args).await?;
             std::process::exit(code);
         }
     }

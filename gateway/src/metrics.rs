@@ -12,6 +12,8 @@ use std::{
 
 use axum::http::Method;
 use saldo_engine::LedgerStats;
+/// The backends' samples, rendered as in `saldo snapshotter`'s `/metrics`.
+pub use saldo_persistence::metrics::render_samples;
 
 use crate::error::CODES;
 
@@ -402,35 +404,5 @@ mod tests {
         );
         let r = route_index(&Method::GET, Some("/v1/transfers/batch"));
         assert_eq!(ROUTES[r].1, "/v1/transfers/{id}");
-    }
-}
-
-/// Renders backend samples (Prometheus text), one `# HELP`/`# TYPE` per metric name.
-pub fn render_samples(out: &mut String, samples: &[saldo_persistence::metrics::MetricSample]) {
-    use saldo_persistence::metrics::MetricKind;
-    // The exposition format wants each metric's samples together.
-    let mut sorted: Vec<&saldo_persistence::metrics::MetricSample> = samples.iter().collect();
-    sorted.sort_by_key(|s| s.name);
-    let mut seen: Vec<&str> = Vec::new();
-    for s in sorted {
-        if !seen.contains(&s.name) {
-            seen.push(s.name);
-            let kind = match s.kind {
-                MetricKind::Counter => "counter",
-                MetricKind::Gauge => "gauge",
-            };
-            let _ = writeln!(out, "# HELP {} {}", s.name, s.help);
-            let _ = writeln!(out, "# TYPE {} {kind}", s.name);
-        }
-        let _ = write!(out, "{}", s.name);
-        if !s.labels.is_empty() {
-            let labels: Vec<String> = s
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            let _ = write!(out, "{{{}}}", labels.join(","));
-        }
-        let _ = writeln!(out, " {}", s.value);
     }
 }

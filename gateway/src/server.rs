@@ -38,6 +38,7 @@ use axum::{
     Router,
 };
 use saldo_engine::Ledger;
+use saldo_snapshotter::storage::{open_storage, wal_error, StorageError, WalBackend};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -63,21 +64,10 @@ pub enum GatewayError {
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    /// The data directory could not be prepared.
-    #[error("failed to prepare {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The write-ahead stream could not be opened.
-    #[error("failed to open the stream: {0}")]
-    Wal(#[source] saldo_persistence::WalError),
-    /// The snapshot store could not be opened.
-    #[error("failed to open the snapshot store: {0}")]
-    Snapshots(#[source] saldo_persistence::SnapshotError),
+    /// The stream or snapshot store could not be opened (or its data directory prepared), or
+    /// the stream was created with another shard count.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The engine could not restore the ledger.
     #[error("failed to open the ledger: {0}")]
     Engine(#[source] saldo_engine::EngineError),
@@ -94,40 +84,10 @@ pub enum GatewayError {
         /// The shards that failed.
         shards: String,
     },
-    /// The stream was created with another shard count: routing would change, and accounts
-    /// and IDs on the dropped shards would go missing.
-    #[error(
-        "{location} was created with {recorded} shards but --shards is {configured}; \
-         start with --shards {recorded} (the shard count is fixed for the life of a stream)"
-    )]
-    ShardCountMismatch {
-        /// Where the count is recorded (the stream's layout file, or its Kinesis stream).
-        location: String,
-        /// Shards recorded with the stream.
-        recorded: u32,
-        /// Shards asked for.
-        configured: u32,
-    },
     /// The snapshot settings cannot cover every record before the stream's retention expires
     /// it: a shard quiet for that long would restart without its newest records.
     #[error("{0}")]
     SnapshotCadence(String),
-}
-
-/// Returns the gateway error for a stream error, naming the fix of a shard count mismatch.
-pub fn wal_error(e: saldo_persistence::WalError) -> GatewayError {
-    match e {
-        saldo_persistence::WalError::ShardCountMismatch {
-            location,
-            recorded,
-            configured,
-        } => GatewayError::ShardCountMismatch {
-            location,
-            recorded,
-            configured,
-        },
-        e => GatewayError::Wal(e),
-    }
 }
 
 /// Checks that the snapshots cover every record well before the stream's retention (if its
@@ -412,13 +372,11 @@ pub async fn authenticator(config: &Config) -> Result<Authenticator, GatewayErro
 /// of a node writes with a higher epoch than any earlier run, and readers ignore a zombie
 /// predecessor's late records (docs/kinesis.md).
 pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
-    let storage =
-        crate::storage::open_storage(&config.storage, &config.data_dir, config.fsync, false)
-            .await?;
+    let storage = open_storage(&config.storage, &config.data_dir, config.fsync, false).await?;
     storage
         .wal
         .claim_shard_count(config.engine.shards)
@@ -430,7 +388,7 @@ pub async fn open_ledger(config: &Config) -> Result<Ledger, GatewayError> {
         storage.wal.retention_ms().await.map_err(wal_error)?,
     )?;
     let mut engine = config.engine_config();
-    if config.storage.wal == crate::storage::WalBackend::Kinesis {
+    if config.storage.wal == WalBackend::Kinesis {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -9,6 +9,11 @@
 //!   first, and on demand ([`Snapshotter::snapshot_all`]).
 //! - [`restore`]: a shard's state at the newest position or at a chosen LSN (the basis of the
 //!   `saldo shard` operator tool).
+//! - [`storage`]: opens the stream and snapshot store (files or Kinesis/DynamoDB) from plain
+//!   settings, for the nodes and the tools alike; [`storage::StorageError`].
+//! - [`tools`]: the logic of the operators' commands, `saldo snapshotter` (follow) and
+//!   `saldo shard list|snapshots|restore|verify|cut` (the gateway's binary parses their flags
+//!   and calls in here).
 //!
 //! ## Failure model
 //! A failed snapshot is logged and retried at the next tick; the stream is pruned only below
@@ -30,6 +35,15 @@ use saldo_engine::{
 };
 use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotMeta, SnapshotStore, Wal};
 use tokio_util::sync::CancellationToken;
+
+pub mod storage;
+pub mod tools;
+
+/// A stream whose records expire (Kinesis retention: 24 h at least) needs every shard
+/// snapshotted at least this many times per retention period. Four leaves three quarters of
+/// the retention (18 h of Kinesis' minimum) for failed snapshots (a snapshot store outage) to
+/// be retried before a record could expire uncovered.
+pub const RETENTION_PER_SNAPSHOT_INTERVAL_MIN: u64 = 4;
 
 /// When and how the snapshotter works.
 #[derive(Clone, Debug)]

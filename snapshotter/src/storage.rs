@@ -1,7 +1,8 @@
 //! Where a node keeps its write-ahead stream and snapshots: the embedded default (files under
 //! the data directory) or AWS (a Kinesis stream, a DynamoDB table). Shared by `saldo serve`,
-//! `saldo snapshotter` and `saldo shard`, so all three read the same settings the same way:
-//! the `[storage]` table of the config file < `SALDO_*` variables < flags.
+//! `saldo snapshotter` and `saldo shard`, so all three open the same settings the same way.
+//! The gateway reads them from the `[storage]` table of the config file < `SALDO_*` variables
+//! < flags.
 //!
 //! ```toml
 //! [storage]
@@ -15,17 +16,15 @@
 
 use std::{path::Path, sync::Arc};
 
-use clap::Args;
 use saldo_persistence::{
     aws::AwsSettings, snapshot::local_dir::LocalDirSnapshotStore, wal::local_file::LocalFileWal,
-    SnapshotStore, Wal,
+    SnapshotError, SnapshotStore, Wal, WalError,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{config::ConfigError, server::GatewayError};
-
 /// Backend of the write-ahead stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WalBackend {
     /// Segmented files under `<data-dir>/wal`, fsynced per group commit.
@@ -36,7 +35,8 @@ pub enum WalBackend {
 }
 
 /// Backend of the snapshot store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotBackend {
     /// Files under `<data-dir>/snapshots`.
@@ -92,21 +92,21 @@ impl Default for StorageSettings {
 
 impl StorageSettings {
     /// Checks that each AWS backend has its resource name.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), StorageError> {
         if self.wal == WalBackend::Kinesis && self.kinesis_stream.is_none() {
-            return Err(ConfigError::Invalid(
+            return Err(StorageError::Invalid(
                 "--wal kinesis needs --kinesis-stream NAME (or kinesis_stream in [storage])".into(),
             ));
         }
         if self.snapshot_store == SnapshotBackend::Dynamodb && self.dynamodb_table.is_none() {
-            return Err(ConfigError::Invalid(
+            return Err(StorageError::Invalid(
                 "--snapshot-store dynamodb needs --dynamodb-table NAME (or dynamodb_table in \
                  [storage])"
                     .into(),
             ));
         }
         if self.kinesis_shards == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(StorageError::Invalid(
                 "kinesis_shards must be positive".into(),
             ));
         }
@@ -123,66 +123,56 @@ impl StorageSettings {
     }
 }
 
-/// Storage flags, shared by every subcommand. Global: `saldo shard list --wal kinesis …` and
-/// `saldo shard --wal kinesis … list` both work.
-#[derive(Debug, Default, Clone, Args)]
-pub struct StorageArgs {
-    /// Write-ahead stream backend [default: file].
-    #[arg(long, global = true, env = "SALDO_WAL", value_enum)]
-    pub wal: Option<WalBackend>,
-    /// Snapshot store backend [default: dir].
-    #[arg(long, global = true, env = "SALDO_SNAPSHOT_STORE", value_enum)]
-    pub snapshot_store: Option<SnapshotBackend>,
-    /// Kinesis stream name (with --wal kinesis).
-    #[arg(long, global = true, env = "SALDO_KINESIS_STREAM")]
-    pub kinesis_stream: Option<String>,
-    /// Kinesis endpoint URL (an emulator; default: AWS).
-    #[arg(long, global = true, env = "SALDO_KINESIS_ENDPOINT")]
-    pub kinesis_endpoint: Option<String>,
-    /// Shards of a stream made by --create-resources [default: 1].
-    #[arg(long, global = true, env = "SALDO_KINESIS_SHARDS")]
-    pub kinesis_shards: Option<u32>,
-    /// DynamoDB table name (with --snapshot-store dynamodb).
-    #[arg(long, global = true, env = "SALDO_DYNAMODB_TABLE")]
-    pub dynamodb_table: Option<String>,
-    /// DynamoDB endpoint URL (an emulator; default: AWS).
-    #[arg(long, global = true, env = "SALDO_DYNAMODB_ENDPOINT")]
-    pub dynamodb_endpoint: Option<String>,
-    /// AWS region (default: the provider chain, AWS_REGION).
-    #[arg(long, global = true, env = "SALDO_AWS_REGION")]
-    pub aws_region: Option<String>,
-    /// Create a missing Kinesis stream / DynamoDB table (development and tests).
-    #[arg(long, global = true, env = "SALDO_CREATE_RESOURCES", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub create_resources: Option<bool>,
+/// Why storage settings were refused, or the stream or snapshot store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A setting is missing or out of range (the caller says where it came from).
+    #[error("{0}")]
+    Invalid(String),
+    /// A directory of the file backends could not be prepared.
+    #[error("failed to prepare {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write-ahead stream could not be opened.
+    #[error("failed to open the stream: {0}")]
+    Wal(#[source] WalError),
+    /// The snapshot store could not be opened.
+    #[error("failed to open the snapshot store: {0}")]
+    Snapshots(#[source] SnapshotError),
+    /// The stream was created with another shard count: routing would change, and accounts
+    /// and IDs on the dropped shards would go missing.
+    #[error(
+        "{location} was created with {recorded} shards but --shards is {configured}; \
+         start with --shards {recorded} (the shard count is fixed for the life of a stream)"
+    )]
+    ShardCountMismatch {
+        /// Where the count is recorded (the stream's layout file, or its Kinesis stream).
+        location: String,
+        /// Shards recorded with the stream.
+        recorded: u32,
+        /// Shards asked for.
+        configured: u32,
+    },
 }
 
-impl StorageArgs {
-    /// Overrides `s` with every flag that was given.
-    pub fn apply(&self, s: &mut StorageSettings) {
-        if let Some(v) = self.wal {
-            s.wal = v;
-        }
-        if let Some(v) = self.snapshot_store {
-            s.snapshot_store = v;
-        }
-        let strings = [
-            (&mut s.kinesis_stream, &self.kinesis_stream),
-            (&mut s.kinesis_endpoint, &self.kinesis_endpoint),
-            (&mut s.dynamodb_table, &self.dynamodb_table),
-            (&mut s.dynamodb_endpoint, &self.dynamodb_endpoint),
-            (&mut s.aws_region, &self.aws_region),
-        ];
-        for (target, value) in strings {
-            if value.is_some() {
-                target.clone_from(value);
-            }
-        }
-        if let Some(v) = self.kinesis_shards {
-            s.kinesis_shards = v;
-        }
-        if let Some(v) = self.create_resources {
-            s.create_resources = v;
-        }
+/// Returns the storage error for a stream error, naming the fix of a shard count mismatch.
+pub fn wal_error(e: WalError) -> StorageError {
+    match e {
+        WalError::ShardCountMismatch {
+            location,
+            recorded,
+            configured,
+        } => StorageError::ShardCountMismatch {
+            location,
+            recorded,
+            configured,
+        },
+        e => StorageError::Wal(e),
     }
 }
 
@@ -212,19 +202,19 @@ pub async fn open_storage(
     data_dir: &Path,
     fsync: bool,
     read_only: bool,
-) -> Result<Storage, GatewayError> {
+) -> Result<Storage, StorageError> {
     let wal: Arc<dyn Wal> = match settings.wal {
         WalBackend::File if read_only => {
-            Arc::new(LocalFileWal::open_read_only(data_dir.join("wal")).map_err(GatewayError::Wal)?)
+            Arc::new(LocalFileWal::open_read_only(data_dir.join("wal")).map_err(StorageError::Wal)?)
         }
         WalBackend::File => {
             let dir = data_dir.join("wal");
             let wal = tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir).map_err(|source| GatewayError::DataDir {
+                std::fs::create_dir_all(&dir).map_err(|source| StorageError::DataDir {
                     path: dir.clone(),
                     source,
                 })?;
-                LocalFileWal::open(dir, fsync).map_err(GatewayError::Wal)
+                LocalFileWal::open(dir, fsync).map_err(StorageError::Wal)
             })
             .await
             .expect("opening the stream does not panic")?;
@@ -238,7 +228,7 @@ pub async fn open_storage(
                 settings.kinesis_shards,
             )
             .await
-            .map_err(GatewayError::Wal)?;
+            .map_err(StorageError::Wal)?;
             Arc::new(wal)
         }
     };
@@ -247,11 +237,11 @@ pub async fn open_storage(
             let dir = data_dir.join("snapshots");
             Arc::new(
                 tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&dir).map_err(|source| GatewayError::DataDir {
+                    std::fs::create_dir_all(&dir).map_err(|source| StorageError::DataDir {
                         path: dir.clone(),
                         source,
                     })?;
-                    LocalDirSnapshotStore::open(dir).map_err(GatewayError::Snapshots)
+                    LocalDirSnapshotStore::open(dir).map_err(StorageError::Snapshots)
                 })
                 .await
                 .expect("opening the snapshot store does not panic")?,
@@ -265,9 +255,47 @@ pub async fn open_storage(
                     table,
                 )
                 .await
-                .map_err(GatewayError::Snapshots)?,
+                .map_err(StorageError::Snapshots)?,
             )
         }
     };
     Ok(Storage { wal, snapshots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_aws_backend_needs_its_resource_name() {
+        StorageSettings::default()
+            .validate()
+            .expect("files need no name");
+        let kinesis = StorageSettings {
+            wal: WalBackend::Kinesis,
+            ..StorageSettings::default()
+        };
+        let err = kinesis.validate().expect_err("no stream name");
+        assert!(err.to_string().starts_with("--wal kinesis needs"), "{err}");
+        let dynamodb = StorageSettings {
+            snapshot_store: SnapshotBackend::Dynamodb,
+            ..StorageSettings::default()
+        };
+        let err = dynamodb.validate().expect_err("no table name");
+        assert!(err.to_string().contains("--dynamodb-table"), "{err}");
+    }
+
+    #[test]
+    fn a_shard_count_mismatch_names_the_fix() {
+        let e = wal_error(WalError::ShardCountMismatch {
+            location: "file:/x".into(),
+            recorded: 4,
+            configured: 2,
+        });
+        assert_eq!(
+            e.to_string(),
+            "file:/x was created with 4 shards but --shards is 2; start with --shards 4 (the \
+             shard count is fixed for the life of a stream)"
+        );
+    }
 }
