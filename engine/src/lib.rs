@@ -9,6 +9,8 @@
 //! - [`event`]: the events recorded in the stream and their encoding.
 //! - [`state`]: the pure state of a shard as the fold of its stream (restore, snapshots, tools).
 //! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
+//! - [`transfer`]: a transfer's protocol as a pure step machine (phases, durability between
+//!   them, recovery's resumption, the one-turn transfer within a shard).
 //! - `host`: accounts hosted by their shard: an account's turn, and its messages.
 //! - `log`: group commit of a shard's events into stream records.
 //! - `movements`: the movement table (idempotency: every ID the node knows, each one's cell).
@@ -44,6 +46,7 @@ pub mod recovery;
 pub mod shard;
 pub mod state;
 mod stats;
+pub mod transfer;
 pub mod types;
 
 pub use ledger::{EngineConfig, Ledger, LedgerStats};

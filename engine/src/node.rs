@@ -47,6 +47,7 @@ use crate::{
     movements::{Claim, MovementCell, MovementTable, Settlement},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
+    transfer::{self, Next, Phase},
     types::*,
     EngineError,
 };
@@ -164,12 +165,6 @@ fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
 }
 
 /// Raises `lsns[shard]` to the ticket's LSN (the LSN a shard must reach before the next step).
-fn note_lsn(lsns: &mut [Lsn], shard: usize, ticket_opt: &Option<crate::log::Ticket>) {
-    if let Some(ticket) = ticket_opt {
-        lsns[shard] = lsns[shard].max(ticket.lsn);
-    }
-}
-
 /// An overlong description is a malformed request.
 fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     match d {
@@ -369,28 +364,17 @@ impl Node {
         credited: &HashSet<MovementId>,
         batches_committed: &HashSet<MovementId>,
     ) -> Result<(), EngineError> {
-        let t = hold.transfer;
+        let t = &hold.transfer;
         let cell = self
             .movements
             .get(&t.transfer_id)
             .expect("an open hold has a pending record");
-        let undecided = hold
+        let batch_decided = hold
             .batch_opt
             .as_ref()
-            .is_some_and(|b| !batches_committed.contains(b));
-        let outcome = if undecided {
-            assert!(
-                !credited.contains(&t.transfer_id),
-                "a batch is credited only once decided"
-            );
-            self.release_phase(&t, Rejection::BatchAborted).await
-        } else if credited.contains(&t.transfer_id) {
-            self.commit_phase(&t).await
-        } else if hold.batch_opt.is_some() {
-            self.finish_decided_batch_transfer(&t, false).await
-        } else {
-            self.credit_then_commit(&t, true).await
-        };
+            .is_some_and(|b| batches_committed.contains(b));
+        let phase = transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
+        let outcome = self.run_phases(t, phase, None).await;
         match outcome {
             Ok(status) => {
                 self.finish_cell(&cell, status);
@@ -506,15 +490,6 @@ impl Node {
             results,
             last_ticket_opt,
         })
-    }
-
-    /// Runs one phase on an account: returns the event or the rejection, and the ticket.
-    async fn exec(
-        &self,
-        id: &AccountId,
-        cmd: AccountCommand,
-    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
-        self.exec_at(id, cmd, None).await
     }
 
     /// Runs one phase; when it records the movement's first event, sets the cell's creation
@@ -836,40 +811,20 @@ impl Node {
         Ok(())
     }
 
-    /// Runs phases 2–6 of the protocol; returns the final status (Ok: committed).
+    /// Runs a transfer after its claim; returns the final status (Ok: committed). The credit
+    /// account is checked first (a refusal is recorded on the debit account's shard); a
+    /// transfer within one shard is one turn, one across shards runs the phases of
+    /// [`transfer::Phase`] from the hold.
     async fn drive_transfer(
         &self,
         t: &Transfer,
         cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
-        let reject_early = |reason: Rejection| Event::TransferRejected {
-            transfer: t.clone(),
-            reason,
-            at: Timestamp::now(),
-        };
-        match self
+        let credit_currency_opt = self
             .shard(&t.credit_account_id)
-            .currency_of(&t.credit_account_id)
-        {
-            None => {
-                self.record_rejection(
-                    &t.debit_account_id,
-                    reject_early(Rejection::AccountNotFound),
-                    Some(cell),
-                )
-                .await?;
-                return Ok(Err(Rejection::AccountNotFound));
-            }
-            Some(c) if c != t.currency => {
-                self.record_rejection(
-                    &t.debit_account_id,
-                    reject_early(Rejection::CurrencyMismatch),
-                    Some(cell),
-                )
-                .await?;
-                return Ok(Err(Rejection::CurrencyMismatch));
-            }
-            Some(_) => {}
+            .currency_of(&t.credit_account_id);
+        if let Err(reason) = transfer::check_credit_account(t, credit_currency_opt) {
+            return self.refuse_before_hold(t, reason, cell).await;
         }
         let debit_shard = self.shard_index(&t.debit_account_id);
         if debit_shard == self.shard_index(&t.credit_account_id) {
@@ -877,38 +832,73 @@ impl Node {
                 .transfer_in_shard(&self.shards[debit_shard], t, cell)
                 .await;
         }
-        let (hold, ticket_opt) = match self
-            .exec_at(
-                &t.debit_account_id,
-                AccountCommand::Hold(t.clone(), None),
-                Some(cell),
-            )
-            .await
-        {
-            Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
-                self.record_rejection(
-                    &t.debit_account_id,
-                    reject_early(Rejection::AccountNotFound),
-                    Some(cell),
-                )
-                .await?;
-                return Ok(Err(Rejection::AccountNotFound));
-            }
-            other => other?,
+        self.run_phases(t, Phase::Hold, Some(cell)).await
+    }
+
+    /// Records the refusal of a transfer decided before its hold, on its debit account's
+    /// shard, and waits until it is durable.
+    async fn refuse_before_hold(
+        &self,
+        t: &Transfer,
+        reason: Rejection,
+        cell: &MovementCell,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        let event = Event::TransferRejected {
+            transfer: t.clone(),
+            reason: reason.clone(),
+            at: Timestamp::now(),
         };
-        let ticket = ticket_opt.expect("a hold or its refusal is recorded");
-        if let Err(reason) = hold {
-            ticket.durable().await?;
-            return Ok(Err(reason));
+        self.record_rejection(&t.debit_account_id, event, Some(cell))
+            .await?;
+        Ok(Err(reason))
+    }
+
+    /// Drives a transfer's step machine from `phase` to its end: each phase is a message to
+    /// its account, and its record is durable before the next phase crosses to another shard
+    /// and before the end is answered. With `cell_opt`, the first phase's record is the
+    /// movement's first (its creation time and position).
+    async fn run_phases(
+        &self,
+        t: &Transfer,
+        mut phase: Phase,
+        mut cell_opt: Option<&Arc<MovementCell>>,
+    ) -> Result<Result<(), Rejection>, LedgerError> {
+        loop {
+            let account = phase.account(t);
+            let (result, ticket_opt) = match self
+                .exec_at(account, phase.command(t, None), cell_opt.map(|c| &**c))
+                .await
+            {
+                // A hold on an account that does not exist: refused, and recorded as such.
+                Err(LedgerError::Rejected(Rejection::AccountNotFound)) if phase == Phase::Hold => {
+                    let cell = cell_opt.expect("a hold starts with its claim");
+                    return self
+                        .refuse_before_hold(t, Rejection::AccountNotFound, cell)
+                        .await;
+                }
+                // Accounts are never closed: any other phase on a missing account is refused
+                // like any refusal (the machine decides what follows).
+                Err(LedgerError::Rejected(reason)) => (Err(reason), None),
+                other => other?,
+            };
+            cell_opt = None;
+            match phase.clone().then(t, result.map(|_| ())) {
+                Next::Phase(next) => {
+                    if phase.durable_before(&next, t, self.config.num_shards) {
+                        if let Some(ticket) = ticket_opt {
+                            ticket.durable().await?;
+                        }
+                    }
+                    phase = next;
+                }
+                Next::Done(status) => {
+                    if let Some(ticket) = ticket_opt {
+                        ticket.durable().await?;
+                    }
+                    return Ok(status);
+                }
+            }
         }
-        let cross_shard = !Arc::ptr_eq(
-            self.shard(&t.debit_account_id),
-            self.shard(&t.credit_account_id),
-        );
-        if cross_shard {
-            ticket.durable().await?;
-        }
-        self.credit_then_commit(t, cross_shard).await
     }
 
     /// A transfer whose accounts share a shard: hold, credit and commit (or release) in one
@@ -1033,26 +1023,12 @@ impl Node {
             .into_iter()
             .flatten()
             .fold(Timestamp::now(), |at, slot| slot.turn_time(at));
-        let status = match (debit_slot, credit_slot) {
-            (_, None) => Err(Rejection::AccountNotFound),
-            (_, Some(c)) if c.state.currency() != t.currency => Err(Rejection::CurrencyMismatch),
-            (None, Some(_)) => Err(Rejection::AccountNotFound),
-            (Some(d), Some(c)) => d
-                .state
-                .check_debit(t)
-                .and_then(|()| c.state.check_credit(t)),
-        };
-        let event = match &status {
-            Ok(()) => Event::TransferPosted {
-                transfer: t.clone(),
-                at,
-            },
-            Err(reason) => Event::TransferRejected {
-                transfer: t.clone(),
-                reason: reason.clone(),
-                at,
-            },
-        };
+        let (status, event) = transfer::decide_in_shard(
+            t,
+            debit_slot.map(|s| &*s.state),
+            credit_slot.map(|s| &*s.state),
+            at,
+        );
         let TryAppend::Appended(ticket) = shard.log.try_append(&event)? else {
             unreachable!("the turn checked the log's room")
         };
@@ -1074,74 +1050,6 @@ impl Node {
             );
         }
         Ok(InShard::Done(status, ticket))
-    }
-
-    /// Phases 4–6: credit, then commit (or release if the credit is refused).
-    async fn credit_then_commit(
-        &self,
-        t: &Transfer,
-        cross_shard: bool,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        let credit = self
-            .exec(&t.credit_account_id, AccountCommand::Credit(t.clone()))
-            .await;
-        match credit {
-            Ok((Ok(_), ticket_opt)) => {
-                if cross_shard {
-                    ticket_opt.expect("a credit is recorded").durable().await?;
-                }
-                self.commit_phase(t).await
-            }
-            Ok((Err(reason), _)) | Err(LedgerError::Rejected(reason)) => {
-                let (_, ticket_opt) = self
-                    .exec(
-                        &t.debit_account_id,
-                        AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
-                    )
-                    .await?;
-                if let Some(ticket) = ticket_opt {
-                    ticket.durable().await?;
-                }
-                Ok(Err(reason))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn release_phase(
-        &self,
-        t: &Transfer,
-        reason: Rejection,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        let (result, ticket_opt) = self
-            .exec(
-                &t.debit_account_id,
-                AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
-            )
-            .await?;
-        assert!(
-            result.is_ok(),
-            "the hold of transfer {} is open until released",
-            t.transfer_id
-        );
-        ticket_opt.expect("a release is recorded").durable().await?;
-        Ok(Err(reason))
-    }
-
-    async fn commit_phase(&self, t: &Transfer) -> Result<Result<(), Rejection>, LedgerError> {
-        let (result, ticket_opt) = self
-            .exec(
-                &t.debit_account_id,
-                AccountCommand::Commit(t.transfer_id.clone()),
-            )
-            .await?;
-        assert!(
-            result.is_ok(),
-            "the hold of transfer {} is open until its commit",
-            t.transfer_id
-        );
-        ticket_opt.expect("a commit is recorded").durable().await?;
-        Ok(Ok(()))
     }
 
     pub(crate) async fn transfer_batch(
@@ -1301,191 +1209,123 @@ impl Node {
                 }
             }
         }
-        let mut early = Vec::new();
-        let mut holds: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
+        // Transfers across shards: the step machine of each, in rounds. A round sends every
+        // transfer's current phase, one message per account carrying that account's phases in
+        // batch order; before the next round, each shard whose record a next phase crosses on
+        // is made durable (once per shard per round, not once per transfer).
+        let mut phases: Vec<Option<Phase>> = (0..n).map(|_| None).collect();
         for (i, t) in cmds.iter().enumerate() {
             if cells[i].is_none() || status[i].is_some() {
                 continue;
             }
-            match self
+            let credit_currency_opt = self
                 .shard(&t.credit_account_id)
-                .currency_of(&t.credit_account_id)
-            {
-                None => early.push((i, Rejection::AccountNotFound)),
-                Some(c) if c != t.currency => early.push((i, Rejection::CurrencyMismatch)),
-                Some(_) => holds
-                    .entry(t.debit_account_id.clone())
-                    .or_default()
-                    .push((i, AccountCommand::Hold(t.clone(), None))),
+                .currency_of(&t.credit_account_id);
+            match transfer::check_credit_account(t, credit_currency_opt) {
+                Ok(()) => phases[i] = Some(Phase::Hold),
+                Err(reason) => {
+                    status[i] = Some(
+                        self.record_refusal(t, reason, cells[i].as_deref(), &mut final_lsn)
+                            .await,
+                    );
+                }
             }
         }
-        for (i, reason) in early {
-            status[i] = Some(
-                self.record_refusal(&cmds[i], reason, cells[i].as_deref(), &mut final_lsn)
-                    .await,
-            );
-        }
-        // Phase 1: holds.
-        let mut placed = Vec::new();
-        let mut hold_lsn = vec![0; num_shards];
-        for (account, idxs, reply) in self.batch_phase(holds).await {
-            let shard = self.shard_index(&account);
-            match reply {
-                Ok(AccountReply::ExecutedMany {
-                    at,
-                    results,
-                    last_ticket_opt,
-                }) => {
-                    note_lsn(&mut final_lsn, shard, &last_ticket_opt);
-                    // The last record of this account's message covers each of its holds.
-                    let last_lsn = last_ticket_opt.as_ref().map_or(0, |t| t.lsn);
-                    for (i, (result, recorded)) in idxs.into_iter().zip(results) {
+        loop {
+            let mut groups: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
+            for (i, phase_opt) in phases.iter().enumerate() {
+                if let Some(phase) = phase_opt {
+                    let t = &cmds[i];
+                    groups
+                        .entry(phase.account(t).clone())
+                        .or_default()
+                        .push((i, phase.command(t, None)));
+                }
+            }
+            if groups.is_empty() {
+                break;
+            }
+            // The LSN each shard must reach before the next round (a phase crossing from it).
+            let mut crossing_lsn = vec![0; num_shards];
+            // Per transfer, the shard whose durability its next phase waits for.
+            let mut waits_on: Vec<Option<usize>> = (0..n).map(|_| None).collect();
+            for (account, idxs, reply) in self.batch_phase(groups).await {
+                let shard = self.shard_index(&account);
+                let (at, results, last_ticket_opt) = match reply {
+                    Ok(AccountReply::ExecutedMany {
+                        at,
+                        results,
+                        last_ticket_opt,
+                    }) => (at, results, last_ticket_opt),
+                    Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
+                    // Accounts are never closed: a missing one refuses every phase sent to it.
+                    Err(LedgerError::Rejected(reason)) => (
+                        Timestamp::now(),
+                        idxs.iter().map(|_| (Err(reason.clone()), false)).collect(),
+                        None,
+                    ),
+                    Err(e) => {
+                        for i in idxs {
+                            // Some of this account's phases may have been appended before the
+                            // failure: their IDs stay pending (see `MovementCell::unrecorded`).
+                            if let Some(cell) = &cells[i] {
+                                cell.maybe_recorded();
+                            }
+                            phases[i] = None;
+                            status[i] = Some(Err(e.clone()));
+                        }
+                        continue;
+                    }
+                };
+                // The last record of this account's message covers each of its phases.
+                let last_lsn = last_ticket_opt.as_ref().map_or(0, |t| t.lsn);
+                for (i, (result, recorded)) in idxs.into_iter().zip(results) {
+                    let t = &cmds[i];
+                    let phase = phases[i].take().expect("sent this round");
+                    if phase == Phase::Hold {
+                        if result == Err(Rejection::AccountNotFound) && !recorded {
+                            // A hold on an account that does not exist: recorded as refused.
+                            status[i] = Some(
+                                self.record_refusal(
+                                    t,
+                                    Rejection::AccountNotFound,
+                                    cells[i].as_deref(),
+                                    &mut final_lsn,
+                                )
+                                .await,
+                            );
+                            continue;
+                        }
                         if recorded {
                             if let Some(cell) = &cells[i] {
                                 cell.recorded_at(at, shard, last_lsn);
                             }
                         }
-                        match result {
-                            Ok(()) => {
-                                if cross(&cmds[i]) {
-                                    note_lsn(&mut hold_lsn, shard, &last_ticket_opt);
-                                }
-                                placed.push(i);
+                    }
+                    match phase.clone().then(t, result) {
+                        Next::Phase(next) => {
+                            if recorded && phase.durable_before(&next, t, self.config.num_shards) {
+                                crossing_lsn[shard] = crossing_lsn[shard].max(last_lsn);
+                                waits_on[i] = Some(shard);
                             }
-                            Err(reason) => status[i] = Some(Ok(Err(reason))),
+                            phases[i] = Some(next);
                         }
-                    }
-                }
-                Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
-                    for i in idxs {
-                        status[i] = Some(
-                            self.record_refusal(
-                                &cmds[i],
-                                Rejection::AccountNotFound,
-                                cells[i].as_deref(),
-                                &mut final_lsn,
-                            )
-                            .await,
-                        );
-                    }
-                }
-                Err(e) => {
-                    for i in idxs {
-                        // Some of this account's holds may have been appended before the
-                        // failure: their IDs stay pending (see `MovementCell::unrecorded`).
-                        if let Some(cell) = &cells[i] {
-                            cell.maybe_recorded();
-                        }
-                        status[i] = Some(Err(e.clone()));
-                    }
-                }
-                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
-            }
-        }
-        // Across shards, a credit is sent only once its hold is durable.
-        let failed = self.wait_shards_durable(&hold_lsn).await;
-        let mut credits: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
-        for i in placed {
-            let t = &cmds[i];
-            if let Some((_, e)) = failed
-                .iter()
-                .find(|(s, _)| *s == self.shard_index(&t.debit_account_id))
-            {
-                status[i] = Some(Err(e.clone()));
-                continue;
-            }
-            credits
-                .entry(t.credit_account_id.clone())
-                .or_default()
-                .push((i, AccountCommand::Credit(t.clone())));
-        }
-        // Phase 2: credits.
-        let mut to_finish: Vec<(usize, Option<Rejection>)> = Vec::new();
-        let mut credit_lsn = vec![0; num_shards];
-        for (account, idxs, reply) in self.batch_phase(credits).await {
-            let shard = self.shard_index(&account);
-            match reply {
-                Ok(AccountReply::ExecutedMany {
-                    results,
-                    last_ticket_opt,
-                    ..
-                }) => {
-                    for (i, (result, _)) in idxs.into_iter().zip(results) {
-                        match result {
-                            Ok(()) => {
-                                if cross(&cmds[i]) {
-                                    note_lsn(&mut credit_lsn, shard, &last_ticket_opt);
-                                }
-                                to_finish.push((i, None));
+                        Next::Done(result) => {
+                            if recorded {
+                                final_lsn[shard] = final_lsn[shard].max(last_lsn);
                             }
-                            Err(reason) => to_finish.push((i, Some(reason))),
+                            status[i] = Some(Ok(result));
                         }
                     }
                 }
-                Err(LedgerError::Rejected(reason)) => {
-                    to_finish.extend(idxs.into_iter().map(|i| (i, Some(reason.clone()))));
-                }
-                Err(e) => {
-                    for i in idxs {
-                        status[i] = Some(Err(e.clone()));
-                    }
-                }
-                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
             }
-        }
-        // Across shards, a hold is committed only once its credit is durable.
-        let failed = self.wait_shards_durable(&credit_lsn).await;
-        let mut finishes: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
-        let mut reasons: Vec<Option<Rejection>> = (0..n).map(|_| None).collect();
-        for (i, reason_opt) in to_finish {
-            let t = &cmds[i];
-            if reason_opt.is_none() {
-                if let Some((_, e)) = failed
-                    .iter()
-                    .find(|(s, _)| *s == self.shard_index(&t.credit_account_id))
-                {
+            let failed = self.wait_shards_durable(&crossing_lsn).await;
+            for (i, shard_opt) in waits_on.into_iter().enumerate() {
+                let Some(shard) = shard_opt else { continue };
+                if let Some((_, e)) = failed.iter().find(|(s, _)| *s == shard) {
+                    phases[i] = None;
                     status[i] = Some(Err(e.clone()));
-                    continue;
                 }
-            }
-            let cmd = match &reason_opt {
-                None => AccountCommand::Commit(t.transfer_id.clone()),
-                Some(reason) => AccountCommand::Release(t.transfer_id.clone(), reason.clone()),
-            };
-            reasons[i] = reason_opt;
-            finishes
-                .entry(t.debit_account_id.clone())
-                .or_default()
-                .push((i, cmd));
-        }
-        // Phase 3: commits and releases.
-        for (account, idxs, reply) in self.batch_phase(finishes).await {
-            let shard = self.shard_index(&account);
-            match reply {
-                Ok(AccountReply::ExecutedMany {
-                    results,
-                    last_ticket_opt,
-                    ..
-                }) => {
-                    note_lsn(&mut final_lsn, shard, &last_ticket_opt);
-                    for (i, (result, _)) in idxs.into_iter().zip(results) {
-                        assert!(
-                            result.is_ok(),
-                            "the hold of transfer {} is open until its commit or release",
-                            cmds[i].transfer_id
-                        );
-                        status[i] = Some(Ok(match reasons[i].take() {
-                            None => Ok(()),
-                            Some(reason) => Err(reason),
-                        }));
-                    }
-                }
-                Err(e) => {
-                    for i in idxs {
-                        status[i] = Some(Err(e.clone()));
-                    }
-                }
-                Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
             }
         }
         // Nothing is answered before its last record is durable.
@@ -1657,14 +1497,12 @@ impl Node {
         let now = Timestamp::now();
         // Credit accounts must exist in the currency (they cannot change afterwards).
         let refusal_opt = cmds.iter().enumerate().find_map(|(i, t)| {
-            match self
+            let credit_currency_opt = self
                 .shard(&t.credit_account_id)
-                .currency_of(&t.credit_account_id)
-            {
-                None => Some((i, Rejection::AccountNotFound)),
-                Some(c) if c != t.currency => Some((i, Rejection::CurrencyMismatch)),
-                Some(_) => None,
-            }
+                .currency_of(&t.credit_account_id);
+            transfer::check_credit_account(t, credit_currency_opt)
+                .err()
+                .map(|reason| (i, reason))
         });
         if let Some((bad, reason)) = refusal_opt {
             let mut out = Vec::new();
@@ -1723,7 +1561,10 @@ impl Node {
             let mut out = Vec::new();
             for (i, t) in cmds.iter().enumerate() {
                 if placed[i] {
-                    out.push(self.release_phase(t, Rejection::BatchAborted).await?);
+                    out.push(
+                        self.run_phases(t, Phase::Release(Rejection::BatchAborted), None)
+                            .await?,
+                    );
                 } else {
                     out.push(Err(refused[i].clone().unwrap_or(Rejection::BatchAborted)));
                 }
@@ -1757,7 +1598,7 @@ impl Node {
         }
         let finished = futures::future::join_all(
             cmds.iter()
-                .map(|t| self.finish_decided_batch_transfer(t, true)),
+                .map(|t| self.run_phases(t, Phase::CreditDecided { reserved: true }, None)),
         )
         .await;
         finished.into_iter().collect()
@@ -1821,7 +1662,7 @@ impl Node {
             } else {
                 Rejection::BatchAborted
             };
-            out.push(self.release_phase(t, reason).await?);
+            out.push(self.run_phases(t, Phase::Release(reason), None).await?);
         }
         Ok(Some(out))
     }
@@ -1839,31 +1680,6 @@ impl Node {
             // (reservations live in memory): not worth stopping the node for.
             tracing::warn!(account = %t.credit_account_id, error = %e, "a reservation was not given back");
         }
-    }
-
-    /// Phases 4–6 of a transfer of a decided atomic batch: its credit cannot be refused (its
-    /// room was reserved before the commit point, or, at recovery, the restored balance still
-    /// has that room: see `account::Incoming`). A refusal is a broken invariant: a partial
-    /// atomic batch would follow, and a crash beats that.
-    async fn finish_decided_batch_transfer(
-        &self,
-        t: &Transfer,
-        reserved: bool,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        let cmd = if reserved {
-            AccountCommand::CreditReserved(t.clone())
-        } else {
-            AccountCommand::Credit(t.clone())
-        };
-        let (credit, ticket_opt) = self.exec(&t.credit_account_id, cmd).await?;
-        if let Err(reason) = credit {
-            panic!(
-                "the credit of transfer {} of a decided atomic batch was refused ({reason})",
-                t.transfer_id
-            );
-        }
-        ticket_opt.expect("a credit is recorded").durable().await?;
-        self.commit_phase(t).await
     }
 
     pub(crate) async fn post_entry(&self, e: Entry) -> Result<Posted, LedgerError> {
