@@ -1,12 +1,19 @@
 //! Deterministic crash simulation (TigerBeetle's VOPR, scaled down): single-threaded, no
 //! tokio, one seeded PRNG. It drives the real pure core (`AccountState::decide/apply`), the
-//! real stream record codec and the real shard fold (`ShardState::apply_record`) through random
-//! transfers, entries, group commits, snapshots and crashes. A crash drops every shard's
-//! unsynced events — each shard on its own, so one shard can keep what another lost — and may
-//! tear a shard's last record (half of it reaches the disk). Then it restores every shard from
-//! its newest snapshot plus its stream, resolves open holds as a node does at start (commit if
-//! the credit shard has the credit, else credit then commit, else release), and checks the five
-//! rules. A failure prints `SIM_SEED=…`; rerun with that environment variable to reproduce it.
+//! engine's transfer step machine (`saldo_engine::transfer`: the phases, the durability rule
+//! between them, recovery's resumption and the one-event transfer within a shard, exactly as
+//! the node's coordinator and recovery drive them), the real stream record codec and the real
+//! shard fold (`ShardState::apply_record`) through random transfers, entries, atomic batches,
+//! group commits, snapshots and crashes. A crash drops every shard's unsynced events (each
+//! shard on its own, so one shard can keep what another lost) and may tear a shard's last
+//! record (half of it reaches the disk). Then it restores every shard from its newest snapshot
+//! plus its stream, resumes every open hold where the engine's recovery resumes it, and checks
+//! the five rules. A failure prints `SIM_SEED=…`; rerun with that environment variable to
+//! reproduce it.
+//!
+//! Mutation check: with the durability rule broken (no wait before a phase crosses to another
+//! shard), the first seed already creates money (`SIM_SEED=369104`, I1); the test
+//! `the_simulation_catches_a_phase_sent_before_its_record_is_durable` keeps that true.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -16,6 +23,7 @@ use saldo_engine::{
     event::{self, Event},
     shard::shard_of,
     state::{digest, ShardState},
+    transfer::{self, Next, Phase},
     *,
 };
 use saldo_persistence::record;
@@ -41,12 +49,20 @@ struct SimShard {
 
 #[derive(Clone, Debug)]
 enum Stage {
-    Hold,
-    AwaitHold(u64),
-    Credit,
-    AwaitCredit(u64),
-    Commit,
+    /// The transfer's next phase (the engine's step machine), ready to be sent.
+    Send(Phase),
+    /// The next phase waits until the record at `lsn` of `shard` is durable.
+    Await { shard: u32, lsn: u64, then: Phase },
+    /// The outcome is answered once the record at `lsn` of `shard` is durable.
     AwaitFinal(u32, u64, Result<(), Rejection>),
+}
+
+/// Whether a phase's record must be durable before the next phase is sent: the engine's rule,
+/// unless a test breaks it on purpose to show that the simulation notices.
+type DurableBefore = fn(&Phase, &Phase, &Transfer, u32) -> bool;
+
+fn engine_rule(phase: &Phase, next: &Phase, t: &Transfer, num_shards: u32) -> bool {
+    phase.durable_before(next, t, num_shards)
 }
 
 struct InFlight {
@@ -79,6 +95,7 @@ struct Sim {
     acked: BTreeMap<MovementId, bool>,
     next_id: u64,
     now: u64,
+    durable_before: DurableBefore,
 }
 
 fn shard_of_account(id: &AccountId) -> u32 {
@@ -107,6 +124,7 @@ impl Sim {
             acked: BTreeMap::new(),
             next_id: 0,
             now: 1_700_000_000_000_000,
+            durable_before: engine_rule,
         };
         for i in 0..NUM_ACCOUNTS {
             let id = AccountId::new(&format!("acct-{i}")).unwrap();
@@ -245,27 +263,29 @@ impl Sim {
             currency,
             description_opt: None,
         };
-        // Pre-validation of the credit account, as the coordinator does.
-        if self.account_state(&to).currency() != currency {
+        // The credit account is checked first, as the coordinator does.
+        if let Err(reason) =
+            transfer::check_credit_account(&t, Some(self.account_state(&to).currency()))
+        {
             let at = self.tick();
             let home = shard_of_account(&t.debit_account_id);
             let lsn = self.append(
                 home,
                 Event::TransferRejected {
                     transfer: t.clone(),
-                    reason: Rejection::CurrencyMismatch,
+                    reason: reason.clone(),
                     at,
                 },
             );
             self.in_flight.push(InFlight {
-                stage: Stage::AwaitFinal(home, lsn, Err(Rejection::CurrencyMismatch)),
+                stage: Stage::AwaitFinal(home, lsn, Err(reason)),
                 t,
             });
             return;
         }
         self.in_flight.push(InFlight {
             t,
-            stage: Stage::Hold,
+            stage: Stage::Send(Phase::Hold),
         });
     }
 
@@ -325,24 +345,11 @@ impl Sim {
                     // its record is durable.
                     self.batches.swap_remove(i);
                     for (t, (s, lsn, r)) in ts.into_iter().zip(holds) {
-                        let (stage_shard, stage_lsn, outcome) = match r {
-                            Ok(()) => {
-                                let (rr, l) = self.exec(
-                                    &t.debit_account_id,
-                                    AccountCommand::Release(
-                                        t.transfer_id.clone(),
-                                        Rejection::BatchAborted,
-                                    ),
-                                );
-                                rr.expect("the hold is open");
-                                (s, l.unwrap(), Err(Rejection::BatchAborted))
-                            }
-                            Err(r) => (s, lsn, Err(r)),
+                        let stage = match r {
+                            Ok(()) => Stage::Send(Phase::Release(Rejection::BatchAborted)),
+                            Err(r) => Stage::AwaitFinal(s, lsn, Err(r)),
                         };
-                        self.in_flight.push(InFlight {
-                            t,
-                            stage: Stage::AwaitFinal(stage_shard, stage_lsn, outcome),
-                        });
+                        self.in_flight.push(InFlight { t, stage });
                     }
                     return;
                 }
@@ -366,7 +373,7 @@ impl Sim {
                 for t in b.ts {
                     self.in_flight.push(InFlight {
                         t,
-                        stage: Stage::Credit,
+                        stage: Stage::Send(Phase::CreditDecided { reserved: false }),
                     });
                 }
             }
@@ -403,46 +410,55 @@ impl Sim {
         });
     }
 
-    /// Moves one in-flight transfer one step, obeying the cross-shard durability rule.
+    /// Moves one in-flight transfer one step of the engine's step machine, waiting for
+    /// durability where the rule says so. A transfer within one shard is one turn and one
+    /// event, decided as the node decides it.
     fn advance(&mut self, i: usize) {
         let t = self.in_flight[i].t.clone();
-        let (ds, cs) = (
-            shard_of_account(&t.debit_account_id),
-            shard_of_account(&t.credit_account_id),
-        );
-        let cross = ds != cs;
         let durable =
             |sim: &Sim, shard: u32, lsn: u64| sim.shards[shard as usize].durable_lsn >= lsn;
         let next = match self.in_flight[i].stage.clone() {
-            Stage::Hold => {
-                match self.exec(&t.debit_account_id, AccountCommand::Hold(t.clone(), None)) {
-                    (Ok(()), Some(lsn)) => Some(if cross {
-                        Stage::AwaitHold(lsn)
-                    } else {
-                        Stage::Credit
-                    }),
-                    (Err(r), Some(lsn)) => Some(Stage::AwaitFinal(ds, lsn, Err(r))),
-                    _ => unreachable!(),
-                }
+            Stage::Send(Phase::Hold)
+                if shard_of_account(&t.debit_account_id)
+                    == shard_of_account(&t.credit_account_id) =>
+            {
+                let floor = self
+                    .account_state(&t.debit_account_id)
+                    .updated_at()
+                    .max(self.account_state(&t.credit_account_id).updated_at());
+                let at = self.tick().max(floor);
+                let (debit, credit) = (
+                    self.account_state(&t.debit_account_id),
+                    self.account_state(&t.credit_account_id),
+                );
+                let (status, event) = transfer::decide_in_shard(&t, Some(debit), Some(credit), at);
+                let shard = shard_of_account(&t.debit_account_id);
+                let lsn = self.append(shard, event);
+                Some(Stage::AwaitFinal(shard, lsn, status))
             }
-            Stage::AwaitHold(lsn) => durable(self, ds, lsn).then_some(Stage::Credit),
-            Stage::Credit => {
-                let (r, lsn) = self.exec(&t.credit_account_id, AccountCommand::Credit(t.clone()));
-                r.expect("pre-validated credit");
-                Some(if cross {
-                    Stage::AwaitCredit(lsn.unwrap())
-                } else {
-                    Stage::Commit
+            Stage::Send(phase) => {
+                let shard = shard_of_account(phase.account(&t));
+                let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
+                Some(match phase.clone().then(&t, result) {
+                    Next::Phase(next) => match lsn_opt {
+                        Some(lsn) if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) => {
+                            Stage::Await {
+                                shard,
+                                lsn,
+                                then: next,
+                            }
+                        }
+                        _ => Stage::Send(next),
+                    },
+                    Next::Done(outcome) => Stage::AwaitFinal(
+                        shard,
+                        lsn_opt.expect("the phase that ends a transfer is recorded"),
+                        outcome,
+                    ),
                 })
             }
-            Stage::AwaitCredit(lsn) => durable(self, cs, lsn).then_some(Stage::Commit),
-            Stage::Commit => {
-                let (r, lsn) = self.exec(
-                    &t.debit_account_id,
-                    AccountCommand::Commit(t.transfer_id.clone()),
-                );
-                r.expect("the hold is open");
-                Some(Stage::AwaitFinal(ds, lsn.unwrap(), Ok(())))
+            Stage::Await { shard, lsn, then } => {
+                durable(self, shard, lsn).then_some(Stage::Send(then))
             }
             Stage::AwaitFinal(shard, lsn, outcome) => {
                 if durable(self, shard, lsn) {
@@ -503,36 +519,27 @@ impl Sim {
             .flat_map(|s| s.live.open_holds())
             .collect();
         for hold in open {
-            let t = hold.transfer;
-            if hold
-                .batch_opt
-                .as_ref()
-                .is_some_and(|b| !decided.contains(b))
-            {
-                // An undecided atomic batch: none of it may take effect.
-                assert!(
-                    !credited.contains(&t.transfer_id),
-                    "credited before the batch was decided"
-                );
-                let (r, _) = self.exec(
-                    &t.debit_account_id,
-                    AccountCommand::Release(t.transfer_id.clone(), Rejection::BatchAborted),
-                );
-                r.expect("open hold");
-                continue;
+            // Where the engine's recovery resumes it, driven to the end as the node does.
+            let t = hold.transfer.clone();
+            let batch_decided = hold.batch_opt.as_ref().is_some_and(|b| decided.contains(b));
+            let mut phase =
+                transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
+            loop {
+                let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
+                match phase.clone().then(&t, result) {
+                    Next::Phase(next) => {
+                        if let Some(lsn) = lsn_opt {
+                            if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) {
+                                let shard = shard_of_account(phase.account(&t));
+                                self.sync(shard, false);
+                                assert!(self.shards[shard as usize].durable_lsn >= lsn);
+                            }
+                        }
+                        phase = next;
+                    }
+                    Next::Done(_) => break,
+                }
             }
-            if !credited.contains(&t.transfer_id) {
-                let (r, lsn) = self.exec(&t.credit_account_id, AccountCommand::Credit(t.clone()));
-                r.expect("credit accounts were pre-validated");
-                let cs = shard_of_account(&t.credit_account_id);
-                self.sync(cs, false);
-                assert!(self.shards[cs as usize].durable_lsn >= lsn.unwrap());
-            }
-            let (r, _) = self.exec(
-                &t.debit_account_id,
-                AccountCommand::Commit(t.transfer_id.clone()),
-            );
-            r.expect("open hold");
         }
         for s in 0..NUM_SHARDS {
             self.sync(s, false);
@@ -705,6 +712,35 @@ fn the_rules_of_the_money_hold_through_random_crashes() {
     for seed in base..base + 150 {
         run_seed(seed, 2_000);
     }
+}
+
+/// The mutation check of the durability rule: with no durable wait before a phase crosses to
+/// another shard, some seed must break a rule of the money (a credit that survives a crash
+/// whose hold was lost creates money). Returns the first seed that caught it.
+fn first_seed_catching(rule: DurableBefore, seeds: std::ops::Range<u64>) -> Option<u64> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = seeds.into_iter().find(|&seed| {
+        std::panic::catch_unwind(|| {
+            let mut sim = Sim::new(seed);
+            sim.durable_before = rule;
+            sim.run(2_000);
+        })
+        .is_err()
+    });
+    std::panic::set_hook(quiet);
+    caught
+}
+
+#[test]
+fn the_simulation_catches_a_phase_sent_before_its_record_is_durable() {
+    let never: DurableBefore = |_, _, _, _| false;
+    let seed_opt = first_seed_catching(never, 0x5a1d0..0x5a1d0 + 150);
+    eprintln!("no durable wait before a crossing phase: caught by SIM_SEED={seed_opt:?}");
+    assert!(
+        seed_opt.is_some(),
+        "a credit sent on a hold a crash could undo went unnoticed by 150 seeds"
+    );
 }
 
 #[test]
