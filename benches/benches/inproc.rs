@@ -60,6 +60,7 @@ fn serve_config() -> EngineConfig {
         snapshot_every_events: 1_000_000,
         snapshot_interval_ms: 60_000,
         snapshots_keep: 2,
+        clock: saldo_engine::Clock::system(),
     }
 }
 

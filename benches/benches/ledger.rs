@@ -166,6 +166,7 @@ fn config(in_flight_max: usize) -> EngineConfig {
         snapshot_every_events: u64::MAX,
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
+        clock: saldo_engine::Clock::system(),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept per shard; stream segments older than the oldest kept one are pruned.
     pub snapshots_keep: usize,
+    /// Where the time stamped on events comes from ([`crate::Clock::system`] in production).
+    pub clock: crate::Clock,
 }
 
 /// A handle to the ledger of this node. Cloning is cheap.

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`types`]: identifiers, currencies, time, commands, views, [`Rejection`] (public API types).
 //! - [`account`]: the pure account state machine (`decide` / `apply`), no I/O, no clock.
+//! - [`clock`]: where the time stamped on events comes from (injected; a test moves it).
 //! - [`event`]: the events recorded in the stream and their encoding.
 //! - [`state`]: the pure state of a shard as the fold of its stream (restore, snapshots, tools).
 //! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod clock;
 pub mod currency;
 pub mod event;
 pub mod format;
@@ -49,6 +51,7 @@ mod stats;
 pub mod transfer;
 pub mod types;
 
+pub use clock::{Clock, ManualClock};
 pub use ledger::{EngineConfig, Ledger, LedgerStats};
 pub use types::*;
 

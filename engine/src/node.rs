@@ -431,7 +431,7 @@ impl Node {
                 {
                     let mut slots = shard.slots.lock();
                     let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-                    let at = slot.turn_time(Timestamp::now());
+                    let at = slot.turn_time(self.config.clock.now());
                     if let Turn::Done { result, ticket_opt } =
                         slot.exec(&shard.log, window, &cmd, at)?
                     {
@@ -465,7 +465,7 @@ impl Node {
                 let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
                 // The turn's time is taken at each (re)delivery: while this message waited for
                 // room, other turns may have moved the account's clock on.
-                let at = slot.turn_time(Timestamp::now());
+                let at = slot.turn_time(self.config.clock.now());
                 at_opt.get_or_insert(at);
                 while let Some(cmd) = pending_opt {
                     match slot.exec(&shard.log, window, cmd, at)? {
@@ -486,7 +486,7 @@ impl Node {
             }
         }
         Ok(AccountReply::ExecutedMany {
-            at: at_opt.unwrap_or_else(Timestamp::now),
+            at: at_opt.unwrap_or_else(|| self.config.clock.now()),
             results,
             last_ticket_opt,
         })
@@ -543,7 +543,7 @@ impl Node {
             tokio::pin!(room);
             room.as_mut().enable();
             // Decide under the lock, act (await) after it is released.
-            match Self::try_open(shard, &cmd)? {
+            match self.try_open(shard, &cmd)? {
                 OpenStep::Exists => return Ok((self.account(&cmd.account_id).await?, false)),
                 OpenStep::Differs { lsn } => {
                     // `account_exists` only once the opening it refers to is durable.
@@ -561,7 +561,7 @@ impl Node {
 
     /// The synchronous part of opening an account: under the shard lock, either finds the
     /// account (same parameters, or `AccountExists`) or records its opening.
-    fn try_open(shard: &ShardCore, cmd: &OpenAccount) -> Result<OpenStep, LedgerError> {
+    fn try_open(&self, shard: &ShardCore, cmd: &OpenAccount) -> Result<OpenStep, LedgerError> {
         let mut slots = shard.slots.lock();
         if let Some(slot) = slots.get(&cmd.account_id) {
             return Ok(if slot.state.same_opening(cmd) {
@@ -570,7 +570,7 @@ impl Node {
                 OpenStep::Differs { lsn: slot.last_lsn }
             });
         }
-        let at = Timestamp::now();
+        let at = self.config.clock.now();
         let event = Event::AccountOpened {
             cmd: cmd.clone(),
             at,
@@ -699,7 +699,7 @@ impl Node {
         id: &MovementId,
         body: &MovementBody,
     ) -> Result<Arc<MovementCell>, Result<Posted, LedgerError>> {
-        match self.movements.claim(id, body, Timestamp::now()) {
+        match self.movements.claim(id, body, self.config.clock.now()) {
             Claim::New(cell) => Ok(cell),
             Claim::Existing(cell) => Err(self.replay(&cell, body).await),
         }
@@ -846,7 +846,7 @@ impl Node {
         let event = Event::TransferRejected {
             transfer: t.clone(),
             reason: reason.clone(),
-            at: Timestamp::now(),
+            at: self.config.clock.now(),
         };
         self.record_rejection(&t.debit_account_id, event, Some(cell))
             .await?;
@@ -997,21 +997,29 @@ impl Node {
         cell: &Arc<MovementCell>,
         settle: bool,
     ) -> Result<InShard, LedgerError> {
-        Self::transfer_turn_locked(&mut shard.slots.lock(), shard, t, cell, settle)
+        Self::transfer_turn_locked(
+            &mut shard.slots.lock(),
+            shard,
+            t,
+            cell,
+            settle,
+            self.config.clock.now(),
+        )
     }
 
     /// [`Node::transfer_turn`] under the host lock already taken (`slots`): `Full` when the
     /// group commit has no room. Both accounts are checked (the credit account first: it must
     /// exist in the transfer's currency; then the debit account as a hold would be, and the
     /// credit account as a credit would be) and the transfer is recorded as one event:
-    /// `TransferPosted`, or `TransferRejected` with the first refusal. Its time is the latest
-    /// of both accounts'.
+    /// `TransferPosted`, or `TransferRejected` with the first refusal. Its time is `now`, or
+    /// the latest of both accounts' times if that is later.
     fn transfer_turn_locked(
         slots: &mut FastMap<AccountId, Slot>,
         shard: &ShardCore,
         t: &Transfer,
         cell: &Arc<MovementCell>,
         settle: bool,
+        now: Timestamp,
     ) -> Result<InShard, LedgerError> {
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
         // Under the host lock, so that no other turn takes the room between.
@@ -1022,7 +1030,7 @@ impl Node {
         let at = [debit_slot, credit_slot]
             .into_iter()
             .flatten()
-            .fold(Timestamp::now(), |at, slot| slot.turn_time(at));
+            .fold(now, |at, slot| slot.turn_time(at));
         let (status, event) = transfer::decide_in_shard(
             t,
             debit_slot.map(|s| &*s.state),
@@ -1153,7 +1161,7 @@ impl Node {
             match self.movements.claim(
                 &t.transfer_id,
                 &MovementBody::Transfer(t.clone()),
-                Timestamp::now(),
+                self.config.clock.now(),
             ) {
                 Claim::New(cell) => cells.push(Some(cell)),
                 Claim::Existing(cell) => {
@@ -1190,7 +1198,14 @@ impl Node {
                     while next < idxs.len() {
                         let i = idxs[next];
                         let cell = cells[i].as_ref().expect("claimed above");
-                        match Self::transfer_turn_locked(&mut slots, shard, &cmds[i], cell, false) {
+                        match Self::transfer_turn_locked(
+                            &mut slots,
+                            shard,
+                            &cmds[i],
+                            cell,
+                            false,
+                            self.config.clock.now(),
+                        ) {
                             Ok(InShard::Done(result, ticket)) => {
                                 final_lsn[index] = final_lsn[index].max(ticket.lsn);
                                 status[i] = Some(Ok(result));
@@ -1260,7 +1275,7 @@ impl Node {
                     Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
                     // Accounts are never closed: a missing one refuses every phase sent to it.
                     Err(LedgerError::Rejected(reason)) => (
-                        Timestamp::now(),
+                        self.config.clock.now(),
                         idxs.iter().map(|_| (Err(reason.clone()), false)).collect(),
                         None,
                     ),
@@ -1377,7 +1392,7 @@ impl Node {
         let event = Event::TransferRejected {
             transfer: t.clone(),
             reason: reason.clone(),
-            at: Timestamp::now(),
+            at: self.config.clock.now(),
         };
         let shard = self.shard_index(&t.debit_account_id);
         let ticket = self.shards[shard].append(&event).await?;
@@ -1441,7 +1456,7 @@ impl Node {
             match self.movements.claim(
                 &t.transfer_id,
                 &MovementBody::Transfer(t.clone()),
-                Timestamp::now(),
+                self.config.clock.now(),
             ) {
                 Claim::New(cell) => cells.push(Some(cell)),
                 Claim::Existing(cell) => {
@@ -1494,7 +1509,7 @@ impl Node {
         cells: &[Arc<MovementCell>],
     ) -> Result<Vec<Result<(), Rejection>>, LedgerError> {
         let batch_id = cmds[0].transfer_id.clone();
-        let now = Timestamp::now();
+        let now = self.config.clock.now();
         // Credit accounts must exist in the currency (they cannot change afterwards).
         let refusal_opt = cmds.iter().enumerate().find_map(|(i, t)| {
             let credit_currency_opt = self
@@ -1705,7 +1720,7 @@ impl Node {
                     let ev = Event::EntryRejected {
                         entry: e.clone(),
                         reason: Rejection::AccountNotFound,
-                        at: Timestamp::now(),
+                        at: self.config.clock.now(),
                     };
                     self.record_rejection(&e.account_id, ev, Some(&cell))
                         .await?;

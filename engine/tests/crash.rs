@@ -32,6 +32,7 @@ fn config() -> EngineConfig {
         snapshot_every_events: 2_000,
         snapshot_interval_ms: 300,
         snapshots_keep: 2,
+        clock: saldo_engine::Clock::system(),
     }
 }
 

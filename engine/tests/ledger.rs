@@ -16,6 +16,7 @@ fn config(num_shards: u32) -> EngineConfig {
         snapshot_every_events: u64::MAX,
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
+        clock: saldo_engine::Clock::system(),
     }
 }
 
@@ -1444,4 +1445,65 @@ async fn a_batch_phase_that_waits_for_room_resumes_at_the_accounts_time() {
     assert_eq!(balance(&l, &b).await, 100_000_000 + 16_000 - 256);
     assert_eq!(balance(&l, &c).await, 256);
     l.shutdown().await;
+}
+
+/// Time is injected into the node (`EngineConfig::clock`): events carry the clock's time, the
+/// daily report splits days where the clock says, and an account's time never goes backwards
+/// when the clock does. All of it on a clock moved by hand: no sleep, no midnight to wait for.
+#[tokio::test]
+async fn events_take_the_injected_clocks_time_and_an_account_never_goes_back_in_time() {
+    let day_us = Timestamp::DAY_MICROS;
+    let day = 20_000; // 2024-10-04
+    let before_midnight = Timestamp(day * day_us + day_us - 1_000_000);
+    let (clock, hand) = Clock::manual(before_midnight);
+    for shards in [1, 4] {
+        hand.set(before_midnight);
+        let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+        let l = open(
+            &wal,
+            &snaps,
+            EngineConfig {
+                clock: clock.clone(),
+                ..config(shards)
+            },
+        )
+        .await;
+        // Within one shard with 1 shard, across two with 4.
+        assert_eq!(l.shard_of(&id("a")) != l.shard_of(&id("b")), shards == 4);
+        open_account(&l, "a", 0).await;
+        open_account(&l, "b", 0).await;
+        credit(&l, "fund", "a", 1_000).await.unwrap();
+        let t1 = l.transfer(transfer("t-1", "a", "b", 100)).await.unwrap();
+        assert_eq!(t1.movement.created_at, before_midnight, "{shards} shards");
+        hand.advance(Duration::from_secs(2));
+        let t2 = l.transfer(transfer("t-2", "a", "b", 100)).await.unwrap();
+        assert_eq!(
+            t2.movement.created_at,
+            Timestamp((day + 1) * day_us + 1_000_000)
+        );
+        let report = l
+            .daily(&id("b"), Day(day as i32), Day(day as i32 + 1))
+            .await
+            .unwrap();
+        let per_day: Vec<(Day, u64, i128)> = report
+            .days
+            .iter()
+            .map(|d| (d.day, d.num_movements, d.credits_minor))
+            .collect();
+        assert_eq!(
+            per_day,
+            [(Day(day as i32), 1, 100), (Day(day as i32 + 1), 1, 100)]
+        );
+        // The clock goes back a day: the accounts' time does not.
+        hand.set(Timestamp(day * day_us));
+        let t3 = l.transfer(transfer("t-3", "a", "b", 100)).await.unwrap();
+        assert!(
+            t3.movement.created_at >= t2.movement.created_at,
+            "{:?} before {:?}",
+            t3.movement.created_at,
+            t2.movement.created_at
+        );
+        assert_eq!(balance(&l, "b").await, 300);
+        l.shutdown().await;
+    }
 }

@@ -25,6 +25,7 @@ fn config() -> EngineConfig {
         snapshot_every_events: u64::MAX,
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
+        clock: saldo_engine::Clock::system(),
     }
 }
 

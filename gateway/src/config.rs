@@ -392,6 +392,7 @@ impl Config {
             snapshot_every_events: e.snapshot_every_events,
             snapshot_interval_ms: e.snapshot_interval_ms,
             snapshots_keep: e.snapshots_keep,
+            clock: saldo_engine::Clock::system(),
         }
     }
 
