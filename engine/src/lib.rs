@@ -15,7 +15,8 @@
 //! - `host`: accounts hosted by their shard: an account's turn, and its messages.
 //! - `log`: group commit of a shard's events into stream records.
 //! - `movements`: the movement table (idempotency: every ID the node knows, each one's cell).
-//! - `node`: shards, the transfer coordinator, recovery, background tasks.
+//! - `node`: shards, the transfer coordinator (single transfers, batches), idempotency,
+//!   reads, recovery, maintenance (snapshots, checksums, shutdown).
 //! - [`recovery`]: newest valid snapshot + stream tail.
 //! - [`limits`]: every bound, with compile-time checks of how they relate.
 //! - [`ledger`]: [`Ledger`], the public handle.

@@ -1,0 +1,449 @@
+//! A node: the shards it owns (each hosting its accounts, see `host`), their group-commit
+//! logs, the movement table, and the coordinator that runs transfers between accounts.
+//!
+//! This module holds the node itself: opening it (restore of every shard, then recovery of
+//! every open hold, resumed where [`crate::transfer::resume`] says), routing, and delivering a
+//! message to an account. The rest is split along its seams:
+//! - `idempotency`: claiming a movement's ID, replays and conflicts;
+//! - `accounts`: opening accounts, external entries;
+//! - `transfers`: a single transfer (one turn within a shard; the step machine of
+//!   [`crate::transfer`] across shards);
+//! - `batches`: independent batches (rounds of the step machine) and atomic batches;
+//! - `reads`: reads on durable state;
+//! - `maintenance`: readiness, metrics, snapshots, checksums, shutdown.
+//!
+//! ## The transfer protocol
+//! 1. Validate the request; claim the transfer ID in the movement table (a second request
+//!    with the same ID waits for the first one's outcome, or conflicts).
+//! 2. Check that the credit account exists in the transfer's currency (accounts are never
+//!    deleted and their currency never changes, so the credit phase cannot be refused later
+//!    except for lack of room).
+//! 3. Within one shard: one turn, one event (`TransferPosted` or `TransferRejected`),
+//!    answered once durable.
+//! 4. Across shards: **hold** on the debit account (a refusal is recorded and answered), then
+//!    **credit** once the hold is durable, then **commit** once the credit is durable (or
+//!    **release** when the credit is refused); answered once the last record is durable.
+//!
+//! Nothing crosses a shard boundary on the strength of a record a crash could undo. After a
+//! crash, recovery finds every open hold and finishes it (commit when the credit shard has the
+//! credit, else credit then commit) or releases it (an undecided atomic batch, or a credit
+//! the account cannot take).
+
+mod accounts;
+mod batches;
+mod idempotency;
+mod maintenance;
+mod reads;
+mod transfers;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use hashbrown::HashMap as FastMap;
+use parking_lot::Mutex;
+use saldo_persistence::{Lsn, SnapshotStore, Wal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    account::{AccountCommand, AccountState},
+    event::Event,
+    host::{AccountMsg, AccountReply, Slot, Turn},
+    ledger::{EngineConfig, Ledger, LedgerStats},
+    limits::*,
+    log::{ShardLog, StreamHealth, TryAppend},
+    movements::{Claim, MovementCell, MovementTable, Settlement},
+    recovery::{restore_shard, RestoreTarget},
+    shard::shard_of,
+    transfer::{self, Next, Phase},
+    types::*,
+    EngineError,
+};
+
+/// One shard of a node.
+pub(crate) struct ShardCore {
+    pub(crate) id: u32,
+    /// Accounts of the shard (foldhash: fast, and seeded per process against flooding).
+    pub(crate) slots: Mutex<FastMap<AccountId, Slot>>,
+    pub(crate) log: Arc<ShardLog>,
+    pub(crate) movements_window: usize,
+    /// LSN and time of the newest snapshot.
+    last_snapshot: Mutex<(Lsn, Option<Instant>)>,
+}
+
+/// The node.
+pub(crate) struct Node {
+    config: EngineConfig,
+    shards: Vec<Arc<ShardCore>>,
+    movements: MovementTable,
+    in_flight: Arc<Semaphore>,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    wal: Arc<dyn Wal>,
+    snapshots: Arc<dyn SnapshotStore>,
+    stop_background: CancellationToken,
+    stop_writers: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    snapshots_total: AtomicU64,
+    /// Which shards' streams failed; fail-stop signals (see [`StreamHealth`]).
+    health: Arc<StreamHealth>,
+}
+
+impl ShardCore {
+    /// Returns the account's currency.
+    fn currency_of(&self, id: &AccountId) -> Option<Currency> {
+        Some(self.slots.lock().get(id)?.state.currency())
+    }
+
+    /// Appends an event decided by the node rather than by one account (a refusal before any
+    /// account acted, a batch decision): a turn of the shard itself, under the host lock like
+    /// every append, waiting for room when the group commit is full.
+    async fn append(&self, event: &Event) -> Result<crate::log::Ticket, LedgerError> {
+        loop {
+            let room = self.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let _host = self.slots.lock();
+                if let TryAppend::Appended(ticket) = self.log.try_append(event)? {
+                    return Ok(ticket);
+                }
+            }
+            room.await;
+        }
+    }
+}
+
+impl Node {
+    pub(crate) async fn open(
+        config: EngineConfig,
+        wal: Arc<dyn Wal>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Result<Ledger, EngineError> {
+        if !config.num_shards.is_power_of_two() || config.num_shards > SHARDS_MAX {
+            return Err(EngineError::Config(format!(
+                "shards must be a power of two between 1 and {SHARDS_MAX}, got {}",
+                config.num_shards
+            )));
+        }
+        if config.in_flight_max == 0 {
+            return Err(EngineError::Config(
+                "in_flight_max must be at least 1".into(),
+            ));
+        }
+        let started = Instant::now();
+        // Shards restore in parallel (one task each: the fold is CPU-bound).
+        let restores: Vec<_> = (0..config.num_shards)
+            .map(|shard| {
+                let (wal, snapshots, window) =
+                    (wal.clone(), snapshots.clone(), config.movements_window);
+                tokio::spawn(async move {
+                    let state =
+                        restore_shard(&*wal, &*snapshots, shard, window, RestoreTarget::Latest)
+                            .await?;
+                    let tail_opt = wal.tail(shard).await?;
+                    // A stream whose records expire (Kinesis retention) is empty for a shard
+                    // quiet for longer than the retention: its snapshot is then the whole
+                    // shard (the snapshot cadence covers every record before it can expire,
+                    // docs/kinesis.md), and its log continues at the snapshot's LSN + 1 on the
+                    // snapshot's hash. A stream that keeps its records has lost them when it is
+                    // empty under a snapshot; a tail elsewhere than the restored position is a
+                    // gap either way.
+                    let expired = tail_opt.is_none() && wal.retention_ms().await?.is_some();
+                    let tail_lsn = tail_opt.map_or(0, |t| t.last_lsn);
+                    if tail_lsn != state.lsn && !expired {
+                        return Err(EngineError::Restore(format!(
+                            "shard {shard}: restored to lsn {}, stream tail is {tail_lsn}",
+                            state.lsn
+                        )));
+                    }
+                    // Turn the accounts into slots here, on the task that built them, and
+                    // free the fold's map at once: keeps the peak (and the heap) small.
+                    let mut state = state;
+                    let holds = state.open_holds();
+                    let mut slots: FastMap<AccountId, Slot> =
+                        FastMap::with_capacity(state.accounts.len());
+                    for (id, a) in state.accounts.drain() {
+                        slots.insert(id, Slot::new(a, 0));
+                    }
+                    state.accounts = FastMap::new();
+                    Ok((state, slots, holds))
+                })
+            })
+            .collect();
+        let mut states = Vec::new();
+        for r in restores {
+            states.push(
+                r.await
+                    .map_err(|e| EngineError::Restore(format!("restore task failed: {e}")))??,
+            );
+        }
+        let stop_writers = CancellationToken::new();
+        let node = Arc::new(Node {
+            shards: Vec::new(),
+            movements: MovementTable::new(),
+            in_flight: Arc::new(Semaphore::new(config.in_flight_max)),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            wal: wal.clone(),
+            snapshots,
+            stop_background: CancellationToken::new(),
+            stop_writers: stop_writers.clone(),
+            tasks: Mutex::new(Vec::new()),
+            snapshots_total: AtomicU64::new(0),
+            health: Arc::new(StreamHealth::default()),
+            config,
+        });
+        let mut node = Arc::try_unwrap(node).ok().expect("no other reference yet");
+        let mut credited = HashSet::new();
+        let mut batches_committed = HashSet::new();
+        let mut open_holds = Vec::new();
+        let mut writers = Vec::new();
+        let num_accounts: usize = states.iter().map(|(_, slots, _)| slots.len()).sum();
+        for (state, slots, holds) in states {
+            let log = Arc::new(ShardLog::new(
+                state.shard,
+                node.config.node_epoch,
+                state.lsn,
+                Duration::from_micros(node.config.group_commit_linger_us),
+            ));
+            writers.push((log.clone(), state.record_hash));
+            open_holds.extend(holds);
+            credited.extend(state.credited.iter().cloned());
+            batches_committed.extend(state.batches_committed.iter().cloned());
+            for (id, rec) in state.movements {
+                node.movements.insert_restored(id, rec);
+            }
+            node.shards.push(Arc::new(ShardCore {
+                id: state.shard,
+                slots: Mutex::new(slots),
+                log,
+                movements_window: node.config.movements_window,
+                last_snapshot: Mutex::new((state.lsn, None)),
+            }));
+        }
+        let node = Arc::new(node);
+        {
+            let mut tasks = node.tasks.lock();
+            for (log, prev_hash) in writers {
+                tasks.push(tokio::spawn(log.run_writer(
+                    wal.clone(),
+                    prev_hash,
+                    stop_writers.clone(),
+                    node.health.clone(),
+                )));
+            }
+        }
+        let num_open = open_holds.len();
+        for hold in open_holds {
+            node.resolve_open_hold(hold, &credited, &batches_committed)
+                .await?;
+        }
+        tracing::info!(
+            shards = node.config.num_shards,
+            accounts = num_accounts,
+            open_holds_resolved = num_open,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "ledger restored"
+        );
+        node.ready.store(true, Ordering::Release);
+        let background = {
+            let n = node.clone();
+            tokio::spawn(async move { n.run_background().await })
+        };
+        node.tasks.lock().push(background);
+        Ok(Ledger { inner: node })
+    }
+
+    /// Finishes or releases a hold found open at start.
+    /// A hold of an atomic batch whose decision record is missing is released: the batch did
+    /// not reach its commit point, so none of it may take effect.
+    async fn resolve_open_hold(
+        &self,
+        hold: crate::account::Hold,
+        credited: &HashSet<MovementId>,
+        batches_committed: &HashSet<MovementId>,
+    ) -> Result<(), EngineError> {
+        let t = &hold.transfer;
+        let cell = self
+            .movements
+            .get(&t.transfer_id)
+            .expect("an open hold has a pending record");
+        let batch_decided = hold
+            .batch_opt
+            .as_ref()
+            .is_some_and(|b| batches_committed.contains(b));
+        let phase = transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
+        let outcome = self.run_phases(t, phase, None).await;
+        match outcome {
+            Ok(status) => {
+                self.finish_cell(&cell, status);
+                Ok(())
+            }
+            Err(e) => Err(EngineError::Restore(format!(
+                "resolving the open hold of transfer {}: {e}",
+                t.transfer_id
+            ))),
+        }
+    }
+
+    pub(crate) fn num_shards(&self) -> u32 {
+        self.config.num_shards
+    }
+
+    fn shard(&self, id: &AccountId) -> &Arc<ShardCore> {
+        &self.shards[shard_of(id.as_str(), self.config.num_shards) as usize]
+    }
+
+    fn check_open(&self) -> Result<(), LedgerError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(LedgerError::Unavailable {
+                reason: "shutting down",
+            });
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(LedgerError::Unavailable {
+                reason: "restoring",
+            });
+        }
+        Ok(())
+    }
+
+    /// Delivers a message to an account and returns its reply: the account's turn runs here,
+    /// under its shard's host lock (see `host`). A command that finds the shard's group commit
+    /// full waits for room and is delivered again; commands of an `ExecMany` already run stay
+    /// run, and the rest follow in order.
+    async fn ask(&self, id: &AccountId, msg: AccountMsg) -> Result<AccountReply, LedgerError> {
+        let shard = self.shard(id);
+        let window = shard.movements_window;
+        let cmds = match msg {
+            AccountMsg::Exec(cmd) => loop {
+                let room = shard.log.room();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                {
+                    let mut slots = shard.slots.lock();
+                    let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                    let at = slot.turn_time(self.config.clock.now());
+                    if let Turn::Done { result, ticket_opt } =
+                        slot.exec(&shard.log, window, &cmd, at)?
+                    {
+                        return Ok(AccountReply::Executed {
+                            at,
+                            result,
+                            ticket_opt,
+                        });
+                    }
+                }
+                room.await;
+            },
+            AccountMsg::ExecMany(cmds) => cmds,
+            read => {
+                let mut slots = shard.slots.lock();
+                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                return Ok(slot.read(read));
+            }
+        };
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut last_ticket_opt = None;
+        let mut at_opt = None;
+        let mut next = cmds.iter();
+        let mut pending_opt = next.next();
+        while pending_opt.is_some() {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut slots = shard.slots.lock();
+                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+                // The turn's time is taken at each (re)delivery: while this message waited for
+                // room, other turns may have moved the account's clock on.
+                let at = slot.turn_time(self.config.clock.now());
+                at_opt.get_or_insert(at);
+                while let Some(cmd) = pending_opt {
+                    match slot.exec(&shard.log, window, cmd, at)? {
+                        Turn::Done { result, ticket_opt } => {
+                            let recorded = ticket_opt.is_some();
+                            if ticket_opt.is_some() {
+                                last_ticket_opt = ticket_opt;
+                            }
+                            results.push((result.map(|_| ()), recorded));
+                            pending_opt = next.next();
+                        }
+                        Turn::Full => break,
+                    }
+                }
+            }
+            if pending_opt.is_some() {
+                room.await;
+            }
+        }
+        Ok(AccountReply::ExecutedMany {
+            at: at_opt.unwrap_or_else(|| self.config.clock.now()),
+            results,
+            last_ticket_opt,
+        })
+    }
+
+    /// Runs one phase; when it records the movement's first event, sets the cell's creation
+    /// time to that event's time.
+    async fn exec_at(
+        &self,
+        id: &AccountId,
+        cmd: AccountCommand,
+        first_record_of_opt: Option<&MovementCell>,
+    ) -> Result<(Result<Event, Rejection>, Option<crate::log::Ticket>), LedgerError> {
+        match self.ask(id, AccountMsg::Exec(cmd)).await? {
+            AccountReply::Executed {
+                result,
+                ticket_opt,
+                at,
+            } => {
+                if let (Some(cell), Some(ticket)) = (first_record_of_opt, &ticket_opt) {
+                    cell.recorded_at(at, self.shard_index(id), ticket.lsn);
+                }
+                Ok((result, ticket_opt))
+            }
+            _ => unreachable!("exec replies Executed"),
+        }
+    }
+
+    /// One of the `in_flight_max` permits of the writes being coordinated; `Overloaded` when
+    /// none is left. Writes run on to their end when their caller hangs up (see `Ledger`), so
+    /// this, not the gateway's request limit, is what bounds them.
+    fn in_flight_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, LedgerError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LedgerError::Overloaded {
+                reason: "too many writes in flight",
+            })
+    }
+
+    /// Records a node-level decision (a refusal decided before any account acted, or a batch
+    /// decision) on an account's home shard and waits until it is durable.
+    async fn record_rejection(
+        &self,
+        home: &AccountId,
+        event: Event,
+        cell_opt: Option<&MovementCell>,
+    ) -> Result<(), LedgerError> {
+        let ticket = self.shard(home).append(&event).await?;
+        if let Some(cell) = cell_opt {
+            cell.recorded_at(event.at(), self.shard_index(home), ticket.lsn);
+        }
+        ticket.durable().await?;
+        Ok(())
+    }
+
+    fn shard_index(&self, id: &AccountId) -> usize {
+        shard_of(id.as_str(), self.config.num_shards) as usize
+    }
+}
