@@ -18,9 +18,14 @@ use serde_json::{json, Value};
 
 /// Size of the test's filesystem: room for the stream, then a filler takes the rest.
 const TMPFS_SIZE: &str = "size=32m";
-/// Rounds of 200 transfers sent at most before a full disk must refuse one: more than the
-/// space a shard's writer zero-fills ahead (`WAL_FILE_ZEROED_AHEAD_BYTES`, 4 MiB) holds.
-const FULL_DISK_ROUNDS_MAX: usize = 60;
+/// Transfers sent per round while waiting for the full disk to refuse one.
+const TRANSFERS_PER_ROUND: usize = 1_000;
+/// Rounds sent at most before a full disk must refuse a transfer: 150,000 transfers, far more
+/// than the space a shard's writer zero-fills ahead (`WAL_FILE_ZEROED_AHEAD_BYTES`, 4 MiB)
+/// holds even at 30 bytes each (a transfer within one shard is one event of about 60 bytes
+/// in a group commit; the bound once assumed three events each, and a full disk went
+/// unnoticed when they became one).
+const FULL_DISK_ROUNDS_MAX: usize = 150;
 /// Longest any answer may take while the disk is full (a hang, not a speed, is what fails).
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
 /// Longest the node may take to exit once space is back (its probe backs off to 2 s).
@@ -190,7 +195,8 @@ async fn load(base: &str, prefix: &str, n: usize, concurrency: usize) -> (Vec<St
 async fn check_failed_node(node: &Node, prefix: &str) -> Vec<String> {
     let (mut acked, mut refused) = (Vec::new(), 0);
     for round in 0..FULL_DISK_ROUNDS_MAX {
-        let (more, more_refused) = load(&node.base, &format!("{prefix}-{round}"), 200, 16).await;
+        let round_prefix = format!("{prefix}-{round}");
+        let (more, more_refused) = load(&node.base, &round_prefix, TRANSFERS_PER_ROUND, 16).await;
         acked.extend(more);
         refused += more_refused;
         if refused > 0 {
@@ -288,7 +294,7 @@ async fn a_full_disk_turns_readiness_off_and_a_restart_brings_the_node_back() {
     let node = Node::start(&data).await;
     let client = reqwest::Client::new();
     for (account, funds) in [
-        ("payer", "100000.00"),
+        ("payer", "1000000.00"),
         ("payee", "0"),
         ("bystander", "5.00"),
     ] {
@@ -308,7 +314,8 @@ async fn a_full_disk_turns_readiness_off_and_a_restart_brings_the_node_back() {
             .await;
         }
     }
-    let funded_minor = 10_000_500;
+    // Enough for every round of both full disks (1.00 each).
+    let funded_minor = 100_000_500;
     let (mut acked, refused) = load(&node.base, "before", 20, 4).await;
     assert_eq!((acked.len(), refused), (20, 0));
 
