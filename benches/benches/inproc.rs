@@ -51,6 +51,8 @@ const FUNDING_MINOR: i64 = 1_000_000_000_000;
 /// `saldo serve`'s engine settings (`EngineSettings::default()` in gateway/src/config.rs, one
 /// shard); benches depend on the engine only, so they are repeated here.
 fn serve_config() -> EngineConfig {
+    // As `saldo serve` does at start (saldo_engine::process).
+    saldo_engine::process::disable_transparent_huge_pages().expect("huge pages off");
     EngineConfig {
         num_shards: 1,
         node_epoch: 1,

@@ -17,6 +17,7 @@
 //! - `movements`: the movement table (idempotency: every ID the node knows, each one's cell).
 //! - `node`: shards, the transfer coordinator (single transfers, batches), idempotency,
 //!   reads, recovery, maintenance (snapshots, checksums, shutdown).
+//! - [`process`]: process-wide settings a node's binary applies at start (huge pages off).
 //! - [`recovery`]: newest valid snapshot + stream tail.
 //! - [`limits`]: every bound, with compile-time checks of how they relate.
 //! - [`ledger`]: [`Ledger`], the public handle.
@@ -45,6 +46,7 @@ pub mod limits;
 mod log;
 mod movements;
 mod node;
+pub mod process;
 pub mod recovery;
 pub mod shard;
 pub mod state;

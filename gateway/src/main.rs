@@ -23,9 +23,14 @@ async fn main() -> anyhow::Result<()> {
                 default_hook(info);
                 std::process::abort();
             }));
+            // Huge-page faults stalled runtime workers (saldo_engine::process).
+            let huge_pages = saldo_engine::process::disable_transparent_huge_pages();
             let config = args.load().context("failed to load the configuration")?;
             let _telemetry =
                 gateway::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
+            if let Err(e) = huge_pages {
+                tracing::warn!(error = %e, "transparent huge pages could not be turned off; the latency tail may grow");
+            }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("failed to listen on {}", config.listen))?;

@@ -57,6 +57,17 @@ fn saldo_serve_logs_json_serves_and_exits_0_on_sigterm() {
     }
     let addr = addr.expect("saldo logs the address it listens on");
     assert!(saw_auth_warning, "--auth none warns at start");
+    // Huge-page faults stalled the runtime's workers (the latency tail): saldo turns them off
+    // for itself (saldo_engine::process).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    assert!(
+        status.contains("THP_enabled:\t0"),
+        "transparent huge pages are off in saldo serve: {}",
+        status
+            .lines()
+            .find(|l| l.starts_with("THP"))
+            .unwrap_or("no THP_enabled line")
+    );
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
