@@ -168,6 +168,15 @@ impl MovementTable {
         stripe.insert(id.clone(), cell.clone());
         Claim::New(cell)
     }
+    /// Makes room for `additional` more movements (restore knows how many it brings): the
+    /// stripes grow once instead of rehashing all the way up.
+    pub(crate) fn reserve(&self, additional: usize) {
+        // FNV spreads IDs evenly; a little slack covers the unevenness.
+        let per_stripe = additional / MOVEMENT_STRIPES + additional / (MOVEMENT_STRIPES * 8) + 1;
+        for stripe in &self.stripes {
+            stripe.lock().reserve(per_stripe);
+        }
+    }
     pub(crate) fn insert_restored(&self, id: MovementId, rec: MovementRecord) {
         let cell = Arc::new(MovementCell {
             body: rec.body,

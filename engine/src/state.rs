@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     account::{AccountState, Unappliable},
     event::{self, Event},
+    limits::SNAPSHOT_MAP_PRESIZE_MAX,
     types::{
         AccountId, MovementBody, MovementId, MovementStatus, MovementView, Rejection, Timestamp,
     },
@@ -137,8 +138,10 @@ pub struct ShardState {
     /// Hash of the record whose last LSN is `lsn` (zeros at the start).
     pub record_hash: RecordHash,
     /// The accounts of the shard.
+    #[serde(deserialize_with = "presized_map")]
     pub accounts: HashMap<AccountId, AccountState>,
     /// Movements whose home is this shard.
+    #[serde(deserialize_with = "presized_map")]
     pub movements: HashMap<MovementId, MovementRecord>,
     /// Transfers credited to accounts of this shard (phase 2 done), for recovery.
     pub credited: HashSet<MovementId>,
@@ -146,6 +149,44 @@ pub struct ShardState {
     pub batches_committed: HashSet<MovementId>,
     /// Rows of history kept per account.
     pub movements_window: usize,
+}
+
+/// Decodes a map presized to the count of entries its encoding announces, up to
+/// [`SNAPSHOT_MAP_PRESIZE_MAX`] (a snapshot is checksummed before it is decoded, and past that
+/// the map still grows as entries come): a map of a million accounts is built without
+/// rehashing a dozen times on the way (serde's default presizes only a few thousand).
+fn presized_map<'de, D, K, V>(deserializer: D) -> Result<HashMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Eq + std::hash::Hash,
+    V: Deserialize<'de>,
+{
+    struct Visitor<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K, V> serde::de::Visitor<'de> for Visitor<K, V>
+    where
+        K: Deserialize<'de> + Eq + std::hash::Hash,
+        V: Deserialize<'de>,
+    {
+        type Value = HashMap<K, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> Result<Self::Value, A::Error> {
+            let capacity = access
+                .size_hint()
+                .unwrap_or(0)
+                .min(SNAPSHOT_MAP_PRESIZE_MAX);
+            let mut map = HashMap::with_capacity(capacity);
+            while let Some((k, v)) = access.next_entry()? {
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
 /// Version tag of the snapshot encoding.

@@ -23,13 +23,15 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// A client-chosen account identifier (validated, cheap to clone).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// Serialized as a string; decoded from a borrowed string where the format allows (one
+/// allocation per ID: restore decodes millions of them).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(Arc<str>);
 
 /// A client-chosen transfer or entry identifier (one namespace for both, validated).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// Serialized as a string; decoded from a borrowed string where the format allows (one
+/// allocation per ID: restore decodes millions of them).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MovementId(Arc<str>);
 
 macro_rules! id_type {
@@ -52,6 +54,26 @@ macro_rules! id_type {
             type Error = Rejection;
             fn try_from(s: String) -> Result<Self, Rejection> {
                 Self::new(&s)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("an identifier of 1-64 bytes of A-Za-z0-9._:-")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        $name::new(v).map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(Visitor)
             }
         }
         impl From<$name> for String {
@@ -506,4 +528,27 @@ pub struct DailyReport {
     pub currency: Currency,
     /// One row per day of the range, oldest first.
     pub days: Vec<DailyRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_encoded_as_its_string_was_and_an_invalid_one_is_refused_when_decoded() {
+        // Streams and snapshots written when IDs went through `String` decode unchanged.
+        let as_string = postcard::to_allocvec(&"acct-1".to_string()).unwrap();
+        let id = AccountId::new("acct-1").unwrap();
+        assert_eq!(postcard::to_allocvec(&id).unwrap(), as_string);
+        assert_eq!(postcard::from_bytes::<AccountId>(&as_string).unwrap(), id);
+        let movement: MovementId = postcard::from_bytes(&as_string).unwrap();
+        assert_eq!(movement.as_str(), "acct-1");
+        let bad = postcard::to_allocvec(&"not an id".to_string()).unwrap();
+        let refused = postcard::from_bytes::<AccountId>(&bad).unwrap_err();
+        assert!(refused.to_string().contains("Deserialization"), "{refused}");
+        assert!(postcard::from_bytes::<MovementId>(
+            &postcard::to_allocvec(&String::new()).unwrap()
+        )
+        .is_err());
+    }
 }

@@ -207,6 +207,12 @@ impl Node {
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
         let num_accounts: usize = states.iter().map(|(_, slots, _)| slots.len()).sum();
+        node.movements.reserve(
+            states
+                .iter()
+                .map(|(state, _, _)| state.movements.len())
+                .sum(),
+        );
         for (state, slots, holds) in states {
             let log = Arc::new(ShardLog::new(
                 state.shard,
