@@ -88,7 +88,7 @@ impl Phase {
     /// When a commit or a release is refused (the hold is open until one of them), or a
     /// decided batch's credit is: each is a broken invariant, and a crash beats a wrong
     /// balance.
-    pub fn then(self, t: &Transfer, outcome: Result<(), Rejection>) -> Next {
+    pub fn then(&self, t: &Transfer, outcome: Result<(), Rejection>) -> Next {
         match (self, outcome) {
             (Phase::Hold, Ok(())) => Next::Phase(Phase::Credit),
             (Phase::Hold, Err(reason)) => Next::Done(Err(reason)),
@@ -99,7 +99,7 @@ impl Phase {
                 t.transfer_id
             ),
             (Phase::Commit, Ok(())) => Next::Done(Ok(())),
-            (Phase::Release(reason), Ok(())) => Next::Done(Err(reason)),
+            (Phase::Release(reason), Ok(())) => Next::Done(Err(reason.clone())),
             (phase @ (Phase::Commit | Phase::Release(_)), Err(reason)) => panic!(
                 "the hold of transfer {} is open until its commit or release, yet {phase:?} \
                  was refused ({reason})",

@@ -439,7 +439,7 @@ impl Sim {
             Stage::Send(phase) => {
                 let shard = shard_of_account(phase.account(&t));
                 let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
-                Some(match phase.clone().then(&t, result) {
+                Some(match phase.then(&t, result) {
                     Next::Phase(next) => match lsn_opt {
                         Some(lsn) if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) => {
                             Stage::Await {
@@ -526,7 +526,7 @@ impl Sim {
                 transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
             loop {
                 let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
-                match phase.clone().then(&t, result) {
+                match phase.then(&t, result) {
                     Next::Phase(next) => {
                         if let Some(lsn) = lsn_opt {
                             if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) {

@@ -179,10 +179,7 @@ impl Node {
             if cells[i].is_none() || status[i].is_some() {
                 continue;
             }
-            let credit_currency_opt = self
-                .shard(&t.credit_account_id)
-                .currency_of(&t.credit_account_id);
-            match transfer::check_credit_account(t, credit_currency_opt) {
+            match self.check_credit_account(t) {
                 Ok(()) => phases[i] = Some(Phase::Hold),
                 Err(reason) => {
                     status[i] = Some(
@@ -263,7 +260,7 @@ impl Node {
                             }
                         }
                     }
-                    match phase.clone().then(t, result) {
+                    match phase.then(t, result) {
                         Next::Phase(next) => {
                             if recorded && phase.durable_before(&next, t, self.config.num_shards) {
                                 crossing_lsn[shard] = crossing_lsn[shard].max(last_lsn);
@@ -449,14 +446,10 @@ impl Node {
         let batch_id = cmds[0].transfer_id.clone();
         let now = self.config.clock.now();
         // Credit accounts must exist in the currency (they cannot change afterwards).
-        let refusal_opt = cmds.iter().enumerate().find_map(|(i, t)| {
-            let credit_currency_opt = self
-                .shard(&t.credit_account_id)
-                .currency_of(&t.credit_account_id);
-            transfer::check_credit_account(t, credit_currency_opt)
-                .err()
-                .map(|reason| (i, reason))
-        });
+        let refusal_opt = cmds
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| self.check_credit_account(t).err().map(|reason| (i, reason)));
         if let Some((bad, reason)) = refusal_opt {
             let mut out = Vec::new();
             for (i, t) in cmds.iter().enumerate() {

@@ -66,10 +66,7 @@ impl Node {
         t: &Transfer,
         cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
-        let credit_currency_opt = self
-            .shard(&t.credit_account_id)
-            .currency_of(&t.credit_account_id);
-        if let Err(reason) = transfer::check_credit_account(t, credit_currency_opt) {
+        if let Err(reason) = self.check_credit_account(t) {
             return self.refuse_before_hold(t, reason, cell).await;
         }
         let debit_shard = self.shard_index(&t.debit_account_id);
@@ -79,6 +76,12 @@ impl Node {
                 .await;
         }
         self.run_phases(t, Phase::Hold, Some(cell)).await
+    }
+
+    /// [`transfer::check_credit_account`] against the credit account as this node holds it.
+    pub(super) fn check_credit_account(&self, t: &Transfer) -> Result<(), Rejection> {
+        let credit = &t.credit_account_id;
+        transfer::check_credit_account(t, self.shard(credit).currency_of(credit))
     }
 
     /// Records the refusal of a transfer decided before its hold, on its debit account's
@@ -128,7 +131,7 @@ impl Node {
                 other => other?,
             };
             cell_opt = None;
-            match phase.clone().then(t, result.map(|_| ())) {
+            match phase.then(t, result.map(|_| ())) {
                 Next::Phase(next) => {
                     if phase.durable_before(&next, t, self.config.num_shards) {
                         if let Some(ticket) = ticket_opt {
