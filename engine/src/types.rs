@@ -4,9 +4,10 @@
 //! Everything here is plain data. Amounts are integer minor units (`i64`), never floats; the API
 //! edge (gateway) parses and formats decimal strings with [`Currency::scale`].
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 /// Longest account, transfer or entry identifier, in bytes.
 pub const ID_BYTES_MAX: usize = 64;
@@ -23,16 +24,20 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// A client-chosen account identifier (validated, cheap to clone).
-/// Serialized as a string; decoded from a borrowed string where the format allows (one
-/// allocation per ID: restore decodes millions of them).
+/// Up to [`ID_INLINE_BYTES_MAX`] bytes it is stored inline: no allocation, no reference count,
+/// and a map compares its keys without a pointer to chase (an account's state, its history rows
+/// and the movement table all hold IDs). A longer one is shared behind an `Arc`.
+/// Serialized as a string; decoded from a borrowed string where the format allows.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AccountId(Arc<str>);
+pub struct AccountId(SmolStr);
 
-/// A client-chosen transfer or entry identifier (one namespace for both, validated).
-/// Serialized as a string; decoded from a borrowed string where the format allows (one
-/// allocation per ID: restore decodes millions of them).
+/// A client-chosen transfer or entry identifier (one namespace for both, validated). Stored as
+/// [`AccountId`] is.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MovementId(Arc<str>);
+pub struct MovementId(SmolStr);
+
+/// Longest identifier stored inline, in bytes (longer ones take an allocation of their own).
+pub const ID_INLINE_BYTES_MAX: usize = 23;
 
 macro_rules! id_type {
     ($name:ident) => {
@@ -40,7 +45,7 @@ macro_rules! id_type {
             /// Returns the identifier if `s` is 1–64 bytes of `A-Za-z0-9._:-`.
             pub fn new(s: &str) -> Result<Self, Rejection> {
                 if is_valid_id(s) {
-                    Ok(Self(Arc::from(s)))
+                    Ok(Self(SmolStr::new(s)))
                 } else {
                     Err(Rejection::InvalidId)
                 }
@@ -550,5 +555,25 @@ mod tests {
             &postcard::to_allocvec(&String::new()).unwrap()
         )
         .is_err());
+    }
+
+    #[test]
+    fn short_ids_are_inline_and_long_ones_round_trip_through_the_heap() {
+        // A map bucket, a history row and a transfer hold IDs by value: 24 bytes each, with or
+        // without `Option`.
+        assert_eq!(std::mem::size_of::<AccountId>(), 24);
+        assert_eq!(std::mem::size_of::<Option<MovementId>>(), 24);
+        let short = "a".repeat(ID_INLINE_BYTES_MAX);
+        assert!(!AccountId::new(&short).unwrap().0.is_heap_allocated());
+        let long = "b".repeat(ID_BYTES_MAX);
+        let id = MovementId::new(&long).unwrap();
+        assert!(id.0.is_heap_allocated());
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<MovementId>(&bytes).unwrap().as_str(),
+            long
+        );
+        assert_eq!(id.clone(), id);
+        assert!(AccountId::new(&short).unwrap() < AccountId::new(&long).unwrap());
     }
 }
