@@ -221,21 +221,3 @@ impl Settlement {
         }
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        eprintln!("MovementCell {}", size_of::<super::MovementCell>());
-        eprintln!("CellState {}", size_of::<super::CellState>());
-        eprintln!("Rejection {}", size_of::<crate::types::Rejection>());
-        eprintln!("MovementBody {}", size_of::<crate::types::MovementBody>());
-        eprintln!("Transfer {}", size_of::<crate::types::Transfer>());
-        eprintln!("Notify {}", size_of::<tokio::sync::Notify>());
-        eprintln!("AccountState {}", size_of::<crate::account::AccountState>());
-        eprintln!("HistoryRow {}", size_of::<crate::account::HistoryRow>());
-        eprintln!("DayTotals {}", size_of::<crate::account::DayTotals>());
-        eprintln!("Slot {}", size_of::<crate::host::Slot>());
-        eprintln!("MovementRecord {}", size_of::<crate::state::MovementRecord>());
-    }
-}

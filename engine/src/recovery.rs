@@ -69,6 +69,7 @@ pub async fn restore_shard_with_progress(
     candidates.push(None);
     let mut first_error_opt = None;
     for meta_opt in candidates {
+        let started = std::time::Instant::now();
         let state = match &meta_opt {
             None => ShardState::empty(shard, movements_window),
             Some(meta) => match load_snapshot(snapshots, meta, shard, movements_window).await {
@@ -76,8 +77,17 @@ pub async fn restore_shard_with_progress(
                 None => continue,
             },
         };
+        let loaded_ms = started.elapsed().as_millis() as u64;
         match fold_tail(wal, state, limit, time_limit, tail_lsn, progress).await? {
             Fold::Done(state) => {
+                tracing::debug!(
+                    shard,
+                    snapshot_lsn = meta_opt.as_ref().map_or(0, |m| m.lsn),
+                    lsn = state.lsn,
+                    snapshot_ms = loaded_ms,
+                    tail_ms = started.elapsed().as_millis() as u64 - loaded_ms,
+                    "shard restored"
+                );
                 if let RestoreTarget::AtLsn(lsn) = target {
                     if state.lsn < lsn {
                         return Err(EngineError::Restore(format!(

@@ -189,21 +189,42 @@ where
     deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
-/// Version tag of the snapshot encoding.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version tag of the snapshot encoding written today.
+/// - 1: the whole `ShardState` as one postcard value (still read).
+/// - 2: a header (the state without its two maps, and the byte length of each map's
+///   encoding), then the accounts map, then the movements map, each encoded as in format 1.
+///   Restore decodes the two maps on two threads.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Deserialize)]
-struct SnapshotData {
-    format: u32,
+struct SnapshotV1 {
+    _format: u32,
     state: ShardState,
 }
 
-/// [`SnapshotData`] as it is written: the same encoding, borrowing the state.
-#[derive(Serialize)]
-struct SnapshotDataRef<'a> {
+/// The header of a format 2 snapshot: everything but the two maps, and where they lie.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader<Ids> {
     format: u32,
-    state: &'a ShardState,
+    shard: u32,
+    lsn: Lsn,
+    record_hash: RecordHash,
+    credited: Ids,
+    batches_committed: Ids,
+    movements_window: usize,
+    accounts_bytes: u64,
+    movements_bytes: u64,
 }
+
+/// A map of a format 2 snapshot, as it decodes on its own.
+#[derive(Deserialize)]
+#[serde(
+    transparent,
+    bound(deserialize = "K: Deserialize<'de> + Eq + std::hash::Hash, V: Deserialize<'de>")
+)]
+struct Presized<K: Eq + std::hash::Hash, V>(
+    #[serde(deserialize_with = "presized_map")] HashMap<K, V>,
+);
 
 impl ShardState {
     /// Returns the empty state of a shard (before its first event).
@@ -395,22 +416,89 @@ impl ShardState {
         out
     }
 
-    /// Encodes the state as a snapshot blob (postcard).
+    /// Encodes the state as a snapshot blob (postcard, format [`SNAPSHOT_FORMAT`]).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&SnapshotDataRef {
+        let accounts = postcard::to_allocvec(&self.accounts).expect("accounts serialize");
+        let movements = postcard::to_allocvec(&self.movements).expect("movements serialize");
+        let header = SnapshotHeader {
             format: SNAPSHOT_FORMAT,
-            state: self,
-        })
-        .expect("state serializes")
+            shard: self.shard,
+            lsn: self.lsn,
+            record_hash: self.record_hash,
+            credited: &self.credited,
+            batches_committed: &self.batches_committed,
+            movements_window: self.movements_window,
+            accounts_bytes: accounts.len() as u64,
+            movements_bytes: movements.len() as u64,
+        };
+        let mut out = postcard::to_allocvec(&header).expect("header serializes");
+        out.reserve_exact(accounts.len() + movements.len());
+        out.extend_from_slice(&accounts);
+        drop(accounts);
+        out.extend_from_slice(&movements);
+        out
     }
 
-    /// Decodes a snapshot blob.
+    /// Decodes a snapshot blob of any known format.
     pub fn decode(bytes: &[u8]) -> Result<ShardState, String> {
-        let data: SnapshotData = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-        if data.format != SNAPSHOT_FORMAT {
-            return Err(format!("unknown snapshot format {}", data.format));
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?;
+        match format {
+            1 => Ok(postcard::from_bytes::<SnapshotV1>(bytes)
+                .map_err(|e| e.to_string())?
+                .state),
+            SNAPSHOT_FORMAT => Self::decode_sections(bytes),
+            other => Err(format!("unknown snapshot format {other}")),
         }
-        Ok(data.state)
+    }
+
+    /// Decodes a format 2 snapshot: its two maps on two threads.
+    fn decode_sections(bytes: &[u8]) -> Result<ShardState, String> {
+        let (header, rest) =
+            postcard::take_from_bytes::<SnapshotHeader<HashSet<MovementId>>>(bytes)
+                .map_err(|e| e.to_string())?;
+        let sections = usize::try_from(header.accounts_bytes)
+            .ok()
+            .zip(usize::try_from(header.movements_bytes).ok())
+            .filter(|(a, m)| a.checked_add(*m) == Some(rest.len()));
+        let Some((accounts_len, _)) = sections else {
+            return Err(format!(
+                "snapshot sections of {} and {} bytes do not fill the {} bytes after the header",
+                header.accounts_bytes,
+                header.movements_bytes,
+                rest.len()
+            ));
+        };
+        let (accounts_bytes, movements_bytes) = rest.split_at(accounts_len);
+        let decode_movements = || {
+            postcard::from_bytes::<Presized<MovementId, MovementRecord>>(movements_bytes)
+                .map(|m| m.0)
+                .map_err(|e| format!("movements: {e}"))
+        };
+        let (accounts, movements) = std::thread::scope(|scope| {
+            let movements = std::thread::Builder::new()
+                .name("snapshot-decode".into())
+                .spawn_scoped(scope, decode_movements);
+            let accounts =
+                postcard::from_bytes::<Presized<AccountId, AccountState>>(accounts_bytes)
+                    .map(|a| a.0)
+                    .map_err(|e| format!("accounts: {e}"));
+            // No thread to spare: decode on this one.
+            let movements = match movements {
+                Ok(handle) => handle.join().expect("decoding does not panic"),
+                Err(_) => decode_movements(),
+            };
+            (accounts, movements)
+        });
+        Ok(ShardState {
+            shard: header.shard,
+            lsn: header.lsn,
+            record_hash: header.record_hash,
+            accounts: accounts?,
+            movements: movements?,
+            credited: header.credited,
+            batches_committed: header.batches_committed,
+            movements_window: header.movements_window,
+        })
     }
 
     /// Returns the sum of balances of the accounts in `currency`.
@@ -515,5 +603,42 @@ mod tests {
         let e = state.apply_record(&r2).unwrap_err();
         assert_eq!((e.shard, e.lsn, e.chain), (0, 4, false));
         assert!(e.reason.contains("cannot be applied"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_decodes_in_both_formats_and_a_section_length_that_lies_is_refused() {
+        let mut state = ShardState::empty(0, 100);
+        state.apply(&opening("a"));
+        state.apply(&opening("b"));
+        state.apply(&credit("e1", 500, 500));
+        state.lsn = 3;
+        state.credited.insert(MovementId::new("t9").unwrap());
+        let v2 = state.encode();
+        assert_eq!(ShardState::decode(&v2).unwrap(), state);
+        // Format 1, as the previous release wrote it: the whole state as one value.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            format: u32,
+            state: &'a ShardState,
+        }
+        let v1 = postcard::to_allocvec(&V1 {
+            format: 1,
+            state: &state,
+        })
+        .unwrap();
+        assert_eq!(ShardState::decode(&v1).unwrap(), state);
+        // A header whose lengths do not match what follows: an error, not a panic.
+        let mut cut = v2.clone();
+        cut.pop();
+        let e = ShardState::decode(&cut).unwrap_err();
+        assert!(e.contains("do not fill"), "{e}");
+        let unknown = postcard::to_allocvec(&V1 {
+            format: 7,
+            state: &state,
+        })
+        .unwrap();
+        assert!(ShardState::decode(&unknown)
+            .unwrap_err()
+            .contains("unknown snapshot format 7"));
     }
 }

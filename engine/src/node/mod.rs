@@ -139,11 +139,13 @@ impl Node {
             ));
         }
         let started = Instant::now();
+        let movements = Arc::new(MovementTable::new());
         // Shards restore in parallel (one task each: the fold is CPU-bound).
         let restores: Vec<_> = (0..config.num_shards)
             .map(|shard| {
                 let (wal, snapshots, window) =
                     (wal.clone(), snapshots.clone(), config.movements_window);
+                let movements = movements.clone();
                 tokio::spawn(async move {
                     let state =
                         restore_shard(&*wal, &*snapshots, shard, window, RestoreTarget::Latest)
@@ -164,17 +166,7 @@ impl Node {
                             state.lsn
                         )));
                     }
-                    // Turn the accounts into slots here, on the task that built them, and
-                    // free the fold's map at once: keeps the peak (and the heap) small.
-                    let mut state = state;
-                    let holds = state.open_holds();
-                    let mut slots: FastMap<AccountId, Slot> =
-                        FastMap::with_capacity(state.accounts.len());
-                    for (id, a) in state.accounts.drain() {
-                        slots.insert(id, Slot::new(a, 0));
-                    }
-                    state.accounts = FastMap::new();
-                    Ok((state, slots, holds))
+                    Self::host_restored(state, &movements)
                 })
             })
             .collect();
@@ -185,10 +177,13 @@ impl Node {
                     .map_err(|e| EngineError::Restore(format!("restore task failed: {e}")))??,
             );
         }
+        let movements = Arc::try_unwrap(movements)
+            .ok()
+            .expect("the restore tasks have ended");
         let stop_writers = CancellationToken::new();
         let node = Arc::new(Node {
             shards: Vec::new(),
-            movements: MovementTable::new(),
+            movements,
             in_flight: Arc::new(Semaphore::new(config.in_flight_max)),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -207,12 +202,6 @@ impl Node {
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
         let num_accounts: usize = states.iter().map(|(_, slots, _)| slots.len()).sum();
-        node.movements.reserve(
-            states
-                .iter()
-                .map(|(state, _, _)| state.movements.len())
-                .sum(),
-        );
         for (state, slots, holds) in states {
             let log = Arc::new(ShardLog::new(
                 state.shard,
@@ -224,9 +213,6 @@ impl Node {
             open_holds.extend(holds);
             credited.extend(state.credited.iter().cloned());
             batches_committed.extend(state.batches_committed.iter().cloned());
-            for (id, rec) in state.movements {
-                node.movements.insert_restored(id, rec);
-            }
             node.shards.push(Arc::new(ShardCore {
                 id: state.shard,
                 slots: Mutex::new(slots),
@@ -266,6 +252,45 @@ impl Node {
         };
         node.tasks.lock().push(background);
         Ok(Ledger { inner: node })
+    }
+
+    /// Turns a restored shard into what the node hosts: its accounts become slots on this
+    /// thread while its movements go into the node's table on another (two maps of a million
+    /// entries each, built at once on the two cores). Returns the state without its maps, the
+    /// slots and the open holds.
+    fn host_restored(
+        mut state: crate::state::ShardState,
+        movements: &MovementTable,
+    ) -> Result<
+        (
+            crate::state::ShardState,
+            FastMap<AccountId, Slot>,
+            Vec<crate::account::Hold>,
+        ),
+        EngineError,
+    > {
+        let holds = state.open_holds();
+        let records = std::mem::take(&mut state.movements);
+        let accounts = std::mem::take(&mut state.accounts);
+        let insert_movements = move || {
+            movements.reserve(records.len());
+            for (id, rec) in records {
+                movements.insert_restored(id, rec);
+            }
+        };
+        let slots = std::thread::scope(|scope| {
+            let inserting = std::thread::Builder::new()
+                .name("restore-movements".into())
+                .spawn_scoped(scope, insert_movements)
+                .map_err(|e| EngineError::Restore(format!("no thread to restore on: {e}")))?;
+            let mut slots: FastMap<AccountId, Slot> = FastMap::with_capacity(accounts.len());
+            for (id, a) in accounts {
+                slots.insert(id, Slot::new(a, 0));
+            }
+            inserting.join().expect("inserting does not panic");
+            Ok::<_, EngineError>(slots)
+        })?;
+        Ok((state, slots, holds))
     }
 
     /// Finishes or releases a hold found open at start.
