@@ -20,10 +20,11 @@ pub(crate) struct MovementCell {
     done: Notify,
 }
 
+/// Kept small: a node holds one per movement it knows (56 bytes; a rejection, rare, is boxed).
 #[derive(Clone)]
 pub(crate) struct CellState {
     pub(crate) status: MovementStatus,
-    pub(crate) rejection_opt: Option<Rejection>,
+    pub(crate) rejection_opt: Option<Box<Rejection>>,
     pub(crate) balance_after_minor_opt: Option<i64>,
     /// Time of the first record of the movement (the claim's time until then), so that the
     /// answer is the same before and after a restart.
@@ -35,7 +36,7 @@ pub(crate) struct CellState {
     pub(crate) recorded: bool,
     /// Shard and LSN of the movement's first record, once appended: a read answers `pending`
     /// only once that record is durable (before, the movement exists in memory alone).
-    pub(crate) first_record_opt: Option<(usize, Lsn)>,
+    pub(crate) first_record_opt: Option<(u32, Lsn)>,
 }
 
 impl MovementCell {
@@ -44,7 +45,7 @@ impl MovementCell {
         MovementView {
             body: self.body.clone(),
             status: s.status,
-            rejection_opt: s.rejection_opt,
+            rejection_opt: s.rejection_opt.map(|r| *r),
             created_at: s.created_at,
             balance_after_minor_opt: s.balance_after_minor_opt,
         }
@@ -55,6 +56,7 @@ impl MovementCell {
         let mut s = self.state.lock();
         s.created_at = at;
         s.recorded = true;
+        let shard = u32::try_from(shard).expect("shards are at most SHARDS_MAX");
         s.first_record_opt.get_or_insert((shard, lsn));
     }
 
@@ -77,7 +79,7 @@ impl MovementCell {
     ) {
         let mut s = self.state.lock();
         s.status = status;
-        s.rejection_opt = rejection_opt;
+        s.rejection_opt = rejection_opt.map(Box::new);
         s.balance_after_minor_opt = balance_after_minor_opt;
         drop(s);
         self.done.notify_waiters();
@@ -183,7 +185,7 @@ impl MovementTable {
             state: Mutex::new(CellState {
                 created_at: rec.created_at,
                 status: rec.status,
-                rejection_opt: rec.rejection_opt,
+                rejection_opt: rec.rejection_opt.map(Box::new),
                 balance_after_minor_opt: rec.balance_after_minor_opt,
                 abandoned: false,
                 recorded: true,

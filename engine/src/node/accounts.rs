@@ -93,7 +93,7 @@ impl Node {
             TryAppend::Appended(ticket) => {
                 let state = AccountState::open(cmd, at);
                 let view = state.view();
-                slots.insert(cmd.account_id.clone(), Slot::new(state, ticket.lsn));
+                slots.insert(Slot::new(state, ticket.lsn));
                 Ok(OpenStep::Created(view, ticket))
             }
             TryAppend::Full => Ok(OpenStep::Full),

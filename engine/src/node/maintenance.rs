@@ -154,7 +154,7 @@ impl Node {
     pub(crate) async fn state_checksum(&self) -> Result<[u8; 32], EngineError> {
         let mut all = Vec::new();
         for shard in &self.shards {
-            let ids: Vec<AccountId> = shard.slots.lock().keys().cloned().collect();
+            let ids: Vec<AccountId> = shard.slots.lock().ids();
             for id in ids {
                 all.push(
                     self.account_state(&id)
@@ -186,7 +186,7 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 continue;
             }
-            let ids: Vec<AccountId> = s.slots.lock().keys().cloned().collect();
+            let ids: Vec<AccountId> = s.slots.lock().ids();
             let mut all = Vec::with_capacity(ids.len());
             for id in ids {
                 all.push(

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     account::{AccountCommand, AccountState},
     event::Event,
-    host::{AccountMsg, AccountReply, Slot, Turn},
+    host::{AccountMsg, AccountReply, Accounts, Slot, Turn},
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
@@ -71,7 +71,7 @@ use crate::{
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
     /// Accounts of the shard (foldhash: fast, and seeded per process against flooding).
-    pub(crate) slots: Mutex<FastMap<AccountId, Slot>>,
+    pub(crate) slots: Mutex<Accounts>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) movements_window: usize,
     /// LSN and time of the newest snapshot.
@@ -264,7 +264,7 @@ impl Node {
     ) -> Result<
         (
             crate::state::ShardState,
-            FastMap<AccountId, Slot>,
+            Accounts,
             Vec<crate::account::Hold>,
         ),
         EngineError,
@@ -283,9 +283,9 @@ impl Node {
                 .name("restore-movements".into())
                 .spawn_scoped(scope, insert_movements)
                 .map_err(|e| EngineError::Restore(format!("no thread to restore on: {e}")))?;
-            let mut slots: FastMap<AccountId, Slot> = FastMap::with_capacity(accounts.len());
-            for (id, a) in accounts {
-                slots.insert(id, Slot::new(a, 0));
+            let mut slots = Accounts::with_capacity(accounts.len());
+            for (_, a) in accounts {
+                slots.insert(Slot::new(a, 0));
             }
             inserting.join().expect("inserting does not panic");
             Ok::<_, EngineError>(slots)

@@ -82,7 +82,10 @@ impl Node {
         };
         if status == MovementStatus::Pending {
             match first_record_opt {
-                Some((shard, lsn)) => self.wait_durable_bounded(&self.shards[shard], lsn).await?,
+                Some((shard, lsn)) => {
+                    self.wait_durable_bounded(&self.shards[shard as usize], lsn)
+                        .await?
+                }
                 None if recorded => {
                     return Err(LedgerError::Unavailable {
                         reason: "the movement's records are in doubt until the node restarts",
