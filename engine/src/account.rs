@@ -548,10 +548,15 @@ impl AccountState {
             if self.history.len() >= movements_window {
                 self.history.pop_front();
             }
-            if self.history.len() == self.history.capacity() {
-                // Grow by a few rows, not by doubling: bounded by the window anyway.
+            let len = self.history.len();
+            if len == self.history.capacity() {
+                // One row for an account's first movement (most accounts are idle, and memory
+                // per idle account counts), then by half again, at least 4 rows, up to the
+                // window: 8 moves of the rows on the way to 100 instead of 25, and at most a
+                // third of the capacity unused.
+                let grow = if len == 0 { 1 } else { (len / 2).max(4) };
                 self.history
-                    .reserve_exact(if self.history.is_empty() { 1 } else { 4 });
+                    .reserve_exact(grow.min(movements_window.saturating_sub(len)).max(1));
             }
             self.history.push_back(HistoryRow {
                 seq: self.num_movements,

@@ -29,12 +29,32 @@ const SCALE_2: &[&str] = &[
 ];
 
 /// Returns the minor-unit scale of an ISO 4217 code, or `None` when the code is not listed.
+/// One load from a table of every three-letter code, built on first use: the API edge asks for
+/// a scale per amount it parses or formats (twice per transfer of a batch of 8,189).
 pub(crate) fn scale_of(code: &[u8; 3]) -> Option<u32> {
-    let code = std::str::from_utf8(code).ok()?;
-    [(SCALE_0, 0), (SCALE_2, 2), (SCALE_3, 3), (SCALE_4, 4)]
-        .iter()
-        .find(|(table, _)| table.binary_search(&code).is_ok())
-        .map(|&(_, scale)| scale)
+    static SCALES: std::sync::LazyLock<Box<[u8]>> = std::sync::LazyLock::new(|| {
+        let mut scales = vec![UNLISTED; 26 * 26 * 26].into_boxed_slice();
+        for (table, scale) in [(SCALE_0, 0), (SCALE_2, 2), (SCALE_3, 3), (SCALE_4, 4)] {
+            for code in table {
+                let code: &[u8; 3] = code.as_bytes().try_into().expect("three letters");
+                scales[index_of(code).expect("upper-case letters")] = scale;
+            }
+        }
+        scales
+    });
+    let scale = SCALES[index_of(code)?];
+    (scale != UNLISTED).then_some(u32::from(scale))
+}
+
+/// A code that is not in the tables.
+const UNLISTED: u8 = u8::MAX;
+
+/// Returns the place of three upper-case ASCII letters in the table of every such code.
+fn index_of(code: &[u8; 3]) -> Option<usize> {
+    code.iter().try_fold(0usize, |index, &b| {
+        b.is_ascii_uppercase()
+            .then(|| index * 26 + usize::from(b - b'A'))
+    })
 }
 
 #[cfg(test)]
@@ -49,6 +69,27 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_code_has_its_tables_scale_and_no_other_code_has_one() {
+        let mut listed = 0;
+        for (table, scale) in [(SCALE_0, 0), (SCALE_2, 2), (SCALE_3, 3), (SCALE_4, 4)] {
+            for code in table {
+                let code: &[u8; 3] = code.as_bytes().try_into().unwrap();
+                assert_eq!(scale_of(code), Some(scale), "{code:?}");
+                listed += 1;
+            }
+        }
+        let mut found = 0;
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    found += usize::from(scale_of(&[a, b, c]).is_some());
+                }
+            }
+        }
+        assert_eq!(found, listed);
+    }
+
+    #[test]
     fn known_scales() {
         assert_eq!(scale_of(b"BRL"), Some(2));
         assert_eq!(scale_of(b"JPY"), Some(0));
@@ -56,5 +97,9 @@ mod tests {
         assert_eq!(scale_of(b"CLF"), Some(4));
         assert_eq!(scale_of(b"brl"), None);
         assert_eq!(scale_of(b"XXX"), None);
+        assert_eq!(scale_of(b"ZWG"), Some(2));
+        assert_eq!(scale_of(b"AED"), Some(2));
+        assert_eq!(scale_of(b"US1"), None);
+        assert_eq!(scale_of(&[0xff, b'S', b'D']), None);
     }
 }
