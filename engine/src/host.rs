@@ -83,8 +83,8 @@ impl Accounts {
 
 /// An account as its shard hosts it.
 pub(crate) struct Slot {
-    /// Boxed: the map of a shard with a million accounts stays compact (its buckets hold a key
-    /// and a pointer).
+    /// Boxed: the table of a shard with a million accounts stays compact (a bucket is this
+    /// pointer and the LSN below).
     pub(crate) state: Box<AccountState>,
     /// LSN of the latest event applied (reads wait until it is durable).
     pub(crate) last_lsn: Lsn,

@@ -51,6 +51,7 @@ pub mod recovery;
 pub mod shard;
 pub mod state;
 mod stats;
+mod threads;
 pub mod transfer;
 pub mod types;
 

@@ -479,26 +479,19 @@ impl ShardState {
             ));
         };
         let (accounts_bytes, movements_bytes) = rest.split_at(accounts_len);
-        let decode_movements = || {
-            postcard::from_bytes::<Presized<MovementId, MovementRecord>>(movements_bytes)
-                .map(|m| m.0)
-                .map_err(|e| format!("movements: {e}"))
-        };
-        let (accounts, movements) = std::thread::scope(|scope| {
-            let movements = std::thread::Builder::new()
-                .name("snapshot-decode".into())
-                .spawn_scoped(scope, decode_movements);
-            let accounts =
+        let (accounts, movements) = crate::threads::join(
+            "snapshot-decode",
+            || {
                 postcard::from_bytes::<Presized<AccountId, AccountState>>(accounts_bytes)
                     .map(|a| a.0)
-                    .map_err(|e| format!("accounts: {e}"));
-            // No thread to spare: decode on this one.
-            let movements = match movements {
-                Ok(handle) => handle.join().expect("decoding does not panic"),
-                Err(_) => decode_movements(),
-            };
-            (accounts, movements)
-        });
+                    .map_err(|e| format!("accounts: {e}"))
+            },
+            || {
+                postcard::from_bytes::<Presized<MovementId, MovementRecord>>(movements_bytes)
+                    .map(|m| m.0)
+                    .map_err(|e| format!("movements: {e}"))
+            },
+        );
         Ok(ShardState {
             shard: header.shard,
             lsn: header.lsn,

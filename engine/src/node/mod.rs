@@ -70,7 +70,7 @@ use crate::{
 /// One shard of a node.
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
-    /// Accounts of the shard (foldhash: fast, and seeded per process against flooding).
+    /// Accounts of the shard ([`Accounts`]).
     pub(crate) slots: Mutex<Accounts>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) movements_window: usize,
@@ -166,7 +166,7 @@ impl Node {
                             state.lsn
                         )));
                     }
-                    Self::host_restored(state, &movements)
+                    Ok(Self::host_restored(state, &movements))
                 })
             })
             .collect();
@@ -261,36 +261,31 @@ impl Node {
     fn host_restored(
         mut state: crate::state::ShardState,
         movements: &MovementTable,
-    ) -> Result<
-        (
-            crate::state::ShardState,
-            Accounts,
-            Vec<crate::account::Hold>,
-        ),
-        EngineError,
-    > {
+    ) -> (
+        crate::state::ShardState,
+        Accounts,
+        Vec<crate::account::Hold>,
+    ) {
         let holds = state.open_holds();
         let records = std::mem::take(&mut state.movements);
         let accounts = std::mem::take(&mut state.accounts);
-        let insert_movements = move || {
-            movements.reserve(records.len());
-            for (id, rec) in records {
-                movements.insert_restored(id, rec);
-            }
-        };
-        let slots = std::thread::scope(|scope| {
-            let inserting = std::thread::Builder::new()
-                .name("restore-movements".into())
-                .spawn_scoped(scope, insert_movements)
-                .map_err(|e| EngineError::Restore(format!("no thread to restore on: {e}")))?;
-            let mut slots = Accounts::with_capacity(accounts.len());
-            for (_, a) in accounts {
-                slots.insert(Slot::new(a, 0));
-            }
-            inserting.join().expect("inserting does not panic");
-            Ok::<_, EngineError>(slots)
-        })?;
-        Ok((state, slots, holds))
+        let (slots, ()) = crate::threads::join(
+            "restore-movements",
+            || {
+                let mut slots = Accounts::with_capacity(accounts.len());
+                for (_, a) in accounts {
+                    slots.insert(Slot::new(a, 0));
+                }
+                slots
+            },
+            || {
+                movements.reserve(records.len());
+                for (id, rec) in records {
+                    movements.insert_restored(id, rec);
+                }
+            },
+        );
+        (state, slots, holds)
     }
 
     /// Finishes or releases a hold found open at start.
