@@ -499,7 +499,15 @@ impl Workload {
 
     /// Returns the ID of transfer `position` of the batch of operation `index`.
     pub fn batch_transfer_id(&self, index: u64, position: usize) -> String {
-        format!("{}-b{index}-{position}", self.run_id)
+        let mut id = String::new();
+        self.push_batch_transfer_id(&mut id, index, position);
+        id
+    }
+
+    /// Appends the ID of transfer `position` of the batch of operation `index` to `out`.
+    fn push_batch_transfer_id(&self, out: &mut String, index: u64, position: usize) {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{}-b{index}-{position}", self.run_id);
     }
 
     /// Returns the ID of the entry of operation `index`.
@@ -521,13 +529,23 @@ impl Workload {
 
     /// Appends one transfer object to `out`.
     pub fn push_transfer(&self, out: &mut String, id: &str, from: &str, to: &str, minor: i64) {
-        // Writing into a String cannot fail; IDs are generated and need no JSON escaping.
-        let _ = write!(
-            out,
-            r#"{{"id":"{id}","from":"{from}","to":"{to}","amount":"{}","currency":"{}"}}"#,
-            format_minor(minor, self.scale),
-            self.currency
-        );
+        out.push_str(r#"{"id":""#);
+        out.push_str(id);
+        self.push_transfer_rest(out, from, to, minor);
+    }
+
+    /// Appends the rest of a transfer object after its ID's text. IDs are generated and need
+    /// no JSON escaping.
+    fn push_transfer_rest(&self, out: &mut String, from: &str, to: &str, minor: i64) {
+        out.push_str(r#"","from":""#);
+        out.push_str(from);
+        out.push_str(r#"","to":""#);
+        out.push_str(to);
+        out.push_str(r#"","amount":""#);
+        push_minor(out, minor, self.scale);
+        out.push_str(r#"","currency":""#);
+        out.push_str(&self.currency);
+        out.push_str(r#""}"#);
     }
 
     /// Renders a batch body of the given transfers into `out` (cleared first).
@@ -538,14 +556,9 @@ impl Workload {
             if position > 0 {
                 out.push(',');
             }
-            let id = self.batch_transfer_id(index, position);
-            self.push_transfer(
-                out,
-                &id,
-                &self.account_ids[from],
-                &self.account_ids[to],
-                minor,
-            );
+            out.push_str(r#"{"id":""#);
+            self.push_batch_transfer_id(out, index, position);
+            self.push_transfer_rest(out, &self.account_ids[from], &self.account_ids[to], minor);
         }
         out.push_str(if self.batch_atomic {
             r#"],"atomic":true}"#
@@ -664,18 +677,28 @@ pub fn mix_seed(seed: u64, index: u64) -> u64 {
 
 /// Formats an amount in minor units as a decimal string with `scale` decimals ("-12.30").
 pub fn format_minor(minor: i64, scale: u32) -> String {
+    let mut out = String::new();
+    push_minor(&mut out, minor, scale);
+    out
+}
+
+/// Appends `minor` units as a decimal string with `scale` decimals to `out`.
+pub fn push_minor(out: &mut String, minor: i64, scale: u32) {
+    // Writing into a String cannot fail.
     if scale == 0 {
-        return minor.to_string();
+        let _ = write!(out, "{minor}");
+        return;
     }
     let divisor = 10u64.pow(scale);
     let sign = if minor < 0 { "-" } else { "" };
     let magnitude = minor.unsigned_abs();
     let width = scale as usize;
-    format!(
+    let _ = write!(
+        out,
         "{sign}{}.{:0width$}",
         magnitude / divisor,
         magnitude % divisor
-    )
+    );
 }
 
 /// Parses a decimal string into minor units; `None` when it has more decimals than `scale`,
