@@ -71,7 +71,8 @@ pub const READ_DURABLE_WAIT_MS_MAX: u64 = 2_000;
 const _: () = assert!(STREAM_PROBE_INTERVAL_MS_MIN <= STREAM_PROBE_INTERVAL_MS_MAX);
 
 /// Most entries a snapshot's map (accounts, movements) is presized for when decoded: the
-/// count its encoding announces, up to this (4 Mi: a restore of a few million accounts builds
+/// count its encoding announces (and the movements map of a restore, for the events of the
+/// stream tail it folds), up to this (4 Mi: a restore of a few million accounts builds
 /// its maps without rehashing, and a count that a damaged snapshot inflates cannot reserve
 /// more than a few hundred MiB; past it a map grows as its entries come).
 pub const SNAPSHOT_MAP_PRESIZE_MAX: usize = 4 << 20;

@@ -161,32 +161,64 @@ where
     K: Deserialize<'de> + Eq + std::hash::Hash,
     V: Deserialize<'de>,
 {
-    struct Visitor<K, V>(std::marker::PhantomData<(K, V)>);
-    impl<'de, K, V> serde::de::Visitor<'de> for Visitor<K, V>
-    where
-        K: Deserialize<'de> + Eq + std::hash::Hash,
-        V: Deserialize<'de>,
-    {
-        type Value = HashMap<K, V>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a map")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut access: A,
-        ) -> Result<Self::Value, A::Error> {
-            let capacity = access
-                .size_hint()
-                .unwrap_or(0)
-                .min(SNAPSHOT_MAP_PRESIZE_MAX);
-            let mut map = HashMap::with_capacity(capacity);
-            while let Some((k, v)) = access.next_entry()? {
-                map.insert(k, v);
-            }
-            Ok(map)
+    serde::de::DeserializeSeed::deserialize(PresizedMap::<K, V>::with_room(0), deserializer)
+}
+
+/// Decodes a map presized to the count its encoding announces plus `room` more entries (each
+/// up to [`SNAPSHOT_MAP_PRESIZE_MAX`]): a restore that will fold a stream tail onto the map
+/// makes room for the tail's movements at once, instead of rehashing a map of millions into a
+/// bigger table while it folds.
+struct PresizedMap<K, V> {
+    room: usize,
+    _types: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> PresizedMap<K, V> {
+    fn with_room(room: usize) -> Self {
+        PresizedMap {
+            room,
+            _types: std::marker::PhantomData,
         }
     }
-    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+}
+
+impl<'de, K, V> serde::de::DeserializeSeed<'de> for PresizedMap<K, V>
+where
+    K: Deserialize<'de> + Eq + std::hash::Hash,
+    V: Deserialize<'de>,
+{
+    type Value = HashMap<K, V>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, K, V> serde::de::Visitor<'de> for PresizedMap<K, V>
+where
+    K: Deserialize<'de> + Eq + std::hash::Hash,
+    V: Deserialize<'de>,
+{
+    type Value = HashMap<K, V>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> Result<Self::Value, A::Error> {
+        let announced = access
+            .size_hint()
+            .unwrap_or(0)
+            .min(SNAPSHOT_MAP_PRESIZE_MAX);
+        let mut map = HashMap::with_capacity(announced + self.room.min(SNAPSHOT_MAP_PRESIZE_MAX));
+        while let Some((k, v)) = access.next_entry()? {
+            map.insert(k, v);
+        }
+        Ok(map)
+    }
 }
 
 /// Version tag of the snapshot encoding written today.
@@ -451,18 +483,24 @@ impl ShardState {
 
     /// Decodes a snapshot blob of any known format.
     pub fn decode(bytes: &[u8]) -> Result<ShardState, String> {
+        Self::decode_with_room(bytes, 0)
+    }
+
+    /// Decodes a snapshot blob of any known format, with room in the movements map for
+    /// `movements_room` more (a format 2 snapshot; format 1 presizes to its own count only).
+    pub fn decode_with_room(bytes: &[u8], movements_room: usize) -> Result<ShardState, String> {
         let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?;
         match format {
             1 => Ok(postcard::from_bytes::<SnapshotV1>(bytes)
                 .map_err(|e| e.to_string())?
                 .state),
-            SNAPSHOT_FORMAT => Self::decode_sections(bytes),
+            SNAPSHOT_FORMAT => Self::decode_sections(bytes, movements_room),
             other => Err(format!("unknown snapshot format {other}")),
         }
     }
 
     /// Decodes a format 2 snapshot: its two maps on two threads.
-    fn decode_sections(bytes: &[u8]) -> Result<ShardState, String> {
+    fn decode_sections(bytes: &[u8], movements_room: usize) -> Result<ShardState, String> {
         let (header, rest) =
             postcard::take_from_bytes::<SnapshotHeader<HashSet<MovementId>>>(bytes)
                 .map_err(|e| e.to_string())?;
@@ -487,8 +525,9 @@ impl ShardState {
                     .map_err(|e| format!("accounts: {e}"))
             },
             || {
-                postcard::from_bytes::<Presized<MovementId, MovementRecord>>(movements_bytes)
-                    .map(|m| m.0)
+                let seed = PresizedMap::<MovementId, MovementRecord>::with_room(movements_room);
+                let mut decoder = postcard::Deserializer::from_bytes(movements_bytes);
+                serde::de::DeserializeSeed::deserialize(seed, &mut decoder)
                     .map_err(|e| format!("movements: {e}"))
             },
         );
@@ -643,5 +682,25 @@ mod tests {
         assert!(ShardState::decode(&unknown)
             .unwrap_err()
             .contains("unknown snapshot format 7"));
+    }
+
+    #[test]
+    fn a_snapshot_decoded_with_room_holds_the_tail_movements_without_growing() {
+        let mut state = ShardState::empty(0, 100);
+        state.apply(&opening("a"));
+        state.apply(&credit("e1", 500, 500));
+        let blob = state.encode();
+        let mut decoded = ShardState::decode_with_room(&blob, 10_000).unwrap();
+        assert_eq!(decoded, state);
+        let capacity = decoded.movements.capacity();
+        assert!(capacity >= decoded.movements.len() + 10_000, "{capacity}");
+        for i in 0..10_000 {
+            let balance = 500 + 500 * (i + 1);
+            decoded.apply(&credit(&format!("tail{i}"), 500, balance));
+        }
+        assert_eq!(decoded.movements.capacity(), capacity, "the map grew");
+        // The room is bounded: a tail length the stream misreports cannot reserve without end.
+        let bounded = ShardState::decode_with_room(&blob, usize::MAX).unwrap();
+        assert!(bounded.movements.capacity() < 2 * SNAPSHOT_MAP_PRESIZE_MAX + 64);
     }
 }
