@@ -628,11 +628,16 @@ fn public_futures_are_send(l: Ledger, cmd: OpenAccount, t: Transfer, e: Entry) {
 /// It can also fail on demand, as a full disk does: while `failing` is set, appends fail
 /// (after a while, as a disk retrying: what is appended meanwhile waits in the next batch), and
 /// so does the probe that asks whether the stream takes writes again.
+///
+/// And it can play a busy writer: while `writes_on_read` is above zero, each read first
+/// appends one more record (an account opening), as a node under load does while a snapshot
+/// reads its stream.
 #[derive(Clone)]
 struct GatedWal {
     inner: MemoryWal,
     open: Arc<tokio::sync::watch::Sender<bool>>,
     failing: Arc<std::sync::atomic::AtomicBool>,
+    writes_on_read: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl GatedWal {
@@ -641,6 +646,7 @@ impl GatedWal {
             inner,
             open: Arc::new(tokio::sync::watch::channel(true).0),
             failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            writes_on_read: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         }
     }
 
@@ -686,6 +692,22 @@ impl saldo_persistence::Wal for GatedWal {
         after_lsn: saldo_persistence::Lsn,
         max_records: usize,
     ) -> Result<Vec<saldo_persistence::Record>, saldo_persistence::WalError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let busy = self
+            .writes_on_read
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        if let Ok(left) = busy {
+            let opening = saldo_engine::event::Event::AccountOpened {
+                cmd: OpenAccount {
+                    account_id: id(&format!("busy-{left}")),
+                    currency: brl(),
+                    overdraft_limit_minor: 0,
+                    metadata_opt: None,
+                },
+                at: Timestamp(1_700_000_000_000_000),
+            };
+            write_events(&self.inner, shard, &[opening]).await;
+        }
         self.inner.read(shard, after_lsn, max_records).await
     }
     async fn prune(
@@ -1506,4 +1528,40 @@ async fn events_take_the_injected_clocks_time_and_an_account_never_goes_back_in_
         assert_eq!(balance(&l, "b").await, 300);
         l.shutdown().await;
     }
+}
+
+/// A snapshot is a cut at the stream's tail as it starts: records a busy node appends while
+/// the snapshot folds are left to the next one (a fold to the end chased the writers, and
+/// under a sustained load one snapshot took minutes and the tail to replay grew with it).
+#[tokio::test]
+async fn a_snapshot_stops_at_the_tail_it_started_from_while_writers_go_on() {
+    use saldo_persistence::{SnapshotStore, Wal};
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    for n in 0..5 {
+        write_events(
+            &wal,
+            0,
+            &[saldo_engine::event::Event::AccountOpened {
+                cmd: OpenAccount {
+                    account_id: id(&format!("early-{n}")),
+                    currency: brl(),
+                    overdraft_limit_minor: 0,
+                    metadata_opt: None,
+                },
+                at: Timestamp(1_700_000_000_000_000),
+            }],
+        )
+        .await;
+    }
+    let busy = GatedWal::new(wal.clone());
+    busy.writes_on_read
+        .store(20, std::sync::atomic::Ordering::SeqCst);
+    let meta = saldo_engine::recovery::write_snapshot(&busy, &snaps, 0, 100, 2)
+        .await
+        .unwrap();
+    assert_eq!(meta.lsn, 5, "the cut is the tail when the snapshot started");
+    let written = wal.tail(0).await.unwrap().unwrap().last_lsn;
+    assert!(written > 5, "the writer went on meanwhile ({written})");
+    let state = saldo_engine::state::ShardState::decode(&snaps.get(&meta).await.unwrap()).unwrap();
+    assert_eq!((state.lsn, state.accounts.len()), (5, 5));
 }
