@@ -26,7 +26,8 @@ pub struct EngineConfig {
     /// How long a shard's group commit waits for more events before flushing, in microseconds
     /// (0: flush as soon as the previous flush is done).
     pub group_commit_linger_us: u64,
-    /// A shard is snapshotted after this many events …
+    /// A shard is snapshotted after this many events (or, once its newest snapshot holds
+    /// more entries, after [`crate::limits::SNAPSHOT_GROWTH_PERCENT`] of them) …
     pub snapshot_every_events: u64,
     /// … or this often, whichever comes first (0: only on demand).
     pub snapshot_interval_ms: u64,

@@ -54,6 +54,13 @@ pub const SHARD_CHECKSUM_ATTEMPTS: usize = 500;
 /// latency of requests little, and still finishes under full load (slowly) rather than never.
 pub const SNAPSHOT_THREAD_NICE: i32 = 10;
 
+/// A shard whose newest snapshot holds `n` entries (accounts and movements) is due for the
+/// next one by count only once its stream has grown by this percent of `n` events, when that
+/// is more than `EngineConfig::snapshot_every_events`: the cost of snapshots per event stays
+/// bounded however large the shard grows, and a restore folds a tail of at most half its
+/// state on top of the snapshot.
+pub const SNAPSHOT_GROWTH_PERCENT: u64 = 50;
+
 /// Longest pause between two looks of the background task at whether a shard's snapshot is
 /// due (shorter when the snapshot interval is shorter).
 pub const SNAPSHOT_CHECK_MS_MAX: u64 = 1_000;

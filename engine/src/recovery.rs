@@ -234,14 +234,14 @@ async fn fold_tail(
 
 /// Writes a snapshot of a shard folded from its durable stream — never from live memory, so
 /// the hot path is not paused — then keeps the newest `keep` snapshots and prunes the stream
-/// segments the oldest kept one covers. Returns the new snapshot's manifest.
+/// segments the oldest kept one covers. Returns the new snapshot's manifest and size.
 pub async fn write_snapshot(
     wal: &dyn Wal,
     snapshots: &dyn SnapshotStore,
     shard: u32,
     movements_window: usize,
     keep: usize,
-) -> Result<SnapshotMeta, EngineError> {
+) -> Result<WrittenSnapshot, EngineError> {
     // The cut is the stream's tail as the snapshot starts. A fold to `Latest` would chase the
     // writers: under a sustained load it folded every event since the previous snapshot and
     // more (4 million events in one snapshot of a minute-long bench, on a map growing as it
@@ -252,6 +252,7 @@ pub async fn write_snapshot(
     };
     let state = restore_shard(wal, snapshots, shard, movements_window, target).await?;
     let data = state.encode();
+    let entries = state.accounts.len() + state.movements.len();
     let meta = meta_for(
         shard,
         state.lsn,
@@ -270,5 +271,14 @@ pub async fn write_snapshot(
         size_bytes = meta.size_bytes,
         "snapshot written"
     );
-    Ok(meta)
+    Ok(WrittenSnapshot { meta, entries })
+}
+
+/// A snapshot [`write_snapshot`] wrote.
+#[derive(Clone, Debug)]
+pub struct WrittenSnapshot {
+    /// Its manifest.
+    pub meta: SnapshotMeta,
+    /// Accounts and movements it holds.
+    pub entries: usize,
 }

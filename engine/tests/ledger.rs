@@ -1556,9 +1556,11 @@ async fn a_snapshot_stops_at_the_tail_it_started_from_while_writers_go_on() {
     let busy = GatedWal::new(wal.clone());
     busy.writes_on_read
         .store(20, std::sync::atomic::Ordering::SeqCst);
-    let meta = saldo_engine::recovery::write_snapshot(&busy, &snaps, 0, 100, 2)
+    let written = saldo_engine::recovery::write_snapshot(&busy, &snaps, 0, 100, 2)
         .await
         .unwrap();
+    let meta = written.meta;
+    assert_eq!(written.entries, 5, "five accounts, no movement");
     assert_eq!(meta.lsn, 5, "the cut is the tail when the snapshot started");
     let written = wal.tail(0).await.unwrap().unwrap().last_lsn;
     assert!(written > 5, "the writer went on meanwhile ({written})");

@@ -93,7 +93,8 @@ impl Snapshotter {
                     self.config.movements_window,
                     self.config.keep,
                 )
-                .await?,
+                .await?
+                .meta,
             );
         }
         Ok(out)

@@ -58,7 +58,7 @@ impl Node {
                 .log
                 .batch_events
                 .add_cumulative(&mut s.wal_batch_events);
-            match shard.last_snapshot.lock().1 {
+            match shard.last_snapshot.lock().at_opt {
                 Some(t) => oldest_opt = Some(oldest_opt.map_or(t, |o| o.min(t))),
                 None => all_snapshotted = false,
             }
@@ -82,11 +82,16 @@ impl Node {
                 () = self.stop_background.cancelled() => return,
             }
             for shard in &self.shards {
-                let (lsn, at_opt) = *shard.last_snapshot.lock();
+                let LastSnapshot {
+                    lsn,
+                    at_opt,
+                    entries,
+                } = *shard.last_snapshot.lock();
                 let durable = shard.log.durable_lsn();
                 // 0 turns a trigger off (both 0: a `saldo snapshotter` beside the node does it).
                 let due_by_count = self.config.snapshot_every_events > 0
-                    && durable.saturating_sub(lsn) >= self.config.snapshot_every_events;
+                    && durable.saturating_sub(lsn)
+                        >= snapshot_due_after_events(self.config.snapshot_every_events, entries);
                 let due_by_time = self.config.snapshot_interval_ms > 0
                     && durable > lsn
                     && at_opt.is_none_or(|t| {
@@ -130,7 +135,7 @@ impl Node {
     /// Writes a snapshot of a shard folded from its durable stream (never from live memory,
     /// so the hot path is not paused), keeps the newest ones and prunes the stream below them.
     pub(super) async fn snapshot_shard(&self, shard: &ShardCore) -> Result<(), EngineError> {
-        let meta = crate::recovery::write_snapshot(
+        let written = crate::recovery::write_snapshot(
             &*self.wal,
             &*self.snapshots,
             shard.id,
@@ -139,8 +144,11 @@ impl Node {
         )
         .await?;
         self.snapshots_total.fetch_add(1, Ordering::Relaxed);
-        let state_lsn = meta.lsn;
-        *shard.last_snapshot.lock() = (state_lsn, Some(Instant::now()));
+        *shard.last_snapshot.lock() = LastSnapshot {
+            lsn: written.meta.lsn,
+            at_opt: Some(Instant::now()),
+            entries: written.entries,
+        };
         Ok(())
     }
 
@@ -217,5 +225,40 @@ impl Node {
             let _ = t.await;
         }
         tracing::info!("ledger stopped; stream flushed");
+    }
+}
+
+/// Events after which a shard is due for a snapshot by count: `every_events`, or
+/// [`SNAPSHOT_GROWTH_PERCENT`] of the entries its newest snapshot holds when that is more.
+///
+/// A snapshot reads and writes the whole shard, so taken every `every_events` its cost per
+/// event grew with the shard: at five million movements, the snapshot thread took 45% of the
+/// node's CPU under a sustained load. Waiting for the stream to grow by a share of the
+/// snapshot's size (as Redis rewrites its append-only file once it doubled) keeps the cost
+/// per event bounded; a restore then folds a tail of at most that share of the state.
+pub(crate) fn snapshot_due_after_events(every_events: u64, entries: usize) -> u64 {
+    let share = u64::try_from(entries)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(SNAPSHOT_GROWTH_PERCENT)
+        / 100;
+    every_events.max(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_shard_waits_for_its_stream_to_grow_by_a_share_of_it() {
+        // Small shards: the configured count.
+        assert_eq!(snapshot_due_after_events(1_000_000, 0), 1_000_000);
+        assert_eq!(snapshot_due_after_events(1_000_000, 1_000_000), 1_000_000);
+        // Past it: the share of the newest snapshot.
+        let entries = 10_000_000;
+        assert_eq!(
+            snapshot_due_after_events(1_000_000, entries),
+            entries as u64 * SNAPSHOT_GROWTH_PERCENT / 100
+        );
+        assert_eq!(snapshot_due_after_events(1, usize::MAX), u64::MAX / 100);
     }
 }

@@ -74,8 +74,19 @@ pub(crate) struct ShardCore {
     pub(crate) slots: Mutex<Accounts>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) movements_window: usize,
-    /// LSN and time of the newest snapshot.
-    last_snapshot: Mutex<(Lsn, Option<Instant>)>,
+    /// The newest snapshot (at start: the restored state), for the snapshot triggers.
+    last_snapshot: Mutex<LastSnapshot>,
+}
+
+/// The newest snapshot of a shard, as the snapshot triggers see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LastSnapshot {
+    /// Its position.
+    lsn: Lsn,
+    /// When it was written (`None`: not since start).
+    at_opt: Option<Instant>,
+    /// Accounts and movements it holds: what the next one costs to read and write.
+    entries: usize,
 }
 
 /// The node.
@@ -201,8 +212,8 @@ impl Node {
         let mut batches_committed = HashSet::new();
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
-        let num_accounts: usize = states.iter().map(|(_, slots, _)| slots.len()).sum();
-        for (state, slots, holds) in states {
+        let num_accounts: usize = states.iter().map(|(_, slots, _, _)| slots.len()).sum();
+        for (state, slots, holds, entries) in states {
             let log = Arc::new(ShardLog::new(
                 state.shard,
                 node.config.node_epoch,
@@ -218,7 +229,11 @@ impl Node {
                 slots: Mutex::new(slots),
                 log,
                 movements_window: node.config.movements_window,
-                last_snapshot: Mutex::new((state.lsn, None)),
+                last_snapshot: Mutex::new(LastSnapshot {
+                    lsn: state.lsn,
+                    at_opt: None,
+                    entries,
+                }),
             }));
         }
         let node = Arc::new(node);
@@ -265,8 +280,10 @@ impl Node {
         crate::state::ShardState,
         Accounts,
         Vec<crate::account::Hold>,
+        usize,
     ) {
         let holds = state.open_holds();
+        let entries = state.accounts.len() + state.movements.len();
         let records = std::mem::take(&mut state.movements);
         let accounts = std::mem::take(&mut state.accounts);
         let (slots, ()) = crate::threads::join(
@@ -285,7 +302,7 @@ impl Node {
                 }
             },
         );
-        (state, slots, holds)
+        (state, slots, holds, entries)
     }
 
     /// Finishes or releases a hold found open at start.
