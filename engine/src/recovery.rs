@@ -76,10 +76,13 @@ pub async fn restore_shard_with_progress(
         let started = std::time::Instant::now();
         let state = match &meta_opt {
             None => ShardState::empty(shard, movements_window),
-            Some(meta) => match load_snapshot(snapshots, meta, shard, movements_window, {
-                // Room for the movements of the tail it will fold (one per event at most).
-                tail_lsn.min(limit).saturating_sub(meta.lsn)
-            })
+            Some(meta) => match load_snapshot(
+                snapshots,
+                meta,
+                shard,
+                movements_window,
+                tail_movements_max(tail_lsn, limit, meta.lsn),
+            )
             .await
             {
                 Some(state) => state,
@@ -129,9 +132,8 @@ async fn load_snapshot(
     meta: &SnapshotMeta,
     shard: u32,
     movements_window: usize,
-    tail_events: u64,
+    room: usize,
 ) -> Option<ShardState> {
-    let room = usize::try_from(tail_events).unwrap_or(usize::MAX);
     let decoded = match snapshots.get(meta).await {
         Ok(bytes) => ShardState::decode_with_room(&bytes, room),
         Err(e) => Err(e.to_string()),
@@ -154,6 +156,15 @@ async fn load_snapshot(
             None
         }
     }
+}
+
+/// Movements a fold from `from_lsn` to the stream's tail (or `limit`) can add, at most one per
+/// event, up to [`SNAPSHOT_MAP_PRESIZE_MAX`]: the room a restore makes for them up front.
+fn tail_movements_max(tail_lsn: Lsn, limit: Lsn, from_lsn: Lsn) -> usize {
+    let events = tail_lsn.min(limit).saturating_sub(from_lsn);
+    usize::try_from(events)
+        .unwrap_or(usize::MAX)
+        .min(SNAPSHOT_MAP_PRESIZE_MAX)
 }
 
 /// How folding the stream onto a starting state ended.
@@ -188,12 +199,9 @@ async fn fold_tail(
     // the presize bound), instead of rehashing a map of millions on the way (a decoded
     // snapshot has the room already, see `load_snapshot`). Each rehash faulted in a new
     // table: a sixth of the CPU of a node under a batch load went there.
-    let tail_events = tail_lsn.min(limit).saturating_sub(state.lsn);
-    state.movements.reserve(
-        usize::try_from(tail_events)
-            .unwrap_or(usize::MAX)
-            .min(SNAPSHOT_MAP_PRESIZE_MAX),
-    );
+    state
+        .movements
+        .reserve(tail_movements_max(tail_lsn, limit, state.lsn));
     let mut at_junction = true;
     loop {
         let records = wal.read(shard, state.lsn, RESTORE_READ_RECORDS).await?;

@@ -180,6 +180,18 @@ impl<K, V> PresizedMap<K, V> {
             _types: std::marker::PhantomData,
         }
     }
+
+    /// Decodes one section of a format 2 snapshot: a postcard map on its own.
+    fn decode<'de>(self, bytes: &'de [u8]) -> postcard::Result<HashMap<K, V>>
+    where
+        K: Deserialize<'de> + Eq + std::hash::Hash,
+        V: Deserialize<'de>,
+    {
+        serde::de::DeserializeSeed::deserialize(
+            self,
+            &mut postcard::Deserializer::from_bytes(bytes),
+        )
+    }
 }
 
 impl<'de, K, V> serde::de::DeserializeSeed<'de> for PresizedMap<K, V>
@@ -247,16 +259,6 @@ struct SnapshotHeader<Ids> {
     accounts_bytes: u64,
     movements_bytes: u64,
 }
-
-/// A map of a format 2 snapshot, as it decodes on its own.
-#[derive(Deserialize)]
-#[serde(
-    transparent,
-    bound(deserialize = "K: Deserialize<'de> + Eq + std::hash::Hash, V: Deserialize<'de>")
-)]
-struct Presized<K: Eq + std::hash::Hash, V>(
-    #[serde(deserialize_with = "presized_map")] HashMap<K, V>,
-);
 
 impl ShardState {
     /// Returns the empty state of a shard (before its first event).
@@ -520,14 +522,13 @@ impl ShardState {
         let (accounts, movements) = crate::threads::join(
             "snapshot-decode",
             || {
-                postcard::from_bytes::<Presized<AccountId, AccountState>>(accounts_bytes)
-                    .map(|a| a.0)
+                PresizedMap::<AccountId, AccountState>::with_room(0)
+                    .decode(accounts_bytes)
                     .map_err(|e| format!("accounts: {e}"))
             },
             || {
-                let seed = PresizedMap::<MovementId, MovementRecord>::with_room(movements_room);
-                let mut decoder = postcard::Deserializer::from_bytes(movements_bytes);
-                serde::de::DeserializeSeed::deserialize(seed, &mut decoder)
+                PresizedMap::<MovementId, MovementRecord>::with_room(movements_room)
+                    .decode(movements_bytes)
                     .map_err(|e| format!("movements: {e}"))
             },
         );
