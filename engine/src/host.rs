@@ -19,76 +19,13 @@
 
 use saldo_persistence::Lsn;
 
+pub(crate) use crate::table::{AccountTable, Slot};
 use crate::{
-    account::{AccountCommand, AccountState},
+    account::AccountCommand,
     event::Event,
     log::{ShardLog, Ticket, TryAppend},
-    types::{AccountId, LedgerError, Rejection, Timestamp},
+    types::{LedgerError, Rejection, Timestamp},
 };
-
-/// The accounts of a shard, keyed by the ID each state holds: a bucket is one [`Slot`] (16
-/// bytes), and the ID is stored once, in the state. A map from ID to slot would store it twice
-/// and take 40 bytes a bucket: at a million accounts, about 50 bytes per account more.
-/// foldhash, seeded per process against flooding.
-pub(crate) struct Accounts {
-    table: hashbrown::HashTable<Slot>,
-    hasher: hashbrown::DefaultHashBuilder,
-}
-
-impl Accounts {
-    pub(crate) fn with_capacity(capacity: usize) -> Accounts {
-        Accounts {
-            table: hashbrown::HashTable::with_capacity(capacity),
-            hasher: hashbrown::DefaultHashBuilder::default(),
-        }
-    }
-    fn hash(&self, id: &AccountId) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, id)
-    }
-    pub(crate) fn get(&self, id: &AccountId) -> Option<&Slot> {
-        self.table.find(self.hash(id), |slot| slot.state.id() == id)
-    }
-    pub(crate) fn get_mut(&mut self, id: &AccountId) -> Option<&mut Slot> {
-        let hash = self.hash(id);
-        self.table.find_mut(hash, |slot| slot.state.id() == id)
-    }
-    /// Hosts a new account. Panics if its ID is hosted already: callers look first.
-    pub(crate) fn insert(&mut self, slot: Slot) {
-        let hash = self.hash(slot.state.id());
-        let hasher = &self.hasher;
-        match self.table.entry(
-            hash,
-            |s| s.state.id() == slot.state.id(),
-            |s| std::hash::BuildHasher::hash_one(hasher, s.state.id()),
-        ) {
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(slot);
-            }
-            hashbrown::hash_table::Entry::Occupied(_) => {
-                panic!("account {} is hosted already", slot.state.id())
-            }
-        }
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.table.len()
-    }
-    /// Returns the IDs of every hosted account.
-    pub(crate) fn ids(&self) -> Vec<AccountId> {
-        self.table
-            .iter()
-            .map(|slot| slot.state.id().clone())
-            .collect()
-    }
-}
-
-/// An account as its shard hosts it.
-pub(crate) struct Slot {
-    /// Boxed: the table of a shard with a million accounts stays compact (a bucket is this
-    /// pointer and the LSN below).
-    pub(crate) state: Box<AccountState>,
-    /// LSN of the latest event applied (reads wait until it is durable).
-    pub(crate) last_lsn: Lsn,
-}
 
 /// A message to an account.
 #[derive(Clone, Debug)]
@@ -136,13 +73,6 @@ pub(crate) enum Turn {
 }
 
 impl Slot {
-    pub(crate) fn new(state: AccountState, last_lsn: Lsn) -> Slot {
-        Slot {
-            state: Box::new(state),
-            last_lsn,
-        }
-    }
-
     /// The time of a turn: the wall clock, but never behind the account's latest event
     /// (time never goes backwards on an account, whatever the wall clock does).
     pub(crate) fn turn_time(&self, now: Timestamp) -> Timestamp {

@@ -9,6 +9,7 @@
 //! - [`clock`]: where the time stamped on events comes from (injected; a test moves it).
 //! - [`event`]: the events recorded in the stream and their encoding.
 //! - [`state`]: the pure state of a shard as the fold of its stream (restore, snapshots, tools).
+//! - [`table`]: the account table of a shard, for the fold and for the node alike.
 //! - [`shard`]: routing of accounts to shards (FNV-1a 64, documented).
 //! - [`transfer`]: a transfer's protocol as a pure step machine (phases, durability between
 //!   them, recovery's resumption, the one-turn transfer within a shard).
@@ -51,6 +52,7 @@ pub mod recovery;
 pub mod shard;
 pub mod state;
 mod stats;
+pub mod table;
 mod threads;
 pub mod transfer;
 pub mod types;

@@ -208,12 +208,18 @@ async fn fold_tail(
         if records.is_empty() {
             break;
         }
+        // The batch is checked record by record (chain, continuity, decoding), then folded at
+        // once on two threads (`ShardState::apply_verified`).
+        let mut verified = Vec::with_capacity(records.len());
+        let mut at = (state.lsn, state.record_hash);
+        let mut stop = false;
         for rec in &records {
-            if time_limit != u64::MAX && rec.last_lsn > state.lsn {
+            if time_limit != u64::MAX && rec.last_lsn > at.0 {
                 let events = crate::event::decode_all(&rec.payload)
                     .map_err(|e| EngineError::Restore(format!("shard {shard}: {e}")))?;
                 if events.iter().any(|e| e.at().0 > time_limit) {
-                    return Ok(Fold::Done(state));
+                    stop = true;
+                    break;
                 }
             }
             if rec.last_lsn > limit {
@@ -223,17 +229,28 @@ async fn fold_tail(
                         rec.first_lsn, rec.last_lsn
                     )));
                 }
-                return Ok(Fold::Done(state));
+                stop = true;
+                break;
             }
-            let junction = at_junction && rec.last_lsn > state.lsn;
-            match state.apply_record(rec) {
-                Ok(()) => {}
+            let junction = at_junction && rec.last_lsn > at.0;
+            match state.verify_next(at, rec) {
+                Ok(Some(events)) => {
+                    verified.push((rec.first_lsn, events));
+                    at = (rec.last_lsn, rec.hash);
+                }
+                Ok(None) => {}
                 Err(e) if junction && e.chain => return Ok(Fold::NotOnChain(e)),
                 Err(e) => return Err(EngineError::Restore(e.to_string())),
             }
             if junction {
                 at_junction = false;
             }
+        }
+        state
+            .apply_verified(&verified, at)
+            .map_err(|e| EngineError::Restore(e.to_string()))?;
+        if stop {
+            return Ok(Fold::Done(state));
         }
         report(&state);
     }

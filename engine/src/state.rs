@@ -15,6 +15,7 @@ use crate::{
     account::{AccountState, Unappliable},
     event::{self, Event},
     limits::SNAPSHOT_MAP_PRESIZE_MAX,
+    table::{AccountTable, Slot},
     types::{
         AccountId, MovementBody, MovementId, MovementStatus, MovementView, Rejection, Timestamp,
     },
@@ -138,8 +139,7 @@ pub struct ShardState {
     /// Hash of the record whose last LSN is `lsn` (zeros at the start).
     pub record_hash: RecordHash,
     /// The accounts of the shard.
-    #[serde(deserialize_with = "presized_map")]
-    pub accounts: HashMap<AccountId, AccountState>,
+    pub accounts: AccountTable,
     /// Movements whose home is this shard.
     #[serde(deserialize_with = "presized_map")]
     pub movements: HashMap<MovementId, MovementRecord>,
@@ -267,7 +267,7 @@ impl ShardState {
             shard,
             lsn: 0,
             record_hash: [0; 32],
-            accounts: HashMap::new(),
+            accounts: AccountTable::default(),
             movements: HashMap::new(),
             credited: HashSet::new(),
             batches_committed: HashSet::new(),
@@ -288,86 +288,20 @@ impl ShardState {
     /// something `decide` never produces: corruption or a bug). On `Err` the state may be
     /// half-changed and must be dropped.
     pub fn try_apply(&mut self, event: &Event) -> Result<(), Unappliable> {
-        let window = self.movements_window;
-        match event {
-            Event::AccountOpened { cmd, at } => {
-                if cmd.overdraft_limit_minor < 0 {
-                    return Err(Unappliable("an account opened with a negative overdraft"));
-                }
-                if self.accounts.contains_key(&cmd.account_id) {
-                    return Err(Unappliable("an account opened twice"));
-                }
-                self.accounts
-                    .insert(cmd.account_id.clone(), AccountState::open(cmd, *at));
-            }
-            Event::EntryApplied { entry, .. } => {
-                self.account(&entry.account_id)?.try_apply(event, window)?
-            }
-            Event::HoldPlaced { transfer, .. } => self
-                .account(&transfer.debit_account_id)?
-                .try_apply(event, window)?,
-            Event::CreditApplied { transfer, .. } => {
-                if self.credited.contains(&transfer.transfer_id) {
-                    return Err(Unappliable("a transfer credited twice"));
-                }
-                self.account(&transfer.credit_account_id)?
-                    .try_apply(event, window)?;
-                self.credited.insert(transfer.transfer_id.clone());
-            }
-            Event::HoldCommitted {
-                transfer_id,
-                debit_account_id,
-                ..
-            }
-            | Event::HoldReleased {
-                transfer_id,
-                debit_account_id,
-                ..
-            } => {
-                let pending = self
-                    .movements
-                    .get(transfer_id)
-                    .is_some_and(|m| m.status == MovementStatus::Pending);
-                if !pending {
-                    return Err(Unappliable("a commit or release of no pending transfer"));
-                }
-                self.account(debit_account_id)?.try_apply(event, window)?;
-                let m = self.movements.get_mut(transfer_id).expect("checked above");
-                if let Event::HoldReleased { reason, .. } = event {
-                    m.status = MovementStatus::Rejected;
-                    m.rejection_opt = Some(reason.clone());
-                } else {
-                    m.status = MovementStatus::Committed;
-                }
-            }
-            Event::TransferPosted { transfer, .. } => {
-                if transfer.debit_account_id == transfer.credit_account_id {
-                    return Err(Unappliable("a transfer from an account to itself"));
-                }
-                self.account(&transfer.debit_account_id)?
-                    .try_apply(event, window)?;
-                self.account(&transfer.credit_account_id)?
-                    .try_apply(event, window)?;
-            }
-            Event::BatchCommitted { batch_id, .. } => {
-                if !self.batches_committed.insert(batch_id.clone()) {
-                    return Err(Unappliable("a batch decided twice"));
-                }
-            }
-            Event::EntryRejected { .. } | Event::TransferRejected { .. } => {}
-        }
-        if let Some((id, record)) = MovementRecord::created_by(event) {
-            if self.movements.insert(id, record).is_some() {
-                return Err(Unappliable("a movement ID took effect twice"));
-            }
-        }
-        Ok(())
+        apply_to_movements(&mut self.movements, event)?;
+        self.accounts_side().apply(event)
     }
 
-    fn account(&mut self, id: &AccountId) -> Result<&mut AccountState, Unappliable> {
-        self.accounts
-            .get_mut(id)
-            .ok_or(Unappliable("an event for an unknown account"))
+    /// The part of the state that the accounts' side of an event changes: everything but the
+    /// movements. The two sides of a fold are independent, so a restore folds them on two
+    /// threads ([`ShardState::apply_verified`]).
+    fn accounts_side(&mut self) -> AccountsSide<'_> {
+        AccountsSide {
+            accounts: &mut self.accounts,
+            credited: &mut self.credited,
+            batches_committed: &mut self.batches_committed,
+            window: self.movements_window,
+        }
     }
 
     /// Folds a verified stream record. Checks continuity and the hash chain: the record must
@@ -377,6 +311,27 @@ impl ShardState {
     /// replaced records this state folded): folding it would mix two writers' histories, so it
     /// is refused, naming the epochs.
     pub fn apply_record(&mut self, rec: &Record) -> Result<(), FoldError> {
+        let Some(events) = self.verify_next((self.lsn, self.record_hash), rec)? else {
+            return Ok(());
+        };
+        for (lsn, ev) in (rec.first_lsn..).zip(&events) {
+            self.try_apply(ev)
+                .map_err(|e| unappliable(self.shard, lsn, ev, &e))?;
+        }
+        self.lsn = rec.last_lsn;
+        self.record_hash = rec.hash;
+        Ok(())
+    }
+
+    /// Checks that `rec` is the record after `at` (the LSN and hash of the record before it,
+    /// as [`ShardState::apply_record`] checks against the state's own) and decodes its events.
+    /// `Ok(None)`: the record lies wholly at or below `at` (already folded).
+    pub fn verify_next(
+        &self,
+        at: (Lsn, RecordHash),
+        rec: &Record,
+    ) -> Result<Option<Vec<Event>>, FoldError> {
+        let (at_lsn, at_hash) = at;
         let chain_err = |reason: String| FoldError {
             shard: self.shard,
             lsn: rec.first_lsn,
@@ -390,28 +345,28 @@ impl ShardState {
         if rec.shard != self.shard {
             return Err(err(format!("record of shard {}", rec.shard)));
         }
-        if rec.last_lsn <= self.lsn {
-            return Ok(());
+        if rec.last_lsn <= at_lsn {
+            return Ok(None);
         }
-        if rec.first_lsn > self.lsn + 1 {
+        if rec.first_lsn > at_lsn + 1 {
             return Err(chain_err(format!(
-                "gap: state at {}, record starts at {}",
-                self.lsn, rec.first_lsn
+                "gap: state at {at_lsn}, record starts at {}",
+                rec.first_lsn
             )));
         }
-        if rec.first_lsn <= self.lsn {
+        if rec.first_lsn <= at_lsn {
             return Err(chain_err(format!(
-                "record {}..={} of epoch {} straddles the state's position {}: the stream's \
-                 chain changed under the state (another owner epoch rewrote it); fold from an \
-                 older snapshot",
-                rec.first_lsn, rec.last_lsn, rec.epoch, self.lsn
+                "record {}..={} of epoch {} straddles the state's position {at_lsn}: the \
+                 stream's chain changed under the state (another owner epoch rewrote it); fold \
+                 from an older snapshot",
+                rec.first_lsn, rec.last_lsn, rec.epoch
             )));
         }
         // The first record of a shard follows the all-zero hash at LSN 0.
-        record::check_follows(Some((self.lsn, self.record_hash)), rec).map_err(|r| {
+        record::check_follows(Some((at_lsn, at_hash)), rec).map_err(|r| {
             chain_err(format!(
-                "{r}: record {}..={} of epoch {} does not chain onto the state at lsn {}",
-                rec.first_lsn, rec.last_lsn, rec.epoch, self.lsn
+                "{r}: record {}..={} of epoch {} does not chain onto the state at lsn {at_lsn}",
+                rec.first_lsn, rec.last_lsn, rec.epoch
             ))
         })?;
         let events = event::decode_all(&rec.payload).map_err(|e| err(e.to_string()))?;
@@ -423,20 +378,48 @@ impl ShardState {
                 rec.last_lsn
             )));
         }
-        for (lsn, ev) in (rec.first_lsn..).zip(&events) {
-            self.try_apply(ev).map_err(|e| FoldError {
-                shard: self.shard,
-                lsn,
-                reason: format!(
-                    "event cannot be applied ({e}): {ev:?}; see docs/runbook.md, \
-                     \"A shard refuses to restore\""
-                ),
-                chain: false,
-            })?;
+        Ok(Some(events))
+    }
+
+    /// Folds records that [`ShardState::verify_next`] checked one after the other from the
+    /// state's position (each with its first LSN and its events), ending at `end` (the last
+    /// one's LSN and hash). The accounts' side runs on this thread and the movements' side on
+    /// another: a restore of a large shard folds its tail in about two thirds of the time.
+    /// On `Err` (the first unappliable event, by LSN) the state must be dropped.
+    pub fn apply_verified(
+        &mut self,
+        records: &[(Lsn, Vec<Event>)],
+        end: (Lsn, RecordHash),
+    ) -> Result<(), FoldError> {
+        let shard = self.shard;
+        let each = |apply: &mut dyn FnMut(&Event) -> Result<(), Unappliable>| {
+            for (first_lsn, events) in records {
+                for (lsn, ev) in (*first_lsn..).zip(events) {
+                    apply(ev).map_err(|e| (lsn, unappliable(shard, lsn, ev, &e)))?;
+                }
+            }
+            Ok::<(), (Lsn, FoldError)>(())
+        };
+        let mut side = AccountsSide {
+            accounts: &mut self.accounts,
+            credited: &mut self.credited,
+            batches_committed: &mut self.batches_committed,
+            window: self.movements_window,
+        };
+        let movements = &mut self.movements;
+        let (accounts_out, movements_out) = crate::threads::join(
+            "fold-movements",
+            || each(&mut |ev| side.apply(ev)),
+            || each(&mut |ev| apply_to_movements(movements, ev)),
+        );
+        match (accounts_out, movements_out) {
+            (Ok(()), Ok(())) => {
+                (self.lsn, self.record_hash) = end;
+                Ok(())
+            }
+            (Err((a, e)), Err((m, _))) if a <= m => Err(e),
+            (_, Err((_, e))) | (Err((_, e)), _) => Err(e),
         }
-        self.lsn = rec.last_lsn;
-        self.record_hash = rec.hash;
-        Ok(())
     }
 
     /// Returns the transfers with an open hold in this shard.
@@ -522,8 +505,7 @@ impl ShardState {
         let (accounts, movements) = crate::threads::join(
             "snapshot-decode",
             || {
-                PresizedMap::<AccountId, AccountState>::with_room(0)
-                    .decode(accounts_bytes)
+                AccountTable::deserialize(&mut postcard::Deserializer::from_bytes(accounts_bytes))
                     .map_err(|e| format!("accounts: {e}"))
             },
             || {
@@ -551,6 +533,116 @@ impl ShardState {
             .filter(|a| a.currency().code() == currency)
             .map(|a| i128::from(a.balance_minor()))
             .sum()
+    }
+}
+
+/// The error of an event that does not apply.
+fn unappliable(shard: u32, lsn: Lsn, ev: &Event, e: &Unappliable) -> FoldError {
+    FoldError {
+        shard,
+        lsn,
+        reason: format!(
+            "event cannot be applied ({e}): {ev:?}; see docs/runbook.md, \
+             \"A shard refuses to restore\""
+        ),
+        chain: false,
+    }
+}
+
+/// Folds the movements' side of an event: the record it creates, and the outcome it gives a
+/// pending transfer.
+fn apply_to_movements(
+    movements: &mut HashMap<MovementId, MovementRecord>,
+    event: &Event,
+) -> Result<(), Unappliable> {
+    if let Event::HoldCommitted { transfer_id, .. } | Event::HoldReleased { transfer_id, .. } =
+        event
+    {
+        let m = movements
+            .get_mut(transfer_id)
+            .filter(|m| m.status == MovementStatus::Pending)
+            .ok_or(Unappliable("a commit or release of no pending transfer"))?;
+        if let Event::HoldReleased { reason, .. } = event {
+            m.status = MovementStatus::Rejected;
+            m.rejection_opt = Some(reason.clone());
+        } else {
+            m.status = MovementStatus::Committed;
+        }
+    }
+    if let Some((id, record)) = MovementRecord::created_by(event) {
+        if movements.insert(id, record).is_some() {
+            return Err(Unappliable("a movement ID took effect twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Everything of a shard's state but its movements (see [`ShardState::accounts_side`]).
+struct AccountsSide<'a> {
+    accounts: &'a mut AccountTable,
+    credited: &'a mut HashSet<MovementId>,
+    batches_committed: &'a mut HashSet<MovementId>,
+    window: usize,
+}
+
+impl AccountsSide<'_> {
+    /// Folds the accounts' side of an event.
+    fn apply(&mut self, event: &Event) -> Result<(), Unappliable> {
+        let window = self.window;
+        match event {
+            Event::AccountOpened { cmd, at } => {
+                if cmd.overdraft_limit_minor < 0 {
+                    return Err(Unappliable("an account opened with a negative overdraft"));
+                }
+                if self.accounts.contains_key(&cmd.account_id) {
+                    return Err(Unappliable("an account opened twice"));
+                }
+                self.accounts
+                    .insert(Slot::new(AccountState::open(cmd, *at), 0));
+            }
+            Event::EntryApplied { entry, .. } => {
+                self.account(&entry.account_id)?.try_apply(event, window)?
+            }
+            Event::HoldPlaced { transfer, .. } => self
+                .account(&transfer.debit_account_id)?
+                .try_apply(event, window)?,
+            Event::CreditApplied { transfer, .. } => {
+                if self.credited.contains(&transfer.transfer_id) {
+                    return Err(Unappliable("a transfer credited twice"));
+                }
+                self.account(&transfer.credit_account_id)?
+                    .try_apply(event, window)?;
+                self.credited.insert(transfer.transfer_id.clone());
+            }
+            Event::HoldCommitted {
+                debit_account_id, ..
+            }
+            | Event::HoldReleased {
+                debit_account_id, ..
+            } => self.account(debit_account_id)?.try_apply(event, window)?,
+            Event::TransferPosted { transfer, .. } => {
+                if transfer.debit_account_id == transfer.credit_account_id {
+                    return Err(Unappliable("a transfer from an account to itself"));
+                }
+                self.account(&transfer.debit_account_id)?
+                    .try_apply(event, window)?;
+                self.account(&transfer.credit_account_id)?
+                    .try_apply(event, window)?;
+            }
+            Event::BatchCommitted { batch_id, .. } => {
+                if !self.batches_committed.insert(batch_id.clone()) {
+                    return Err(Unappliable("a batch decided twice"));
+                }
+            }
+            Event::EntryRejected { .. } | Event::TransferRejected { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, id: &AccountId) -> Result<&mut AccountState, Unappliable> {
+        self.accounts
+            .state_mut(id)
+            .ok_or(Unappliable("an event for an unknown account"))
     }
 }
 
@@ -646,6 +738,95 @@ mod tests {
         let e = state.apply_record(&r2).unwrap_err();
         assert_eq!((e.shard, e.lsn, e.chain), (0, 4, false));
         assert!(e.reason.contains("cannot be applied"), "{e}");
+    }
+
+    /// Checks `records` one after the other and folds them with `apply_verified`, as a restore
+    /// does.
+    fn fold_verified(state: &mut ShardState, records: &[Record]) -> Result<(), FoldError> {
+        let mut at = (state.lsn, state.record_hash);
+        let mut verified = Vec::new();
+        for r in records {
+            if let Some(events) = state.verify_next(at, r)? {
+                verified.push((r.first_lsn, events));
+                at = (r.last_lsn, r.hash);
+            }
+        }
+        state.apply_verified(&verified, at)
+    }
+
+    fn commit(transfer: &str, debit: &str) -> Event {
+        Event::HoldCommitted {
+            transfer_id: MovementId::new(transfer).unwrap(),
+            debit_account_id: AccountId::new(debit).unwrap(),
+            at: Timestamp(3),
+        }
+    }
+
+    #[test]
+    fn a_fold_on_two_threads_gives_the_state_of_a_fold_on_one() {
+        let hold = |id: &str, amount_minor: i64| Event::HoldPlaced {
+            transfer: crate::types::Transfer {
+                transfer_id: MovementId::new(id).unwrap(),
+                debit_account_id: AccountId::new("a").unwrap(),
+                credit_account_id: AccountId::new("b").unwrap(),
+                amount_minor,
+                currency: Currency::new("BRL").unwrap(),
+                description_opt: None,
+            },
+            batch_opt: None,
+            at: Timestamp(3),
+        };
+        let r1 = rec(
+            1,
+            1,
+            &[0; 32],
+            &[opening("a"), opening("b"), credit("e1", 900, 900)],
+        );
+        let r2 = rec(1, 4, &r1.hash, &[hold("t1", 300), hold("t2", 100)]);
+        let r3 = rec(1, 6, &r2.hash, &[commit("t1", "a")]);
+        let records = [r1, r2, r3];
+        let mut one = ShardState::empty(0, 4);
+        for r in &records {
+            one.apply_record(r).unwrap();
+        }
+        let mut two = ShardState::empty(0, 4);
+        fold_verified(&mut two, &records).unwrap();
+        assert_eq!(two, one);
+        assert_eq!((two.lsn, two.record_hash), (6, records[2].hash));
+        let t1 = &two.movements[&MovementId::new("t1").unwrap()];
+        assert_eq!(t1.status, MovementStatus::Committed);
+        // Folding the same records again changes nothing: they lie at or below the position.
+        fold_verified(&mut two, &records).unwrap();
+        assert_eq!(two, one);
+    }
+
+    #[test]
+    fn a_fold_on_two_threads_reports_the_first_event_that_cannot_be_applied() {
+        let r1 = rec(1, 1, &[0; 32], &[opening("a"), credit("e1", 5, 5)]);
+        // An entry whose ID took effect already fails on the movements' side only; an entry
+        // to an unknown account on the accounts' side only.
+        let unknown_account = Event::EntryApplied {
+            entry: Entry {
+                entry_id: MovementId::new("e9").unwrap(),
+                account_id: AccountId::new("nobody").unwrap(),
+                kind: EntryKind::Credit,
+                amount_minor: 1,
+                description_opt: None,
+            },
+            balance_after_minor: 1,
+            at: Timestamp(2),
+        };
+        let again = credit("e1", 5, 10);
+        let movements_first = rec(1, 3, &r1.hash, &[again.clone(), unknown_account.clone()]);
+        let mut state = ShardState::empty(0, 4);
+        let e = fold_verified(&mut state, &[r1.clone(), movements_first]).unwrap_err();
+        assert_eq!(e.lsn, 3, "{e}");
+        assert!(e.reason.contains("took effect twice"), "{e}");
+        let accounts_first = rec(1, 3, &r1.hash, &[unknown_account, again]);
+        let mut state = ShardState::empty(0, 4);
+        let e = fold_verified(&mut state, &[r1, accounts_first]).unwrap_err();
+        assert_eq!(e.lsn, 3, "{e}");
+        assert!(e.reason.contains("unknown account"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Running two pieces of start-up work at once (restore builds two large maps per shard).
+//! Running two pieces of work at once: restore builds two large maps per shard, and a fold runs
+//! the accounts' and the movements' sides of a stream tail side by side.
 
 use parking_lot::Mutex;
 
@@ -20,7 +21,7 @@ where
         let a_out = a();
         let b_out = spawned
             .ok()
-            .and_then(|handle| handle.join().expect("a start-up thread does not panic"));
+            .and_then(|handle| handle.join().expect("the other half of the work panicked"));
         let b_out = b_out.unwrap_or_else(|| {
             let b = b_slot.lock().take().expect("no thread took it");
             b()

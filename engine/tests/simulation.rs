@@ -766,7 +766,7 @@ fn the_simulation_detects_a_broken_rule() {
     sim.shards[shard]
         .live
         .accounts
-        .get_mut(&id)
+        .state_mut(&id)
         .unwrap()
         .apply(&bogus, WINDOW);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.check_rules(false)));

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     account::{AccountCommand, AccountState},
     event::Event,
-    host::{AccountMsg, AccountReply, Accounts, Slot, Turn},
+    host::{AccountMsg, AccountReply, AccountTable, Slot, Turn},
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
@@ -70,8 +70,8 @@ use crate::{
 /// One shard of a node.
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
-    /// Accounts of the shard ([`Accounts`]).
-    pub(crate) slots: Mutex<Accounts>,
+    /// Accounts of the shard ([`AccountTable`]).
+    pub(crate) slots: Mutex<AccountTable>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) movements_window: usize,
     /// The newest snapshot (at start: the restored state), for the snapshot triggers.
@@ -269,39 +269,28 @@ impl Node {
         Ok(Ledger { inner: node })
     }
 
-    /// Turns a restored shard into what the node hosts: its accounts become slots on this
-    /// thread while its movements go into the node's table on another (two maps of a million
-    /// entries each, built at once on the two cores). Returns the state without its maps, the
-    /// slots and the open holds.
+    /// Turns a restored shard into what the node hosts: its account table is hosted as it is,
+    /// and its movements go into the node's table. Returns the state without its maps, the
+    /// account table and the open holds.
     fn host_restored(
         mut state: crate::state::ShardState,
         movements: &MovementTable,
     ) -> (
         crate::state::ShardState,
-        Accounts,
+        AccountTable,
         Vec<crate::account::Hold>,
         usize,
     ) {
         let holds = state.open_holds();
         let entries = state.accounts.len() + state.movements.len();
-        let records = std::mem::take(&mut state.movements);
-        let accounts = std::mem::take(&mut state.accounts);
-        let (slots, ()) = crate::threads::join(
-            "restore-movements",
-            || {
-                let mut slots = Accounts::with_capacity(accounts.len());
-                for (_, a) in accounts {
-                    slots.insert(Slot::new(a, 0));
-                }
-                slots
-            },
-            || {
-                movements.reserve(records.len());
-                for (id, rec) in records {
-                    movements.insert_restored(id, rec);
-                }
-            },
+        let started = Instant::now();
+        movements.host_restored(&std::mem::take(&mut state.movements));
+        tracing::debug!(
+            shard = state.shard,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "movements hosted"
         );
+        let slots = std::mem::take(&mut state.accounts);
         (state, slots, holds, entries)
     }
 

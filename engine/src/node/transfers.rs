@@ -263,7 +263,7 @@ impl Node {
     /// `TransferPosted`, or `TransferRejected` with the first refusal. Its time is `now`, or
     /// the latest of both accounts' times if that is later.
     pub(super) fn transfer_turn_locked(
-        slots: &mut Accounts,
+        slots: &mut AccountTable,
         shard: &ShardCore,
         t: &Transfer,
         cell: &Arc<MovementCell>,
