@@ -601,11 +601,11 @@ impl Sim {
                         }
                     }
                     MovementBody::Transfer(t)
-                        if t.currency.code() == cur && m.status == MovementStatus::Pending =>
+                        if t.currency.code() == cur
+                            && m.status == MovementStatus::Pending
+                            && credited.contains(&t.transfer_id) =>
                     {
-                        if credited.contains(&t.transfer_id) {
-                            in_transit += t.amount_minor as i128;
-                        }
+                        in_transit += t.amount_minor as i128;
                     }
                     _ => {}
                 }

@@ -71,7 +71,7 @@ impl LocalDirSnapshotStore {
                 }
             }
         }
-        metas.sort_unstable_by(|a, b| b.lsn.cmp(&a.lsn));
+        metas.sort_unstable_by_key(|meta| std::cmp::Reverse(meta.lsn));
         Ok(metas)
     }
 }

@@ -7,10 +7,13 @@ use parking_lot::Mutex;
 
 use super::{verify, SnapshotError, SnapshotMeta, SnapshotStore};
 
+/// Each snapshot's manifest and blob, keyed by (shard, lsn).
+type Blobs = BTreeMap<(u32, u64), (SnapshotMeta, Vec<u8>)>;
+
 /// Snapshots in memory, keyed by (shard, lsn).
 #[derive(Clone, Default)]
 pub struct MemorySnapshotStore {
-    inner: Arc<Mutex<BTreeMap<(u32, u64), (SnapshotMeta, Vec<u8>)>>>,
+    inner: Arc<Mutex<Blobs>>,
 }
 
 impl MemorySnapshotStore {
