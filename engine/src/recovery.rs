@@ -208,17 +208,15 @@ async fn fold_tail(
         if records.is_empty() {
             break;
         }
-        // The batch is checked record by record (chain, continuity, decoding), then folded at
-        // once on two threads (`ShardState::apply_verified`).
-        let mut verified = Vec::with_capacity(records.len());
-        let mut at = (state.lsn, state.record_hash);
+        // The records to fold: up to the position or time the restore stops at.
+        let mut end = records.len();
         let mut stop = false;
-        for rec in &records {
-            if time_limit != u64::MAX && rec.last_lsn > at.0 {
+        for (i, rec) in records.iter().enumerate() {
+            if time_limit != u64::MAX && rec.last_lsn > state.lsn {
                 let events = crate::event::decode_all(&rec.payload)
                     .map_err(|e| EngineError::Restore(format!("shard {shard}: {e}")))?;
                 if events.iter().any(|e| e.at().0 > time_limit) {
-                    stop = true;
+                    (end, stop) = (i, true);
                     break;
                 }
             }
@@ -229,26 +227,25 @@ async fn fold_tail(
                         rec.first_lsn, rec.last_lsn
                     )));
                 }
-                stop = true;
+                (end, stop) = (i, true);
                 break;
             }
-            let junction = at_junction && rec.last_lsn > at.0;
-            match state.verify_next(at, rec) {
-                Ok(Some(events)) => {
-                    verified.push((rec.first_lsn, events));
-                    at = (rec.last_lsn, rec.hash);
-                }
-                Ok(None) => {}
-                Err(e) if junction && e.chain => return Ok(Fold::NotOnChain(e)),
-                Err(e) => return Err(EngineError::Restore(e.to_string())),
-            }
-            if junction {
-                at_junction = false;
-            }
         }
-        state
-            .apply_verified(&verified, at)
-            .map_err(|e| EngineError::Restore(e.to_string()))?;
+        let records = &records[..end];
+        // The first record past the state's position: where a snapshot that is not on the
+        // stream's chain shows.
+        let junction_opt = at_junction
+            .then(|| records.iter().find(|r| r.last_lsn > state.lsn))
+            .flatten()
+            .map(|r| r.first_lsn);
+        match state.fold_verifying(records) {
+            Ok(()) => {}
+            Err(e) if e.chain && Some(e.lsn) == junction_opt => return Ok(Fold::NotOnChain(e)),
+            Err(e) => return Err(EngineError::Restore(e.to_string())),
+        }
+        if junction_opt.is_some() {
+            at_junction = false;
+        }
         if stop {
             return Ok(Fold::Done(state));
         }
