@@ -125,8 +125,20 @@ impl MovementCell {
 const MOVEMENT_STRIPES: usize = 64;
 
 /// Every transfer and entry ID the node knows: one namespace, striped to spread contention.
+///
+/// Two layers: the movements restored at start, kept as the restore's fold left them (a map
+/// that nothing changes once the node runs, so it is read without a lock), and the cells of the
+/// movements the node has touched since, in the stripes. A restored movement gets its cell the
+/// first time someone looks it up (a retry of its ID, a read, the resolution of an open hold),
+/// under its stripe's lock, and the stripe is looked at first from then on. So a restore hands
+/// its map over instead of building a cell per movement (a million cells took 340-490 ms on
+/// both cores), and an idle movement costs its boxed record (the fold keeps records boxed: a
+/// bucket is 32 bytes, and a table of a million records inline took 450 bytes a movement at
+/// half load), not a cell with a lock and a waiter list. At 1,000,000 accounts with a movement
+/// each: 740 bytes an account after a restart, against 771 with a cell per movement.
 pub(crate) struct MovementTable {
     stripes: Vec<Mutex<FastMap<MovementId, Arc<MovementCell>>>>,
+    restored: FastMap<MovementId, Box<MovementRecord>>,
 }
 
 pub(crate) enum Claim {
@@ -135,26 +147,67 @@ pub(crate) enum Claim {
 }
 
 impl MovementTable {
-    pub(crate) fn new() -> MovementTable {
+    /// Returns the table of a node whose shards restored these movements (one map per shard;
+    /// IDs are unique across shards, each movement has one home shard).
+    pub(crate) fn restored(
+        mut maps: Vec<FastMap<MovementId, Box<MovementRecord>>>,
+    ) -> MovementTable {
+        // The largest map is kept as it is and the others go into it.
+        maps.sort_unstable_by_key(|m| std::cmp::Reverse(m.len()));
+        let mut maps = maps.into_iter();
+        let mut restored = maps.next().unwrap_or_default();
+        for map in maps {
+            restored.reserve(map.len());
+            for (id, rec) in map {
+                let twice = restored.insert(id, rec).is_some();
+                assert!(!twice, "a movement ID restored in two shards");
+            }
+        }
         MovementTable {
             stripes: (0..MOVEMENT_STRIPES)
                 .map(|_| Mutex::new(FastMap::new()))
                 .collect(),
+            restored,
         }
     }
-    fn stripe_index(&self, id: &MovementId) -> usize {
-        (crate::shard::fnv1a_64(id.as_str().as_bytes()) % MOVEMENT_STRIPES as u64) as usize
-    }
     fn stripe(&self, id: &MovementId) -> &Mutex<FastMap<MovementId, Arc<MovementCell>>> {
-        &self.stripes[self.stripe_index(id)]
+        &self.stripes
+            [(crate::shard::fnv1a_64(id.as_str().as_bytes()) % MOVEMENT_STRIPES as u64) as usize]
+    }
+    /// Returns the cell of a movement in `stripe` (its stripe, locked), giving a restored
+    /// movement its cell on first sight.
+    fn cell_in(
+        &self,
+        stripe: &mut FastMap<MovementId, Arc<MovementCell>>,
+        id: &MovementId,
+    ) -> Option<Arc<MovementCell>> {
+        if let Some(cell) = stripe.get(id) {
+            return Some(cell.clone());
+        }
+        let rec = self.restored.get(id)?;
+        let cell = Arc::new(MovementCell {
+            body: rec.body.clone(),
+            state: Mutex::new(CellState {
+                created_at: rec.created_at,
+                status: rec.status,
+                rejection_opt: rec.rejection_opt.clone().map(Box::new),
+                balance_after_minor_opt: rec.balance_after_minor_opt,
+                abandoned: false,
+                recorded: true,
+                first_record_opt: None,
+            }),
+            done: Notify::new(),
+        });
+        stripe.insert(id.clone(), cell.clone());
+        Some(cell)
     }
     pub(crate) fn get(&self, id: &MovementId) -> Option<Arc<MovementCell>> {
-        self.stripe(id).lock().get(id).cloned()
+        self.cell_in(&mut self.stripe(id).lock(), id)
     }
     pub(crate) fn claim(&self, id: &MovementId, body: &MovementBody, now: Timestamp) -> Claim {
         let mut stripe = self.stripe(id).lock();
-        if let Some(cell) = stripe.get(id) {
-            return Claim::Existing(cell.clone());
+        if let Some(cell) = self.cell_in(&mut stripe, id) {
+            return Claim::Existing(cell);
         }
         let cell = Arc::new(MovementCell {
             body: body.clone(),
@@ -171,46 +224,6 @@ impl MovementTable {
         });
         stripe.insert(id.clone(), cell.clone());
         Claim::New(cell)
-    }
-    /// Makes room for `additional` more movements (restore knows how many it brings): the
-    /// stripes grow once instead of rehashing all the way up.
-    pub(crate) fn reserve(&self, additional: usize) {
-        // FNV spreads IDs evenly; a little slack covers the unevenness.
-        let per_stripe = additional / MOVEMENT_STRIPES + additional / (MOVEMENT_STRIPES * 8) + 1;
-        for stripe in &self.stripes {
-            stripe.lock().reserve(per_stripe);
-        }
-    }
-    /// Hosts a restored shard's movements, on two threads: each takes the stripes of one
-    /// parity, so neither waits for the other's locks (a million movements took 650 ms on
-    /// one thread).
-    pub(crate) fn host_restored(&self, records: &FastMap<MovementId, MovementRecord>) {
-        self.reserve(records.len());
-        let half = |parity: usize| {
-            for (id, rec) in records {
-                if self.stripe_index(id) % 2 == parity {
-                    self.insert_restored(id.clone(), rec.clone());
-                }
-            }
-        };
-        crate::threads::join("restore-movements", || half(0), || half(1));
-    }
-
-    fn insert_restored(&self, id: MovementId, rec: MovementRecord) {
-        let cell = Arc::new(MovementCell {
-            body: rec.body,
-            state: Mutex::new(CellState {
-                created_at: rec.created_at,
-                status: rec.status,
-                rejection_opt: rec.rejection_opt.map(Box::new),
-                balance_after_minor_opt: rec.balance_after_minor_opt,
-                abandoned: false,
-                recorded: true,
-                first_record_opt: None,
-            }),
-            done: Notify::new(),
-        });
-        self.stripe(&id).lock().insert(id, cell);
     }
     /// Drops a claim for which nothing was recorded, waking anyone waiting on it.
     pub(crate) fn abandon(&self, id: &MovementId, cell: &MovementCell) {
@@ -238,5 +251,70 @@ impl Settlement {
             }
             Err(r) => self.cell.finish(MovementStatus::Rejected, Some(r), None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> MovementBody {
+        MovementBody::Entry(Entry {
+            entry_id: MovementId::new(id).unwrap(),
+            account_id: AccountId::new("a").unwrap(),
+            kind: EntryKind::Credit,
+            amount_minor: 5,
+            description_opt: None,
+        })
+    }
+
+    fn restored(ids: &[&str]) -> FastMap<MovementId, Box<MovementRecord>> {
+        ids.iter()
+            .map(|id| {
+                let rec = MovementRecord {
+                    body: entry(id),
+                    status: MovementStatus::Committed,
+                    rejection_opt: None,
+                    created_at: Timestamp(7),
+                    balance_after_minor_opt: Some(5),
+                };
+                (MovementId::new(*id).unwrap(), Box::new(rec))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restored_movement_is_known_to_every_lookup_and_gets_one_cell() {
+        let table = MovementTable::restored(vec![restored(&["e1"]), restored(&["e2", "e3"])]);
+        let e1 = MovementId::new("e1").unwrap();
+        // A retry of a restored ID finds the original, with its outcome and time.
+        let Claim::Existing(cell) = table.claim(&e1, &entry("e1"), Timestamp(99)) else {
+            panic!("a restored ID was claimed as new");
+        };
+        let view = cell.view();
+        assert_eq!(
+            (view.status, view.created_at, view.balance_after_minor_opt),
+            (MovementStatus::Committed, Timestamp(7), Some(5))
+        );
+        // One cell per movement, whoever looks first.
+        assert!(Arc::ptr_eq(&cell, &table.get(&e1).unwrap()));
+        let e3 = MovementId::new("e3").unwrap();
+        assert!(Arc::ptr_eq(
+            &table.get(&e3).unwrap(),
+            &table.get(&e3).unwrap()
+        ));
+        // An ID nobody knows is new, and known from then on.
+        let e4 = MovementId::new("e4").unwrap();
+        assert!(table.get(&e4).is_none());
+        let Claim::New(new) = table.claim(&e4, &entry("e4"), Timestamp(99)) else {
+            panic!("a new ID was found");
+        };
+        assert!(Arc::ptr_eq(&new, &table.get(&e4).unwrap()));
+    }
+
+    #[test]
+    #[should_panic(expected = "restored in two shards")]
+    fn an_id_restored_in_two_shards_stops_the_node() {
+        MovementTable::restored(vec![restored(&["e1"]), restored(&["e1", "e2"])]);
     }
 }

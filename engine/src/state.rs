@@ -144,7 +144,7 @@ pub struct ShardState {
     pub accounts: AccountTable,
     /// Movements whose home is this shard.
     #[serde(deserialize_with = "presized_map")]
-    pub movements: HashMap<MovementId, MovementRecord>,
+    pub movements: HashMap<MovementId, Box<MovementRecord>>,
     /// Transfers credited to accounts of this shard (phase 2 done), for recovery.
     pub credited: HashSet<MovementId>,
     /// Atomic batches decided on this shard (their holds are to be finished), for recovery.
@@ -472,7 +472,7 @@ impl ShardState {
                     .map_err(|e| format!("accounts: {e}"))
             },
             || {
-                PresizedMap::<MovementId, MovementRecord>::with_room(movements_room)
+                PresizedMap::<MovementId, Box<MovementRecord>>::with_room(movements_room)
                     .decode(movements_bytes)
                     .map_err(|e| format!("movements: {e}"))
             },
@@ -573,7 +573,7 @@ fn unappliable(shard: u32, lsn: Lsn, ev: &Event, e: &Unappliable) -> FoldError {
 /// Folds the movements' side of an event: the record it creates, and the outcome it gives a
 /// pending transfer.
 fn apply_to_movements(
-    movements: &mut HashMap<MovementId, MovementRecord>,
+    movements: &mut HashMap<MovementId, Box<MovementRecord>>,
     event: &Event,
 ) -> Result<(), Unappliable> {
     if let Event::HoldCommitted { transfer_id, .. } | Event::HoldReleased { transfer_id, .. } =
@@ -591,7 +591,7 @@ fn apply_to_movements(
         }
     }
     if let Some((id, record)) = MovementRecord::created_by(event) {
-        if movements.insert(id, record).is_some() {
+        if movements.insert(id, Box::new(record)).is_some() {
             return Err(Unappliable("a movement ID took effect twice"));
         }
     }

@@ -150,13 +150,11 @@ impl Node {
             ));
         }
         let started = Instant::now();
-        let movements = Arc::new(MovementTable::new());
         // Shards restore in parallel (one task each: the fold is CPU-bound).
         let restores: Vec<_> = (0..config.num_shards)
             .map(|shard| {
                 let (wal, snapshots, window) =
                     (wal.clone(), snapshots.clone(), config.movements_window);
-                let movements = movements.clone();
                 tokio::spawn(async move {
                     let state =
                         restore_shard(&*wal, &*snapshots, shard, window, RestoreTarget::Latest)
@@ -177,7 +175,7 @@ impl Node {
                             state.lsn
                         )));
                     }
-                    Ok(Self::host_restored(state, &movements))
+                    Ok(Self::host_restored(state))
                 })
             })
             .collect();
@@ -188,9 +186,12 @@ impl Node {
                     .map_err(|e| EngineError::Restore(format!("restore task failed: {e}")))??,
             );
         }
-        let movements = Arc::try_unwrap(movements)
-            .ok()
-            .expect("the restore tasks have ended");
+        let movements = MovementTable::restored(
+            states
+                .iter_mut()
+                .map(|(state, ..)| std::mem::take(&mut state.movements))
+                .collect(),
+        );
         let stop_writers = CancellationToken::new();
         let node = Arc::new(Node {
             shards: Vec::new(),
@@ -269,12 +270,12 @@ impl Node {
         Ok(Ledger { inner: node })
     }
 
-    /// Turns a restored shard into what the node hosts: its account table is hosted as it is,
-    /// and its movements go into the node's table. Returns the state without its maps, the
-    /// account table and the open holds.
+    /// Turns a restored shard into what the node hosts: its account table is hosted as it is
+    /// (and its movements are handed to the node's table with the other shards', see
+    /// [`MovementTable::restored`]). Returns the state, the account table, the open holds and
+    /// the entries the state holds.
     fn host_restored(
         mut state: crate::state::ShardState,
-        movements: &MovementTable,
     ) -> (
         crate::state::ShardState,
         AccountTable,
@@ -283,13 +284,6 @@ impl Node {
     ) {
         let holds = state.open_holds();
         let entries = state.accounts.len() + state.movements.len();
-        let started = Instant::now();
-        movements.host_restored(&std::mem::take(&mut state.movements));
-        tracing::debug!(
-            shard = state.shard,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "movements hosted"
-        );
         let slots = std::mem::take(&mut state.accounts);
         (state, slots, holds, entries)
     }
