@@ -40,6 +40,14 @@ pub(crate) struct CellState {
 }
 
 impl MovementCell {
+    fn new(body: MovementBody, state: CellState) -> Arc<MovementCell> {
+        Arc::new(MovementCell {
+            body,
+            state: Mutex::new(state),
+            done: Notify::new(),
+        })
+    }
+
     pub(crate) fn view(&self) -> MovementView {
         let s = self.state.lock().clone();
         MovementView {
@@ -185,9 +193,9 @@ impl MovementTable {
             return Some(cell.clone());
         }
         let rec = self.restored.get(id)?;
-        let cell = Arc::new(MovementCell {
-            body: rec.body.clone(),
-            state: Mutex::new(CellState {
+        let cell = MovementCell::new(
+            rec.body.clone(),
+            CellState {
                 created_at: rec.created_at,
                 status: rec.status,
                 rejection_opt: rec.rejection_opt.clone().map(Box::new),
@@ -195,9 +203,8 @@ impl MovementTable {
                 abandoned: false,
                 recorded: true,
                 first_record_opt: None,
-            }),
-            done: Notify::new(),
-        });
+            },
+        );
         stripe.insert(id.clone(), cell.clone());
         Some(cell)
     }
@@ -209,9 +216,9 @@ impl MovementTable {
         if let Some(cell) = self.cell_in(&mut stripe, id) {
             return Claim::Existing(cell);
         }
-        let cell = Arc::new(MovementCell {
-            body: body.clone(),
-            state: Mutex::new(CellState {
+        let cell = MovementCell::new(
+            body.clone(),
+            CellState {
                 created_at: now,
                 status: MovementStatus::Pending,
                 rejection_opt: None,
@@ -219,9 +226,8 @@ impl MovementTable {
                 abandoned: false,
                 recorded: false,
                 first_record_opt: None,
-            }),
-            done: Notify::new(),
-        });
+            },
+        );
         stripe.insert(id.clone(), cell.clone());
         Claim::New(cell)
     }
@@ -278,7 +284,7 @@ mod tests {
                     created_at: Timestamp(7),
                     balance_after_minor_opt: Some(5),
                 };
-                (MovementId::new(*id).unwrap(), Box::new(rec))
+                (MovementId::new(id).unwrap(), Box::new(rec))
             })
             .collect()
     }

@@ -290,20 +290,27 @@ impl ShardState {
     /// something `decide` never produces: corruption or a bug). On `Err` the state may be
     /// half-changed and must be dropped.
     pub fn try_apply(&mut self, event: &Event) -> Result<(), Unappliable> {
-        apply_to_movements(&mut self.movements, event)?;
-        self.accounts_side().apply(event)
+        let (mut side, movements) = self.sides();
+        apply_to_movements(movements, event)?;
+        side.apply(event)
     }
 
-    /// The part of the state that the accounts' side of an event changes: everything but the
-    /// movements. The two sides of a fold are independent, so a restore folds them on two
-    /// threads ([`ShardState::apply_verified`]).
-    fn accounts_side(&mut self) -> AccountsSide<'_> {
-        AccountsSide {
+    /// The two sides of the state an event changes: the accounts' side (everything but the
+    /// movements) and the movements. They are independent, so a restore folds them on two
+    /// threads ([`ShardState::fold_verifying`]).
+    fn sides(
+        &mut self,
+    ) -> (
+        AccountsSide<'_>,
+        &mut HashMap<MovementId, Box<MovementRecord>>,
+    ) {
+        let side = AccountsSide {
             accounts: &mut self.accounts,
             credited: &mut self.credited,
             batches_committed: &mut self.batches_committed,
             window: self.movements_window,
-        }
+        };
+        (side, &mut self.movements)
     }
 
     /// Folds a verified stream record. Checks continuity and the hash chain: the record must
@@ -335,13 +342,7 @@ impl ShardState {
     pub fn fold_verifying(&mut self, records: &[Record]) -> Result<(), FoldError> {
         let shard = self.shard;
         let mut at = (self.lsn, self.record_hash);
-        let mut side = AccountsSide {
-            accounts: &mut self.accounts,
-            credited: &mut self.credited,
-            batches_committed: &mut self.batches_committed,
-            window: self.movements_window,
-        };
-        let movements = &mut self.movements;
+        let (mut side, movements) = self.sides();
         let (decoded, decoded_rx) = std::sync::mpsc::channel::<(Lsn, Arc<Vec<Event>>)>();
         let at_out = &mut at;
         // The checking side runs here and the accounts' side on the helper thread; without
@@ -598,7 +599,7 @@ fn apply_to_movements(
     Ok(())
 }
 
-/// Everything of a shard's state but its movements (see [`ShardState::accounts_side`]).
+/// Everything of a shard's state but its movements (see [`ShardState::sides`]).
 struct AccountsSide<'a> {
     accounts: &'a mut AccountTable,
     credited: &'a mut HashSet<MovementId>,
