@@ -26,7 +26,10 @@ fn setup() -> (ShardState, Vec<AccountId>) {
             amount_minor: i64::MAX / 4,
             description_opt: None,
         };
-        let ev = state.accounts[id]
+        let ev = state
+            .accounts
+            .state(id)
+            .unwrap()
             .decide(&AccountCommand::Entry(entry), Timestamp(1))
             .unwrap();
         state.apply(&ev);
@@ -58,15 +61,24 @@ fn transfers(c: &mut Criterion) {
                 description_opt: None,
             };
             let at = Timestamp(2);
-            let hold = state.accounts[a]
+            let hold = state
+                .accounts
+                .state(a)
+                .unwrap()
                 .decide(&AccountCommand::Hold(t.clone(), None), at)
                 .unwrap();
             state.apply(&hold);
-            let credit = state.accounts[z]
+            let credit = state
+                .accounts
+                .state(z)
+                .unwrap()
                 .decide(&AccountCommand::Credit(t.clone()), at)
                 .unwrap();
             state.apply(&credit);
-            let commit = state.accounts[a]
+            let commit = state
+                .accounts
+                .state(a)
+                .unwrap()
                 .decide(&AccountCommand::Commit(t.transfer_id.clone()), at)
                 .unwrap();
             state.apply(&commit);

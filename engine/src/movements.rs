@@ -11,7 +11,12 @@ use saldo_persistence::Lsn;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{state::MovementRecord, types::*};
+use crate::{
+    packed::Packed,
+    records::{MovementMap, PackedMovement},
+    state::MovementRecord,
+    types::*,
+};
 
 /// A transfer or entry known to the node.
 pub(crate) struct MovementCell {
@@ -134,19 +139,19 @@ const MOVEMENT_STRIPES: usize = 64;
 
 /// Every transfer and entry ID the node knows: one namespace, striped to spread contention.
 ///
-/// Two layers: the movements restored at start, kept as the restore's fold left them (a map
-/// that nothing changes once the node runs, so it is read without a lock), and the cells of the
-/// movements the node has touched since, in the stripes. A restored movement gets its cell the
-/// first time someone looks it up (a retry of its ID, a read, the resolution of an open hold),
-/// under its stripe's lock, and the stripe is looked at first from then on. So a restore hands
-/// its map over instead of building a cell per movement (a million cells took 340-490 ms on
-/// both cores), and an idle movement costs its boxed record (the fold keeps records boxed: a
-/// bucket is 32 bytes, and a table of a million records inline took 450 bytes a movement at
-/// half load), not a cell with a lock and a waiter list. At 1,000,000 accounts with a movement
-/// each: 740 bytes an account after a restart, against 771 with a cell per movement.
+/// Two layers: the movements restored at start, kept as the restore left them (packed, see
+/// [`crate::packed`], or decoded; nothing changes them once the node runs, so they are read
+/// without a lock), and the cells of the movements the node has touched since, in the
+/// stripes. A restored movement gets its cell the first time someone looks it up (a retry of
+/// its ID, a read, the resolution of an open hold), under its stripe's lock, and the stripe is
+/// looked at first from then on. So a restore hands its movements over instead of building a
+/// cell per movement (a million cells took 340-490 ms on both cores), and an idle movement
+/// costs its encoding and a bucket of 8 bytes, not a cell with a lock and a waiter list (nor a
+/// boxed record of some 190 bytes, as before format 3).
 pub(crate) struct MovementTable {
     stripes: Vec<Mutex<FastMap<MovementId, Arc<MovementCell>>>>,
     restored: FastMap<MovementId, Box<MovementRecord>>,
+    packed: Packed<PackedMovement>,
 }
 
 pub(crate) enum Claim {
@@ -157,9 +162,13 @@ pub(crate) enum Claim {
 impl MovementTable {
     /// Returns the table of a node whose shards restored these movements (one map per shard;
     /// IDs are unique across shards, each movement has one home shard).
-    pub(crate) fn restored(
-        mut maps: Vec<FastMap<MovementId, Box<MovementRecord>>>,
-    ) -> MovementTable {
+    pub(crate) fn restored(shards: Vec<MovementMap>) -> MovementTable {
+        let (mut maps, packs): (Vec<_>, Vec<_>) =
+            shards.into_iter().map(MovementMap::into_parts).unzip();
+        let mut packed = Packed::default();
+        for pack in packs {
+            packed.merge(pack, "a movement ID");
+        }
         // The largest map is kept as it is and the others go into it.
         maps.sort_unstable_by_key(|m| std::cmp::Reverse(m.len()));
         let mut maps = maps.into_iter();
@@ -171,11 +180,20 @@ impl MovementTable {
                 assert!(!twice, "a movement ID restored in two shards");
             }
         }
+        if !packed.is_empty() {
+            for id in restored.keys() {
+                assert!(
+                    !packed.contains(id.as_str()),
+                    "a movement ID {id} restored in two shards"
+                );
+            }
+        }
         MovementTable {
             stripes: (0..MOVEMENT_STRIPES)
                 .map(|_| Mutex::new(FastMap::new()))
                 .collect(),
             restored,
+            packed,
         }
     }
     fn stripe(&self, id: &MovementId) -> &Mutex<FastMap<MovementId, Arc<MovementCell>>> {
@@ -192,7 +210,15 @@ impl MovementTable {
         if let Some(cell) = stripe.get(id) {
             return Some(cell.clone());
         }
-        let rec = self.restored.get(id)?;
+        let decoded;
+        let rec = match self.restored.get(id) {
+            Some(rec) => &**rec,
+            None if self.packed.is_empty() => return None,
+            None => {
+                decoded = self.packed.get(id.as_str())?.1;
+                &decoded
+            }
+        };
         let cell = MovementCell::new(
             rec.body.clone(),
             CellState {
@@ -274,8 +300,9 @@ mod tests {
         })
     }
 
-    fn restored(ids: &[&str]) -> FastMap<MovementId, Box<MovementRecord>> {
-        ids.iter()
+    fn restored(ids: &[&str]) -> MovementMap {
+        let map = ids
+            .iter()
             .map(|id| {
                 let rec = MovementRecord {
                     body: entry(id),
@@ -286,12 +313,24 @@ mod tests {
                 };
                 (MovementId::new(id).unwrap(), Box::new(rec))
             })
-            .collect()
+            .collect();
+        MovementMap::from_map(map)
+    }
+
+    fn packed(ids: &[&str]) -> MovementMap {
+        let mut map = restored(ids);
+        map.pack();
+        map
     }
 
     #[test]
     fn a_restored_movement_is_known_to_every_lookup_and_gets_one_cell() {
-        let table = MovementTable::restored(vec![restored(&["e1"]), restored(&["e2", "e3"])]);
+        // One shard's movements decoded, two shards' packed (as a restore leaves them).
+        let table = MovementTable::restored(vec![
+            restored(&["e1"]),
+            packed(&["e2", "e3"]),
+            packed(&["e5"]),
+        ]);
         let e1 = MovementId::new("e1").unwrap();
         // A retry of a restored ID finds the original, with its outcome and time.
         let Claim::Existing(cell) = table.claim(&e1, &entry("e1"), Timestamp(99)) else {
@@ -309,6 +348,8 @@ mod tests {
             &table.get(&e3).unwrap(),
             &table.get(&e3).unwrap()
         ));
+        let e5 = MovementId::new("e5").unwrap();
+        assert_eq!(table.get(&e5).unwrap().view().body, entry("e5"));
         // An ID nobody knows is new, and known from then on.
         let e4 = MovementId::new("e4").unwrap();
         assert!(table.get(&e4).is_none());
@@ -322,5 +363,17 @@ mod tests {
     #[should_panic(expected = "restored in two shards")]
     fn an_id_restored_in_two_shards_stops_the_node() {
         MovementTable::restored(vec![restored(&["e1"]), restored(&["e1", "e2"])]);
+    }
+
+    #[test]
+    #[should_panic(expected = "restored in two shards")]
+    fn an_id_restored_packed_in_two_shards_stops_the_node() {
+        MovementTable::restored(vec![packed(&["e1"]), packed(&["e2", "e1"])]);
+    }
+
+    #[test]
+    #[should_panic(expected = "restored in two shards")]
+    fn an_id_restored_packed_and_decoded_stops_the_node() {
+        MovementTable::restored(vec![packed(&["e1"]), restored(&["e2", "e1"])]);
     }
 }

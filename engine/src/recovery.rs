@@ -108,7 +108,7 @@ pub async fn restore_shard_with_progress(
                         )));
                     }
                 }
-                return Ok(state);
+                return Ok(*state);
             }
             // The snapshot is not on the stream's chain (a newer owner epoch rewrote what it
             // covers, or it was written from another stream): an older one may be.
@@ -135,7 +135,7 @@ async fn load_snapshot(
     room: usize,
 ) -> Option<ShardState> {
     let decoded = match snapshots.get(meta).await {
-        Ok(bytes) => ShardState::decode_with_room(&bytes, room),
+        Ok(bytes) => ShardState::decode_with_room(bytes.into(), room),
         Err(e) => Err(e.to_string()),
     };
     match decoded {
@@ -169,8 +169,8 @@ fn tail_movements_max(tail_lsn: Lsn, limit: Lsn, from_lsn: Lsn) -> usize {
 
 /// How folding the stream onto a starting state ended.
 enum Fold {
-    /// Folded up to the target.
-    Done(ShardState),
+    /// Folded up to the target (boxed: the state is some 400 bytes).
+    Done(Box<ShardState>),
     /// The first record after the starting state does not continue it.
     NotOnChain(crate::state::FoldError),
 }
@@ -247,11 +247,11 @@ async fn fold_tail(
             at_junction = false;
         }
         if stop {
-            return Ok(Fold::Done(state));
+            return Ok(Fold::Done(Box::new(state)));
         }
         report(&state);
     }
-    Ok(Fold::Done(state))
+    Ok(Fold::Done(Box::new(state)))
 }
 
 /// Writes a snapshot of a shard folded from its durable stream — never from live memory, so

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use hashbrown::{HashMap, HashSet};
 
 use saldo_persistence::{record, Lsn, Record, RecordHash};
@@ -17,6 +19,7 @@ use crate::{
     account::{AccountState, Unappliable},
     event::{self, Event},
     limits::SNAPSHOT_MAP_PRESIZE_MAX,
+    records::MovementMap,
     table::{AccountTable, Slot},
     types::{
         AccountId, MovementBody, MovementId, MovementStatus, MovementView, Rejection, Timestamp,
@@ -143,14 +146,21 @@ pub struct ShardState {
     /// The accounts of the shard.
     pub accounts: AccountTable,
     /// Movements whose home is this shard.
-    #[serde(deserialize_with = "presized_map")]
-    pub movements: HashMap<MovementId, Box<MovementRecord>>,
+    #[serde(deserialize_with = "presized_movements")]
+    pub movements: MovementMap,
     /// Transfers credited to accounts of this shard (phase 2 done), for recovery.
     pub credited: HashSet<MovementId>,
     /// Atomic batches decided on this shard (their holds are to be finished), for recovery.
     pub batches_committed: HashSet<MovementId>,
     /// Rows of history kept per account.
     pub movements_window: usize,
+}
+
+/// Decodes the movements of a snapshot of format 1 as [`presized_map`] does.
+fn presized_movements<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<MovementMap, D::Error> {
+    presized_map(deserializer).map(MovementMap::from_map)
 }
 
 /// Decodes a map presized to the count of entries its encoding announces, up to
@@ -238,9 +248,30 @@ where
 /// Version tag of the snapshot encoding written today.
 /// - 1: the whole `ShardState` as one postcard value (still read).
 /// - 2: a header (the state without its two maps, and the byte length of each map's
-///   encoding), then the accounts map, then the movements map, each encoded as in format 1.
-///   Restore decodes the two maps on two threads.
-const SNAPSHOT_FORMAT: u32 = 2;
+///   encoding), then the accounts map, then the movements map, each encoded as in format 1
+///   (still read). Restore decodes the two maps on two threads.
+/// - 3: a header as format 2's, plus the IDs of the accounts with an open hold, then the
+///   accounts and the movements as sections of [`crate::packed`]: each value on its own,
+///   behind its length. Restore indexes the sections without decoding them (the accounts
+///   and movements stay packed until something changes them), and a snapshot copies the
+///   entries nobody changed since the one it was folded from.
+const SNAPSHOT_FORMAT: u32 = 3;
+
+/// The header of a format 3 snapshot: everything but the two sections, and where they lie.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader3<Ids, Held> {
+    format: u32,
+    shard: u32,
+    lsn: Lsn,
+    record_hash: RecordHash,
+    credited: Ids,
+    batches_committed: Ids,
+    movements_window: usize,
+    /// The accounts with an open hold: restore decodes them (a packed account has none).
+    held_accounts: Held,
+    accounts_bytes: u64,
+    movements_bytes: u64,
+}
 
 #[derive(Deserialize)]
 struct SnapshotV1 {
@@ -270,7 +301,7 @@ impl ShardState {
             lsn: 0,
             record_hash: [0; 32],
             accounts: AccountTable::default(),
-            movements: HashMap::new(),
+            movements: MovementMap::default(),
             credited: HashSet::new(),
             batches_committed: HashSet::new(),
             movements_window,
@@ -298,12 +329,7 @@ impl ShardState {
     /// The two sides of the state an event changes: the accounts' side (everything but the
     /// movements) and the movements. They are independent, so a restore folds them on two
     /// threads ([`ShardState::fold_verifying`]).
-    fn sides(
-        &mut self,
-    ) -> (
-        AccountsSide<'_>,
-        &mut HashMap<MovementId, Box<MovementRecord>>,
-    ) {
+    fn sides(&mut self) -> (AccountsSide<'_>, &mut MovementMap) {
         let side = AccountsSide {
             accounts: &mut self.accounts,
             credited: &mut self.credited,
@@ -390,23 +416,40 @@ impl ShardState {
     pub fn open_holds(&self) -> Vec<crate::account::Hold> {
         let mut out: Vec<_> = self
             .accounts
-            .values()
+            .slotted()
             .flat_map(|a| a.holds().iter().cloned())
             .collect();
         out.sort_unstable_by(|a, b| a.transfer.transfer_id.cmp(&b.transfer.transfer_id));
         out
     }
 
-    /// Encodes the state as a snapshot blob (postcard, format [`SNAPSHOT_FORMAT`]). The sections
-    /// are measured first, so that the blob is written once into one allocation of its size
-    /// (hundreds of megabytes for a large shard: growing it by doubling would copy it twice
-    /// over and fault in twice its pages).
+    /// Encodes the state as a snapshot blob (postcard, format [`SNAPSHOT_FORMAT`]). The two
+    /// sections are written on two threads, the entries still packed copied as they are.
     pub fn encode(&self) -> Vec<u8> {
-        let accounts_bytes =
-            postcard::experimental::serialized_size(&self.accounts).expect("accounts serialize");
-        let movements_bytes =
-            postcard::experimental::serialized_size(&self.movements).expect("movements serialize");
-        let header = SnapshotHeader {
+        let (accounts, movements) = crate::threads::join(
+            "snapshot-encode",
+            || {
+                let mut out = Vec::with_capacity(
+                    self.accounts.packed_bytes() + self.accounts.slotted().len() * 160 + 10,
+                );
+                self.accounts.write_section(&mut out);
+                out
+            },
+            || {
+                let mut out = Vec::with_capacity(
+                    self.movements.packed_bytes() + (self.movements.len()) * 8 + 10,
+                );
+                self.movements.write_section(&mut out);
+                out
+            },
+        );
+        let held: Vec<&AccountId> = self
+            .accounts
+            .slotted()
+            .filter(|a| !a.holds().is_empty())
+            .map(|a| a.id())
+            .collect();
+        let header = SnapshotHeader3 {
             format: SNAPSHOT_FORMAT,
             shard: self.shard,
             lsn: self.lsn,
@@ -414,38 +457,76 @@ impl ShardState {
             credited: &self.credited,
             batches_committed: &self.batches_committed,
             movements_window: self.movements_window,
-            accounts_bytes: accounts_bytes as u64,
-            movements_bytes: movements_bytes as u64,
+            held_accounts: held,
+            accounts_bytes: accounts.len() as u64,
+            movements_bytes: movements.len() as u64,
         };
         let mut out = postcard::to_allocvec(&header).expect("header serializes");
-        let header_bytes = out.len();
-        out.reserve_exact(accounts_bytes + movements_bytes);
-        let out = postcard::to_extend(&self.accounts, out).expect("accounts serialize");
-        let out = postcard::to_extend(&self.movements, out).expect("movements serialize");
-        assert_eq!(
-            out.len(),
-            header_bytes + accounts_bytes + movements_bytes,
-            "a section measured and written differently"
-        );
+        out.reserve_exact(accounts.len() + movements.len());
+        out.extend_from_slice(&accounts);
+        drop(accounts);
+        out.extend_from_slice(&movements);
         out
     }
 
     /// Decodes a snapshot blob of any known format.
     pub fn decode(bytes: &[u8]) -> Result<ShardState, String> {
-        Self::decode_with_room(bytes, 0)
+        Self::decode_with_room(Bytes::copy_from_slice(bytes), 0)
     }
 
     /// Decodes a snapshot blob of any known format, with room in the movements map for
-    /// `movements_room` more (a format 2 snapshot; format 1 presizes to its own count only).
-    pub fn decode_with_room(bytes: &[u8], movements_room: usize) -> Result<ShardState, String> {
-        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?;
+    /// `movements_room` more decoded (format 1 presizes to its own count only). A format 3
+    /// state keeps the blob: its accounts and movements stay packed in it.
+    pub fn decode_with_room(bytes: Bytes, movements_room: usize) -> Result<ShardState, String> {
+        let (format, _) = postcard::take_from_bytes::<u32>(&bytes).map_err(|e| e.to_string())?;
         match format {
-            1 => Ok(postcard::from_bytes::<SnapshotV1>(bytes)
+            1 => Ok(postcard::from_bytes::<SnapshotV1>(&bytes)
                 .map_err(|e| e.to_string())?
                 .state),
-            SNAPSHOT_FORMAT => Self::decode_sections(bytes, movements_room),
+            2 => Self::decode_sections(&bytes, movements_room),
+            SNAPSHOT_FORMAT => Self::decode_packed(bytes, movements_room),
             other => Err(format!("unknown snapshot format {other}")),
         }
+    }
+
+    /// Decodes a format 3 snapshot: its header, and an index of each section, on two threads.
+    fn decode_packed(bytes: Bytes, movements_room: usize) -> Result<ShardState, String> {
+        let (header, rest) = postcard::take_from_bytes::<
+            SnapshotHeader3<HashSet<MovementId>, Vec<AccountId>>,
+        >(&bytes)
+        .map_err(|e| e.to_string())?;
+        let start = bytes.len() - rest.len();
+        let accounts_len =
+            accounts_section_len(header.accounts_bytes, header.movements_bytes, rest.len())?;
+        let (accounts, movements) = crate::threads::join(
+            "snapshot-decode",
+            || {
+                AccountTable::load_section(
+                    bytes.clone(),
+                    start..start + accounts_len,
+                    &header.held_accounts,
+                )
+                .map_err(|e| format!("accounts: {e}"))
+            },
+            || {
+                MovementMap::load_section(
+                    bytes.clone(),
+                    start + accounts_len..bytes.len(),
+                    movements_room.min(SNAPSHOT_MAP_PRESIZE_MAX),
+                )
+                .map_err(|e| format!("movements: {e}"))
+            },
+        );
+        Ok(ShardState {
+            shard: header.shard,
+            lsn: header.lsn,
+            record_hash: header.record_hash,
+            accounts: accounts?,
+            movements: movements?,
+            credited: header.credited,
+            batches_committed: header.batches_committed,
+            movements_window: header.movements_window,
+        })
     }
 
     /// Decodes a format 2 snapshot: its two maps on two threads.
@@ -453,18 +534,8 @@ impl ShardState {
         let (header, rest) =
             postcard::take_from_bytes::<SnapshotHeader<HashSet<MovementId>>>(bytes)
                 .map_err(|e| e.to_string())?;
-        let sections = usize::try_from(header.accounts_bytes)
-            .ok()
-            .zip(usize::try_from(header.movements_bytes).ok())
-            .filter(|(a, m)| a.checked_add(*m) == Some(rest.len()));
-        let Some((accounts_len, _)) = sections else {
-            return Err(format!(
-                "snapshot sections of {} and {} bytes do not fill the {} bytes after the header",
-                header.accounts_bytes,
-                header.movements_bytes,
-                rest.len()
-            ));
-        };
+        let accounts_len =
+            accounts_section_len(header.accounts_bytes, header.movements_bytes, rest.len())?;
         let (accounts_bytes, movements_bytes) = rest.split_at(accounts_len);
         let (accounts, movements) = crate::threads::join(
             "snapshot-decode",
@@ -483,7 +554,7 @@ impl ShardState {
             lsn: header.lsn,
             record_hash: header.record_hash,
             accounts: accounts?,
-            movements: movements?,
+            movements: MovementMap::from_map(movements?),
             credited: header.credited,
             batches_committed: header.batches_committed,
             movements_window: header.movements_window,
@@ -498,6 +569,22 @@ impl ShardState {
             .map(|a| i128::from(a.balance_minor()))
             .sum()
     }
+}
+
+/// Returns the length of a snapshot's accounts section, if its two sections (as its header
+/// gives them) fill the `rest` bytes after the header.
+fn accounts_section_len(accounts: u64, movements: u64, rest: usize) -> Result<usize, String> {
+    usize::try_from(accounts)
+        .ok()
+        .zip(usize::try_from(movements).ok())
+        .filter(|(a, m)| a.checked_add(*m) == Some(rest))
+        .map(|(a, _)| a)
+        .ok_or_else(|| {
+            format!(
+                "snapshot sections of {accounts} and {movements} bytes do not fill the {rest} \
+                 bytes after the header"
+            )
+        })
 }
 
 /// Checks that `rec` of `shard` is the record after `at` (the LSN and hash of the record
@@ -573,10 +660,7 @@ fn unappliable(shard: u32, lsn: Lsn, ev: &Event, e: &Unappliable) -> FoldError {
 
 /// Folds the movements' side of an event: the record it creates, and the outcome it gives a
 /// pending transfer.
-fn apply_to_movements(
-    movements: &mut HashMap<MovementId, Box<MovementRecord>>,
-    event: &Event,
-) -> Result<(), Unappliable> {
+fn apply_to_movements(movements: &mut MovementMap, event: &Event) -> Result<(), Unappliable> {
     if let Event::HoldCommitted { transfer_id, .. } | Event::HoldReleased { transfer_id, .. } =
         event
     {
@@ -592,7 +676,7 @@ fn apply_to_movements(
         }
     }
     if let Some((id, record)) = MovementRecord::created_by(event) {
-        if movements.insert(id, Box::new(record)).is_some() {
+        if !movements.insert_new(id, Box::new(record)) {
             return Err(Unappliable("a movement ID took effect twice"));
         }
     }
@@ -669,12 +753,14 @@ impl AccountsSide<'_> {
 }
 
 /// Returns a digest of account states, independent of their order.
-pub fn digest<'a>(accounts: impl IntoIterator<Item = &'a AccountState>) -> [u8; 32] {
-    let mut all: Vec<&AccountState> = accounts.into_iter().collect();
-    all.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+pub fn digest<A: std::borrow::Borrow<AccountState>>(
+    accounts: impl IntoIterator<Item = A>,
+) -> [u8; 32] {
+    let mut all: Vec<A> = accounts.into_iter().collect();
+    all.sort_unstable_by(|a, b| a.borrow().id().cmp(b.borrow().id()));
     let mut hasher = blake3::Hasher::new();
     for a in all {
-        a.digest_into(&mut hasher);
+        a.borrow().digest_into(&mut hasher);
     }
     *hasher.finalize().as_bytes()
 }
@@ -775,20 +861,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_fold_on_two_threads_gives_the_state_of_a_fold_on_one() {
-        let hold = |id: &str, amount_minor: i64| Event::HoldPlaced {
+    /// A hold on "a" for a transfer to `credit`.
+    fn hold(id: &str, credit: &str, amount_minor: i64) -> Event {
+        Event::HoldPlaced {
             transfer: crate::types::Transfer {
                 transfer_id: MovementId::new(id).unwrap(),
                 debit_account_id: AccountId::new("a").unwrap(),
-                credit_account_id: AccountId::new("b").unwrap(),
+                credit_account_id: AccountId::new(credit).unwrap(),
                 amount_minor,
                 currency: Currency::new("BRL").unwrap(),
                 description_opt: None,
             },
             batch_opt: None,
             at: Timestamp(3),
-        };
+        }
+    }
+
+    #[test]
+    fn a_fold_on_two_threads_gives_the_state_of_a_fold_on_one() {
+        let hold = |id: &str, amount_minor: i64| hold(id, "b", amount_minor);
         let r1 = rec(
             1,
             1,
@@ -806,11 +897,77 @@ mod tests {
         fold_verified(&mut two, &records).unwrap();
         assert_eq!(two, one);
         assert_eq!((two.lsn, two.record_hash), (6, records[2].hash));
-        let t1 = &two.movements[&MovementId::new("t1").unwrap()];
+        let t1 = two.movements.get(&MovementId::new("t1").unwrap()).unwrap();
         assert_eq!(t1.status, MovementStatus::Committed);
         // Folding the same records again changes nothing: they lie at or below the position.
         fold_verified(&mut two, &records).unwrap();
         assert_eq!(two, one);
+    }
+
+    #[test]
+    fn a_packed_state_folds_on_and_snapshots_as_the_decoded_one() {
+        let hold = |id: &str, amount_minor: i64| hold(id, "c", amount_minor);
+        let mut decoded = ShardState::empty(0, 4);
+        for ev in [
+            opening("a"),
+            opening("b"),
+            opening("c"),
+            credit("e1", 900, 900),
+            hold("t1", 300),
+            hold("t2", 100),
+            commit("t1", "a"),
+        ] {
+            decoded.apply(&ev);
+        }
+        // Packed as a restore leaves it: every account but the one with an open hold ("a").
+        let mut packed = decoded.clone();
+        packed.accounts.pack();
+        packed.movements.pack();
+        assert_eq!(packed, decoded);
+        assert_eq!(packed.accounts.packed_len(), 2);
+        assert_eq!(packed.open_holds(), decoded.open_holds());
+        // Folding on changes the packed state as it does the decoded one: a packed account or
+        // movement is decoded where an event changes it, and an ID packed is still taken.
+        let tail = [
+            commit("t2", "a"),
+            Event::EntryApplied {
+                entry: Entry {
+                    entry_id: MovementId::new("e2").unwrap(),
+                    account_id: AccountId::new("b").unwrap(),
+                    kind: EntryKind::Credit,
+                    amount_minor: 7,
+                    description_opt: None,
+                },
+                balance_after_minor: 7,
+                at: Timestamp(4),
+            },
+        ];
+        for ev in &tail {
+            decoded.apply(ev);
+            packed.apply(ev);
+        }
+        assert_eq!(packed, decoded);
+        assert_eq!(
+            packed.accounts.packed_len(),
+            1,
+            "b was decoded to change it"
+        );
+        assert_eq!(
+            packed.try_apply(&credit("e1", 1, 901)),
+            Err(Unappliable("a movement ID took effect twice"))
+        );
+        // A snapshot of a state with packed entries decodes to the same state, with the
+        // accounts that hold funds decoded (their holds are resolved at start).
+        let mut held = decoded.clone();
+        held.apply(&hold("t3", 50));
+        held.accounts.pack();
+        held.movements.pack();
+        let blob = held.encode();
+        let back = ShardState::decode(&blob).unwrap();
+        assert_eq!(back, held);
+        assert_eq!(back.open_holds().len(), 1);
+        assert_eq!(back.accounts.packed_len(), 2);
+        assert_eq!(ShardState::decode(&back.encode()).unwrap(), held);
     }
 
     #[test]
@@ -843,14 +1000,34 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_decodes_in_both_formats_and_a_section_length_that_lies_is_refused() {
+    fn a_snapshot_decodes_in_every_format_and_a_section_length_that_lies_is_refused() {
         let mut state = ShardState::empty(0, 100);
         state.apply(&opening("a"));
         state.apply(&opening("b"));
         state.apply(&credit("e1", 500, 500));
         state.lsn = 3;
         state.credited.insert(MovementId::new("t9").unwrap());
-        let v2 = state.encode();
+        let v3 = state.encode();
+        assert_eq!(ShardState::decode(&v3).unwrap(), state);
+        // Format 2, as the previous release wrote it: a header, then the two maps whole.
+        let (accounts, movements) = (
+            postcard::to_allocvec(&state.accounts).unwrap(),
+            postcard::to_allocvec(&state.movements).unwrap(),
+        );
+        let mut v2 = postcard::to_allocvec(&SnapshotHeader {
+            format: 2,
+            shard: state.shard,
+            lsn: state.lsn,
+            record_hash: state.record_hash,
+            credited: &state.credited,
+            batches_committed: &state.batches_committed,
+            movements_window: state.movements_window,
+            accounts_bytes: accounts.len() as u64,
+            movements_bytes: movements.len() as u64,
+        })
+        .unwrap();
+        v2.extend(accounts);
+        v2.extend(movements);
         assert_eq!(ShardState::decode(&v2).unwrap(), state);
         // Format 1, as the previous release wrote it: the whole state as one value.
         #[derive(Serialize)]
@@ -865,10 +1042,12 @@ mod tests {
         .unwrap();
         assert_eq!(ShardState::decode(&v1).unwrap(), state);
         // A header whose lengths do not match what follows: an error, not a panic.
-        let mut cut = v2.clone();
-        cut.pop();
-        let e = ShardState::decode(&cut).unwrap_err();
-        assert!(e.contains("do not fill"), "{e}");
+        for blob in [v2, v3] {
+            let mut cut = blob.clone();
+            cut.pop();
+            let e = ShardState::decode(&cut).unwrap_err();
+            assert!(e.contains("do not fill"), "{e}");
+        }
         let unknown = postcard::to_allocvec(&V1 {
             format: 7,
             state: &state,
@@ -885,7 +1064,7 @@ mod tests {
         state.apply(&opening("a"));
         state.apply(&credit("e1", 500, 500));
         let blob = state.encode();
-        let mut decoded = ShardState::decode_with_room(&blob, 10_000).unwrap();
+        let mut decoded = ShardState::decode_with_room(blob.clone().into(), 10_000).unwrap();
         assert_eq!(decoded, state);
         let capacity = decoded.movements.capacity();
         assert!(capacity >= decoded.movements.len() + 10_000, "{capacity}");
@@ -895,7 +1074,7 @@ mod tests {
         }
         assert_eq!(decoded.movements.capacity(), capacity, "the map grew");
         // The room is bounded: a tail length the stream misreports cannot reserve without end.
-        let bounded = ShardState::decode_with_room(&blob, usize::MAX).unwrap();
+        let bounded = ShardState::decode_with_room(blob.into(), usize::MAX).unwrap();
         assert!(bounded.movements.capacity() < 2 * SNAPSHOT_MAP_PRESIZE_MAX + 64);
     }
 }

@@ -13,18 +13,28 @@
 //!
 //! [`ShardState`]: crate::state::ShardState
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use saldo_persistence::Lsn;
 use serde::{de, ser::SerializeMap, Deserialize, Serialize};
 
-use crate::{account::AccountState, limits::SNAPSHOT_MAP_PRESIZE_MAX, types::AccountId};
+use crate::{
+    account::AccountState, limits::SNAPSHOT_MAP_PRESIZE_MAX, packed::Packed, types::AccountId,
+};
 
-/// The accounts of a shard, each in its [`Slot`].
+/// The accounts of a shard, each in its [`Slot`], or packed.
+///
+/// Two layers: the accounts decoded in their slots, and the passive ones, still encoded
+/// ([`Packed`]): a restore packs every account without an open hold, so an idle account costs
+/// its encoding and an 8-byte bucket. An account is taken out of the packed layer into a slot
+/// the first time something changes it ([`AccountTable::get_mut`]); a read decodes it without
+/// moving it ([`AccountTable::read`]). A packed account never has an open hold, so the holds
+/// to resolve at start are all in slots ([`AccountTable::slotted`]).
 #[derive(Default)]
 pub struct AccountTable {
     table: hashbrown::HashTable<Slot>,
     hasher: hashbrown::DefaultHashBuilder,
+    packed: Packed<AccountState>,
 }
 
 /// An account in its shard's table.
@@ -52,6 +62,7 @@ impl AccountTable {
         AccountTable {
             table: hashbrown::HashTable::with_capacity(capacity),
             hasher: hashbrown::DefaultHashBuilder::default(),
+            packed: Packed::default(),
         }
     }
 
@@ -59,18 +70,52 @@ impl AccountTable {
         std::hash::BuildHasher::hash_one(&self.hasher, id)
     }
 
-    pub(crate) fn get(&self, id: &AccountId) -> Option<&Slot> {
+    /// The slot of an account that is in one (not packed: see [`AccountTable::unpack`]).
+    pub(crate) fn slot(&self, id: &AccountId) -> Option<&Slot> {
         self.table.find(self.hash(id), |slot| slot.state.id() == id)
     }
 
+    /// Returns the slot of an account, to change it: a packed account is decoded into a slot
+    /// first (its LSN 0: everything packed is durable).
     pub(crate) fn get_mut(&mut self, id: &AccountId) -> Option<&mut Slot> {
         let hash = self.hash(id);
+        if !self.packed.is_empty() && self.slot(id).is_none() {
+            let state = self.packed.take(id.as_str())?;
+            assert!(state.id() == id, "a packed account under another's ID");
+            let hasher = &self.hasher;
+            self.table.insert_unique(hash, Slot::new(state, 0), |s| {
+                std::hash::BuildHasher::hash_one(hasher, s.state.id())
+            });
+        }
         self.table.find_mut(hash, |slot| slot.state.id() == id)
     }
 
-    /// Returns the state of an account.
-    pub fn state(&self, id: &AccountId) -> Option<&AccountState> {
-        self.get(id).map(|slot| &*slot.state)
+    /// Decodes a packed account into its slot, if it is packed: a turn that may change it
+    /// looks at its slot.
+    pub(crate) fn unpack(&mut self, id: &AccountId) {
+        if !self.packed.is_empty() {
+            self.get_mut(id);
+        }
+    }
+
+    /// Reads an account where it is (a packed one is decoded for the read, and stays packed),
+    /// with the LSN of its latest event (0 for a packed one: it is durable).
+    pub fn read<R>(&self, id: &AccountId, read: impl FnOnce(&AccountState, Lsn) -> R) -> Option<R> {
+        if let Some(slot) = self.slot(id) {
+            return Some(read(&slot.state, slot.last_lsn));
+        }
+        if self.packed.is_empty() {
+            return None;
+        }
+        self.packed.get(id.as_str()).map(|state| read(&state, 0))
+    }
+
+    /// Returns the state of an account (decoded, if it is packed).
+    pub fn state(&self, id: &AccountId) -> Option<Cow<'_, AccountState>> {
+        match self.slot(id) {
+            Some(slot) => Some(Cow::Borrowed(&*slot.state)),
+            None => self.packed.get(id.as_str()).map(Cow::Owned),
+        }
     }
 
     /// Returns the state of an account, to change it (the fold; a test that corrupts one).
@@ -80,7 +125,7 @@ impl AccountTable {
 
     /// Returns whether the account is in the table.
     pub fn contains_key(&self, id: &AccountId) -> bool {
-        self.get(id).is_some()
+        self.slot(id).is_some() || (!self.packed.is_empty() && self.packed.contains(id.as_str()))
     }
 
     /// Adds a new account. Panics if its ID is in the table already: callers look first.
@@ -92,6 +137,9 @@ impl AccountTable {
 
     /// Adds a new account, or gives it back if its ID is in the table already.
     fn try_insert(&mut self, slot: Slot) -> Result<(), Slot> {
+        if !self.packed.is_empty() && self.packed.contains(slot.state.id().as_str()) {
+            return Err(slot);
+        }
         let hash = self.hash(slot.state.id());
         let hasher = &self.hasher;
         match self.table.entry(
@@ -109,27 +157,93 @@ impl AccountTable {
 
     /// Returns the number of accounts.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len() + self.packed.len()
     }
 
     /// Returns whether the table has no account.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 
-    /// Returns every account's state, in no particular order.
-    pub fn values(&self) -> impl Iterator<Item = &AccountState> + '_ {
+    /// Returns the number of accounts that are packed.
+    pub fn packed_len(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// Bytes the packed accounts take.
+    pub(crate) fn packed_bytes(&self) -> usize {
+        self.packed.bytes()
+    }
+
+    /// Returns every account's state (the packed ones decoded), in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = Cow<'_, AccountState>> + '_ {
+        self.slotted()
+            .map(Cow::Borrowed)
+            .chain(self.packed.values().map(Cow::Owned))
+    }
+
+    /// Returns the state of every account in a slot (not packed): every account with an open
+    /// hold is among them.
+    pub fn slotted(&self) -> impl ExactSizeIterator<Item = &AccountState> + '_ {
         self.table.iter().map(|slot| &*slot.state)
     }
 
     /// Returns every account's state, taking them out of the table.
-    pub fn into_values(self) -> impl Iterator<Item = AccountState> {
-        self.table.into_iter().map(|slot| *slot.state)
+    pub fn into_values(mut self) -> impl Iterator<Item = AccountState> {
+        let packed: Vec<AccountState> = self.packed.drain().collect();
+        self.table.into_iter().map(|slot| *slot.state).chain(packed)
     }
 
     /// Returns the IDs of every account.
     pub(crate) fn ids(&self) -> Vec<AccountId> {
-        self.values().map(|state| state.id().clone()).collect()
+        self.slotted()
+            .map(|state| state.id().clone())
+            .chain(
+                self.packed
+                    .keys()
+                    .map(|k| AccountId::new(k).expect("a packed account's ID")),
+            )
+            .collect()
+    }
+
+    /// Packs every account without an open hold (see [`AccountTable`]): the ones in slots are
+    /// encoded and the packed ones copied, into one buffer of their own.
+    pub fn pack(&mut self) {
+        let (held, passive): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut self.table)
+            .into_iter()
+            .partition(|slot| !slot.state.holds().is_empty());
+        self.packed = Packed::pack(passive.iter().map(|slot| &*slot.state), &self.packed);
+        drop(passive);
+        self.table = hashbrown::HashTable::with_capacity(held.len());
+        for slot in held {
+            self.insert(slot);
+        }
+    }
+
+    /// Writes the accounts as a section of snapshot format 3 (see [`crate::packed`]): the ones
+    /// in slots encoded, the packed ones copied as they are.
+    pub(crate) fn write_section(&self, out: &mut Vec<u8>) {
+        crate::packed::write_section(out, self.slotted(), &self.packed);
+    }
+
+    /// Returns the table of a section of snapshot format 3 at `range` of `buf`, every account
+    /// packed but those of `held` (the accounts with an open hold), which are decoded into
+    /// slots.
+    pub(crate) fn load_section(
+        buf: bytes::Bytes,
+        range: std::ops::Range<usize>,
+        held: &[AccountId],
+    ) -> Result<AccountTable, String> {
+        let mut table = AccountTable::default();
+        table.packed.load(buf, range)?;
+        for id in held {
+            if table.packed.is_empty() || table.get_mut(id).is_none() {
+                return Err(format!(
+                    "account {id} with an open hold is not in the snapshot"
+                ));
+            }
+        }
+        Ok(table)
     }
 }
 
@@ -138,6 +252,7 @@ impl Clone for AccountTable {
         AccountTable {
             table: self.table.clone(),
             hasher: self.hasher.clone(),
+            packed: self.packed.clone(),
         }
     }
 }
@@ -149,7 +264,7 @@ impl PartialEq for AccountTable {
         self.len() == other.len()
             && self
                 .values()
-                .all(|a| other.state(a.id()).is_some_and(|b| a == b))
+                .all(|a| other.state(a.id()).is_some_and(|b| *a == *b))
     }
 }
 impl Eq for AccountTable {}
@@ -157,16 +272,8 @@ impl Eq for AccountTable {}
 impl fmt::Debug for AccountTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.values().map(|a| (a.id(), a)))
+            .entries(self.values().map(|a| (a.id().clone(), a)))
             .finish()
-    }
-}
-
-impl std::ops::Index<&AccountId> for AccountTable {
-    type Output = AccountState;
-    fn index(&self, id: &AccountId) -> &AccountState {
-        self.state(id)
-            .unwrap_or_else(|| panic!("account {id} is not in the table"))
     }
 }
 
@@ -174,7 +281,7 @@ impl Serialize for AccountTable {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.len()))?;
         for state in self.values() {
-            map.serialize_entry(state.id(), state)?;
+            map.serialize_entry(state.id(), &*state)?;
         }
         map.end()
     }
@@ -242,7 +349,7 @@ mod tests {
         // The encoding of a map from ID to state, as the snapshot formats have it.
         let as_map: std::collections::BTreeMap<AccountId, AccountState> = table
             .values()
-            .map(|a| (a.id().clone(), a.clone()))
+            .map(|a| (a.id().clone(), a.into_owned()))
             .collect();
         let bytes = postcard::to_allocvec(&table).unwrap();
         let decoded: AccountTable = postcard::from_bytes(&bytes).unwrap();

@@ -75,7 +75,12 @@ impl Model {
 
     fn exec(&mut self, account: &AccountId, cmd: AccountCommand) -> Result<(), Rejection> {
         self.at += 1_000_000;
-        let ev = self.state.accounts[account].decide(&cmd, Timestamp(self.at))?;
+        let ev = self
+            .state
+            .accounts
+            .state(account)
+            .unwrap()
+            .decide(&cmd, Timestamp(self.at))?;
         self.state.apply(&ev);
         Ok(())
     }
@@ -172,14 +177,14 @@ proptest! {
             prop_assert_eq!(model.state.total_minor("EUR"), model.external_minor());
         }
         // Replaying the whole sequence (client retries) changes nothing: each ID at most once.
-        let balances_before: Vec<i64> = (0..ACCOUNTS).map(|i| model.state.accounts[&aid(i)].balance_minor()).collect();
+        let balances_before: Vec<i64> = (0..ACCOUNTS).map(|i| model.state.accounts.state(&aid(i)).unwrap().balance_minor()).collect();
         for op in &ops {
             model.run(op);
         }
-        let balances_after: Vec<i64> = (0..ACCOUNTS).map(|i| model.state.accounts[&aid(i)].balance_minor()).collect();
+        let balances_after: Vec<i64> = (0..ACCOUNTS).map(|i| model.state.accounts.state(&aid(i)).unwrap().balance_minor()).collect();
         prop_assert_eq!(balances_before, balances_after);
         for i in 0..ACCOUNTS {
-            let a = &model.state.accounts[&aid(i)];
+            let a = &model.state.accounts.state(&aid(i)).unwrap();
             prop_assert!(a.balance_minor() - a.held_minor() >= -300);
             prop_assert_eq!(a.held_minor(), 0);
         }
@@ -293,7 +298,12 @@ impl EdgeModel {
     fn exec(&mut self, account: usize, cmd: AccountCommand) -> Result<(), Rejection> {
         // One microsecond apart: every operation falls on the same UTC day.
         self.at += 1;
-        let ev = self.state.accounts[&aid(account)].decide(&cmd, Timestamp(self.at))?;
+        let ev = self
+            .state
+            .accounts
+            .state(&aid(account))
+            .unwrap()
+            .decide(&cmd, Timestamp(self.at))?;
         self.record(ev);
         Ok(())
     }

@@ -212,8 +212,15 @@ impl Sim {
         state
     }
 
-    fn account_state(&self, id: &AccountId) -> &saldo_engine::account::AccountState {
-        &self.shards[shard_of_account(id) as usize].live.accounts[id]
+    fn account_state(
+        &self,
+        id: &AccountId,
+    ) -> std::borrow::Cow<'_, saldo_engine::account::AccountState> {
+        self.shards[shard_of_account(id) as usize]
+            .live
+            .accounts
+            .state(id)
+            .unwrap()
     }
 
     /// Runs a command on an account's live state; returns (result, lsn of what was recorded).
@@ -431,7 +438,8 @@ impl Sim {
                     self.account_state(&t.debit_account_id),
                     self.account_state(&t.credit_account_id),
                 );
-                let (status, event) = transfer::decide_in_shard(&t, Some(debit), Some(credit), at);
+                let (status, event) =
+                    transfer::decide_in_shard(&t, Some(&debit), Some(&credit), at);
                 let shard = shard_of_account(&t.debit_account_id);
                 let lsn = self.append(shard, event);
                 Some(Stage::AwaitFinal(shard, lsn, status))
@@ -549,11 +557,12 @@ impl Sim {
 
     /// Checks the rules of the money on the live state.
     fn check_rules(&self, quiescent: bool) {
-        let mut by_id: HashMap<&MovementId, &saldo_engine::state::MovementRecord> = HashMap::new();
+        let mut by_id: HashMap<MovementId, saldo_engine::state::MovementRecord> = HashMap::new();
         for sh in &self.shards {
-            for (id, m) in &sh.live.movements {
+            for (id, m) in sh.live.movements.iter() {
+                let id = id.into_owned();
                 assert!(
-                    by_id.insert(id, m).is_none(),
+                    by_id.insert(id.clone(), m.into_owned()).is_none(),
                     "I3: {id} recorded on two shards"
                 );
             }
@@ -590,7 +599,9 @@ impl Sim {
                     MovementBody::Entry(e) if m.status == MovementStatus::Committed => {
                         let c = self.shards[shard_of_account(&e.account_id) as usize]
                             .live
-                            .accounts[&e.account_id]
+                            .accounts
+                            .state(&e.account_id)
+                            .unwrap()
                             .currency();
                         if c.code() == cur {
                             external += if e.kind == EntryKind::Credit {

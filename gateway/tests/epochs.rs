@@ -76,7 +76,11 @@ async fn a_snapshot_of_fenced_records_is_never_mixed_with_a_newer_epochs_records
     assert_eq!(
         (
             stale.lsn,
-            stale.accounts[&AccountId::new("a").unwrap()].balance_minor()
+            stale
+                .accounts
+                .state(&AccountId::new("a").unwrap())
+                .unwrap()
+                .balance_minor()
         ),
         (4, 112)
     );
@@ -115,7 +119,11 @@ async fn a_snapshot_of_fenced_records_is_never_mixed_with_a_newer_epochs_records
     let restored = restore_shard(&reader, &snapshots, 0, 4, RestoreTarget::Latest)
         .await
         .unwrap();
-    let balance = restored.accounts[&AccountId::new("a").unwrap()].balance_minor();
+    let balance = restored
+        .accounts
+        .state(&AccountId::new("a").unwrap())
+        .unwrap()
+        .balance_minor();
     assert_eq!((restored.lsn, balance), (5, 106));
     let mut from_scratch = ShardState::empty(0, 4);
     for rec in reader.read(0, 0, 10).await.unwrap() {

@@ -77,12 +77,15 @@ impl Node {
         cmd: &OpenAccount,
     ) -> Result<OpenStep, LedgerError> {
         let mut slots = shard.slots.lock();
-        if let Some(slot) = slots.get(&cmd.account_id) {
-            return Ok(if slot.state.same_opening(cmd) {
+        let found_opt = slots.read(&cmd.account_id, |state, lsn| {
+            if state.same_opening(cmd) {
                 OpenStep::Exists
             } else {
-                OpenStep::Differs { lsn: slot.last_lsn }
-            });
+                OpenStep::Differs { lsn }
+            }
+        });
+        if let Some(found) = found_opt {
+            return Ok(found);
         }
         let at = self.config.clock.now();
         let event = Event::AccountOpened {

@@ -110,7 +110,7 @@ pub(crate) struct Node {
 impl ShardCore {
     /// Returns the account's currency.
     fn currency_of(&self, id: &AccountId) -> Option<Currency> {
-        Some(self.slots.lock().get(id)?.state.currency())
+        self.slots.lock().read(id, |state, _| state.currency())
     }
 
     /// Appends an event decided by the node rather than by one account (a refusal before any
@@ -272,8 +272,9 @@ impl Node {
 
     /// Turns a restored shard into what the node hosts: its account table is hosted as it is
     /// (and its movements are handed to the node's table with the other shards', see
-    /// [`MovementTable::restored`]). Returns the state, the account table, the open holds and
-    /// the entries the state holds.
+    /// [`MovementTable::restored`]), both packed first (an idle account or movement is its
+    /// encoding, see [`crate::packed`]; every account with an open hold stays decoded).
+    /// Returns the state, the account table, the open holds and the entries the state holds.
     fn host_restored(
         mut state: crate::state::ShardState,
     ) -> (
@@ -284,6 +285,11 @@ impl Node {
     ) {
         let holds = state.open_holds();
         let entries = state.accounts.len() + state.movements.len();
+        crate::threads::join(
+            "restore-pack",
+            || state.accounts.pack(),
+            || state.movements.pack(),
+        );
         let slots = std::mem::take(&mut state.accounts);
         (state, slots, holds, entries)
     }

@@ -8,8 +8,9 @@ impl Node {
     /// Returns the account's state and the LSN of its latest event (durable or not).
     pub(super) fn account_state(&self, id: &AccountId) -> Result<(AccountState, Lsn), LedgerError> {
         let slots = self.shard(id).slots.lock();
-        let slot = slots.get(id).ok_or(Rejection::AccountNotFound)?;
-        Ok(((*slot.state).clone(), slot.last_lsn))
+        Ok(slots
+            .read(id, |state, lsn| (state.clone(), lsn))
+            .ok_or(Rejection::AccountNotFound)?)
     }
 
     /// Reads an account, then waits until the latest event the answer reflects is durable.
@@ -22,8 +23,9 @@ impl Node {
         let shard = self.shard(id);
         let (value, lsn) = {
             let slots = shard.slots.lock();
-            let slot = slots.get(id).ok_or(Rejection::AccountNotFound)?;
-            (read(&slot.state), slot.last_lsn)
+            slots
+                .read(id, |state, lsn| (read(state), lsn))
+                .ok_or(Rejection::AccountNotFound)?
         };
         self.wait_durable_bounded(shard, lsn).await?;
         Ok(value)

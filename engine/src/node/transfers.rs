@@ -275,7 +275,9 @@ impl Node {
         if !shard.log.room_for(1) {
             return Ok(InShard::Full);
         }
-        let (debit_slot, credit_slot) = (slots.get(debit), slots.get(credit));
+        slots.unpack(debit);
+        slots.unpack(credit);
+        let (debit_slot, credit_slot) = (slots.slot(debit), slots.slot(credit));
         let at = [debit_slot, credit_slot]
             .into_iter()
             .flatten()

@@ -1,0 +1,402 @@
+//! Values kept in their encoding until someone needs them: the passive accounts and movements
+//! of a restored shard.
+//!
+//! A restored account that nobody touches is its compact state and nothing more (the execution
+//! model of docs/engine.md: "a passive account is its compact state with no mailbox"). A
+//! [`Packed`] set holds such values as they are encoded in a snapshot's section, back to back in
+//! shared buffers, and finds them by key through an index of their positions: a bucket of
+//! 8 bytes per value, against a boxed, decoded state of some 270 bytes (an account with its
+//! history row) or a boxed record of 190 (a movement). A value is decoded when it is read, and
+//! taken out (to live decoded in its table) when it is changed.
+//!
+//! A section is a count (postcard varint) and that many entries, each its length (varint) and
+//! the value's postcard encoding, which starts with the value's key as a postcard string (an
+//! account state starts with its ID; a movement entry is the pair of its ID and record). So a
+//! snapshot's section is indexed without decoding a value, and written again by copying the
+//! entries nobody changed.
+
+use std::{fmt, marker::PhantomData, ops::Range};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::limits::SNAPSHOT_MAP_PRESIZE_MAX;
+
+/// Bits of a location that hold the offset in its buffer (the rest number the buffer).
+const OFFSET_BITS: u32 = 40;
+
+/// Values encoded in shared buffers, found by key. See the [module](self) documentation.
+pub struct Packed<V> {
+    bufs: Vec<Bytes>,
+    /// Where each value's entry starts: its buffer's number above [`OFFSET_BITS`], then its
+    /// offset in the buffer.
+    index: hashbrown::HashTable<u64>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Bytes the indexed entries take.
+    bytes: usize,
+    _values: PhantomData<fn() -> V>,
+}
+
+impl<V> Default for Packed<V> {
+    fn default() -> Self {
+        Packed {
+            bufs: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            bytes: 0,
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<V> Clone for Packed<V> {
+    fn clone(&self) -> Self {
+        Packed {
+            bufs: self.bufs.clone(),
+            index: self.index.clone(),
+            hasher: self.hasher.clone(),
+            bytes: self.bytes,
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<V> fmt::Debug for Packed<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packed")
+            .field("values", &self.index.len())
+            .field("buffers", &self.bufs.len())
+            .finish()
+    }
+}
+
+/// Splits an entry at `at` into its value's encoding and the rest of the buffer.
+fn split_entry(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let (len, rest) = postcard::take_from_bytes::<u64>(bytes).map_err(|e| e.to_string())?;
+    match usize::try_from(len).ok().filter(|len| *len <= rest.len()) {
+        Some(len) => Ok(rest.split_at(len)),
+        None => Err(format!(
+            "an entry of {len} bytes where {} are left",
+            rest.len()
+        )),
+    }
+}
+
+/// The key an entry's value starts with.
+fn key_of(value: &[u8]) -> Result<&str, String> {
+    postcard::take_from_bytes::<&str>(value)
+        .map(|(key, _)| key)
+        .map_err(|e| format!("an entry that does not start with its key: {e}"))
+}
+
+impl<V: DeserializeOwned> Packed<V> {
+    /// Indexes the section of `buf` at `range` (a count and its entries; see the module
+    /// documentation) and keeps the buffer. Checks that the entries fill the section and that
+    /// no key comes twice (in the section or among the values already here); the values
+    /// themselves are decoded when read (the buffer is a checksummed snapshot, or was encoded
+    /// by this process).
+    pub fn load(&mut self, buf: Bytes, range: Range<usize>) -> Result<(), String> {
+        let number = u64::try_from(self.bufs.len()).expect("a handful of buffers");
+        assert!(
+            number < 1 << (64 - OFFSET_BITS) && (buf.len() as u64) < 1 << OFFSET_BITS,
+            "a buffer too large to index"
+        );
+        let section = buf
+            .get(range.clone())
+            .ok_or_else(|| format!("a section at {range:?} of a {}-byte buffer", buf.len()))?;
+        let (count, mut rest) =
+            postcard::take_from_bytes::<u64>(section).map_err(|e| e.to_string())?;
+        let room = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .min(SNAPSHOT_MAP_PRESIZE_MAX);
+        let (bufs, hasher) = (&self.bufs, &self.hasher);
+        self.index
+            .reserve(room, |&loc| hash_of(hasher, key_at(bufs, loc)));
+        for _ in 0..count {
+            let offset = range.end - rest.len();
+            let (value, after) = split_entry(rest)?;
+            let key = key_of(value)?;
+            let loc = (number << OFFSET_BITS) | offset as u64;
+            let hash = self.hash(key);
+            let (bufs, hasher) = (&self.bufs, &self.hasher);
+            match self.index.entry(
+                hash,
+                |&other| key_in(bufs, &buf, number, other) == key,
+                |&other| hash_of(hasher, key_in(bufs, &buf, number, other)),
+            ) {
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(loc);
+                    self.bytes += rest.len() - after.len();
+                }
+                hashbrown::hash_table::Entry::Occupied(_) => return Err(format!("{key} twice")),
+            }
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} bytes after the {count} entries of a section",
+                rest.len()
+            ));
+        }
+        self.bufs.push(buf);
+        Ok(())
+    }
+
+    /// Returns a set of `values`, encoded into a buffer of their own, with the entries of
+    /// `carried` copied as they are.
+    pub fn pack<'a, S: Serialize + 'a>(
+        values: impl ExactSizeIterator<Item = S>,
+        carried: &Packed<V>,
+    ) -> Packed<V> {
+        let mut buf = Vec::with_capacity(carried.bytes() + values.len() * 128 + 10);
+        write_section(&mut buf, values, carried);
+        let len = buf.len();
+        let mut packed = Packed::default();
+        packed
+            .load(Bytes::from(buf), 0..len)
+            .expect("a section this process encoded");
+        packed
+    }
+
+    /// Adds the values of `other`. Panics on a key in both: each value has one home.
+    pub fn merge(&mut self, other: Packed<V>, what: &str) {
+        let first = u64::try_from(self.bufs.len()).expect("a handful of buffers");
+        let (bufs, hasher) = (&self.bufs, &self.hasher);
+        self.index
+            .reserve(other.len(), |&loc| hash_of(hasher, key_at(bufs, loc)));
+        self.bufs.extend(other.bufs);
+        self.bytes += other.bytes;
+        for loc in other.index {
+            let loc = loc + (first << OFFSET_BITS);
+            let key = self.key_at(loc);
+            let hash = self.hash(key);
+            assert!(
+                self.find_hashed(hash, key).is_none(),
+                "{what} {key} restored in two shards"
+            );
+            let (bufs, hasher) = (&self.bufs, &self.hasher);
+            self.index
+                .insert_unique(hash, loc, |&l| hash_of(hasher, key_at(bufs, l)));
+        }
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        hash_of(&self.hasher, key)
+    }
+
+    fn key_at(&self, loc: u64) -> &str {
+        key_at(&self.bufs, loc)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &str) -> Option<u64> {
+        self.index
+            .find(hash, |&loc| self.key_at(loc) == key)
+            .copied()
+    }
+
+    /// Returns whether a value has this key.
+    pub fn contains(&self, key: &str) -> bool {
+        self.find_hashed(self.hash(key), key).is_some()
+    }
+
+    /// Returns the value with this key, decoded.
+    pub fn get(&self, key: &str) -> Option<V> {
+        self.find_hashed(self.hash(key), key)
+            .map(|loc| self.decode_at(loc))
+    }
+
+    /// Takes the value with this key out of the set, decoded.
+    pub fn take(&mut self, key: &str) -> Option<V> {
+        let hash = self.hash(key);
+        let bufs = &self.bufs;
+        let entry = self
+            .index
+            .find_entry(hash, |&loc| key_at(bufs, loc) == key)
+            .ok()?;
+        let (loc, _) = entry.remove();
+        self.bytes -= entry_at(&self.bufs, loc).len();
+        Some(self.decode_at(loc))
+    }
+
+    /// Decodes the value at `loc`. Panics if it does not decode: the buffer was checksummed or
+    /// encoded here, so that is a bug, and a crash beats a wrong balance.
+    fn decode_at(&self, loc: u64) -> V {
+        let value = value_at(&self.bufs, loc);
+        postcard::from_bytes(value).unwrap_or_else(|e| {
+            panic!(
+                "a packed value ({}) does not decode: {e}",
+                key_of(value).unwrap_or("?")
+            )
+        })
+    }
+
+    /// Returns the number of values.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Returns whether there is no value.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Returns the bytes the values' entries take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Returns every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.index.iter().map(|&loc| self.key_at(loc))
+    }
+
+    /// Returns every value, decoded, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
+        self.index.iter().map(|&loc| self.decode_at(loc))
+    }
+
+    /// Returns every value, decoded, emptying the set.
+    pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
+        let locs: Vec<u64> = self.index.drain().collect();
+        self.bytes = 0;
+        locs.into_iter().map(|loc| self.decode_at(loc))
+    }
+}
+
+/// Writes a section of `values` (encoded here) and of the entries of `carried` (copied).
+pub fn write_section<S: Serialize, V>(
+    out: &mut Vec<u8>,
+    values: impl ExactSizeIterator<Item = S>,
+    carried: &Packed<V>,
+) {
+    put_varint(out, (values.len() + carried.index.len()) as u64);
+    let mut scratch = Vec::new();
+    for value in values {
+        scratch.clear();
+        scratch = postcard::to_extend(&value, scratch).expect("a value serializes");
+        put_varint(out, scratch.len() as u64);
+        out.extend_from_slice(&scratch);
+    }
+    for &loc in carried.index.iter() {
+        out.extend_from_slice(entry_at(&carried.bufs, loc));
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 10];
+    out.extend_from_slice(postcard::to_slice(&n, &mut buf).expect("a varint fits 10 bytes"));
+}
+
+fn hash_of(hasher: &hashbrown::DefaultHashBuilder, key: &str) -> u64 {
+    std::hash::BuildHasher::hash_one(hasher, key)
+}
+
+/// The entry at `loc`: its length prefix and its value.
+fn entry_at(bufs: &[Bytes], loc: u64) -> &[u8] {
+    let buf = &bufs[(loc >> OFFSET_BITS) as usize];
+    let at = &buf[(loc & ((1 << OFFSET_BITS) - 1)) as usize..];
+    let (_, rest) = split_entry(at).expect("an indexed entry");
+    &at[..at.len() - rest.len()]
+}
+
+/// The value's encoding of the entry at `loc`.
+fn value_at(bufs: &[Bytes], loc: u64) -> &[u8] {
+    let buf = &bufs[(loc >> OFFSET_BITS) as usize];
+    split_entry(&buf[(loc & ((1 << OFFSET_BITS) - 1)) as usize..])
+        .expect("an indexed entry")
+        .0
+}
+
+fn key_at(bufs: &[Bytes], loc: u64) -> &str {
+    key_of(value_at(bufs, loc)).expect("an indexed entry")
+}
+
+/// The key at `loc`, where buffer `number` may be `pending` (not yet in `bufs`).
+fn key_in<'a>(bufs: &'a [Bytes], pending: &'a Bytes, number: u64, loc: u64) -> &'a str {
+    if loc >> OFFSET_BITS == number {
+        let at = &pending[(loc & ((1 << OFFSET_BITS) - 1)) as usize..];
+        key_of(split_entry(at).expect("an indexed entry").0).expect("an indexed entry")
+    } else {
+        key_at(bufs, loc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pair = (String, u64);
+
+    fn section(pairs: &[(&str, u64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_section(&mut out, pairs.iter(), &Packed::<Pair>::default());
+        out
+    }
+
+    #[test]
+    fn a_section_is_indexed_read_taken_and_written_again_by_copy() {
+        let bytes = section(&[("a", 1), ("b", 2), ("c", 300)]);
+        let len = bytes.len();
+        let mut p = Packed::<Pair>::default();
+        p.load(Bytes::from(bytes), 0..len).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.get("c"), Some(("c".into(), 300)));
+        assert!(p.contains("a") && !p.contains("d"));
+        let bytes = p.bytes();
+        assert_eq!(p.take("a"), Some(("a".into(), 1)));
+        assert_eq!(p.bytes(), bytes - 4, "an entry of 4 bytes taken out");
+        assert!(!p.contains("a") && p.get("a").is_none() && p.len() == 2);
+        // Written again: the new value encoded, the carried ones copied.
+        let again = Packed::pack([("z", 9u64)].iter(), &p);
+        let mut all: Vec<Pair> = again.values().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![("b".into(), 2), ("c".into(), 300), ("z".into(), 9)]
+        );
+        let mut keys: Vec<&str> = again.keys().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["b", "c", "z"]);
+    }
+
+    #[test]
+    fn a_section_with_a_key_twice_or_bytes_left_over_or_cut_is_refused() {
+        let twice = section(&[("a", 1), ("a", 2)]);
+        let e = Packed::<Pair>::default()
+            .load(Bytes::from(twice.clone()), 0..twice.len())
+            .unwrap_err();
+        assert!(e.contains("a twice"), "{e}");
+        let mut more = section(&[("a", 1)]);
+        more.push(0);
+        let e = Packed::<Pair>::default()
+            .load(Bytes::from(more.clone()), 0..more.len())
+            .unwrap_err();
+        assert!(e.contains("after the 1 entries"), "{e}");
+        let cut = section(&[("a", 1), ("b", 2)]);
+        assert!(Packed::<Pair>::default()
+            .load(Bytes::from(cut.clone()), 0..cut.len() - 1)
+            .is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "restored in two shards")]
+    fn merging_a_key_held_by_both_sets_stops_the_node() {
+        let mut a = Packed::<Pair>::pack([("x", 1u64), ("y", 2)].iter(), &Packed::default());
+        let b = Packed::<Pair>::pack([("y", 3u64)].iter(), &Packed::default());
+        a.merge(b, "movement");
+    }
+
+    #[test]
+    fn merged_sets_find_every_value() {
+        let mut a = Packed::<Pair>::pack([("x", 1u64)].iter(), &Packed::default());
+        a.merge(
+            Packed::pack([("y", 2u64), ("w", 4)].iter(), &Packed::default()),
+            "movement",
+        );
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.get("y"), Some(("y".into(), 2)));
+        assert_eq!(a.get("x"), Some(("x".into(), 1)));
+        assert_eq!(a.take("w"), Some(("w".into(), 4)));
+        assert_eq!(a.len(), 2);
+    }
+}
