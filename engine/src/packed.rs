@@ -144,22 +144,37 @@ impl<V: DeserializeOwned> Packed<V> {
 
     /// Returns a set of `values`, encoded into a buffer of their own, with the entries of
     /// `carried` copied as they are.
+    /// The index is built as the entries are written (their keys are unique: they come from
+    /// one table), not by reading the buffer again.
     pub fn pack<'a, S: Serialize + 'a>(
         values: impl ExactSizeIterator<Item = S>,
         carried: &Packed<V>,
     ) -> Packed<V> {
+        let count = values.len() + carried.len();
         let mut buf = Vec::with_capacity(carried.bytes() + values.len() * 128 + 10);
-        write_section(&mut buf, values, carried);
-        let len = buf.len();
+        let mut offsets = Vec::with_capacity(count);
+        write_entries(&mut buf, values, carried, |offset| offsets.push(offset as u64));
         let mut packed = Packed::default();
-        packed
-            .load(Bytes::from(buf), 0..len)
-            .expect("a section this process encoded");
+        packed.bytes = buf.len() - offsets.first().map_or(buf.len(), |&o| o as usize);
+        packed.bufs.push(Bytes::from(buf));
+        packed.index = hashbrown::HashTable::with_capacity(count);
+        let (bufs, hasher) = (&packed.bufs, &packed.hasher);
+        for loc in offsets {
+            packed.index.insert_unique(
+                hash_of(hasher, key_at(bufs, loc)),
+                loc,
+                |&l| hash_of(hasher, key_at(bufs, l)),
+            );
+        }
         packed
     }
 
     /// Adds the values of `other`. Panics on a key in both: each value has one home.
     pub fn merge(&mut self, other: Packed<V>, what: &str) {
+        if self.bufs.is_empty() {
+            *self = other;
+            return;
+        }
         let first = u64::try_from(self.bufs.len()).expect("a handful of buffers");
         let (bufs, hasher) = (&self.bufs, &self.hasher);
         self.index
@@ -269,15 +284,27 @@ pub fn write_section<S: Serialize, V>(
     values: impl ExactSizeIterator<Item = S>,
     carried: &Packed<V>,
 ) {
+    write_entries(out, values, carried, |_| {});
+}
+
+/// Writes a section, telling `at` where each entry starts.
+fn write_entries<S: Serialize, V>(
+    out: &mut Vec<u8>,
+    values: impl ExactSizeIterator<Item = S>,
+    carried: &Packed<V>,
+    mut at: impl FnMut(usize),
+) {
     put_varint(out, (values.len() + carried.index.len()) as u64);
     let mut scratch = Vec::new();
     for value in values {
+        at(out.len());
         scratch.clear();
         scratch = postcard::to_extend(&value, scratch).expect("a value serializes");
         put_varint(out, scratch.len() as u64);
         out.extend_from_slice(&scratch);
     }
     for &loc in carried.index.iter() {
+        at(out.len());
         out.extend_from_slice(entry_at(&carried.bufs, loc));
     }
 }

@@ -79,13 +79,19 @@ impl AccountTable {
     /// first (its LSN 0: everything packed is durable).
     pub(crate) fn get_mut(&mut self, id: &AccountId) -> Option<&mut Slot> {
         let hash = self.hash(id);
-        if !self.packed.is_empty() && self.slot(id).is_none() {
+        if !self.packed.is_empty()
+            && self
+                .table
+                .find(hash, |slot| slot.state.id() == id)
+                .is_none()
+        {
             let state = self.packed.take(id.as_str())?;
             assert!(state.id() == id, "a packed account under another's ID");
             let hasher = &self.hasher;
-            self.table.insert_unique(hash, Slot::new(state, 0), |s| {
+            let entry = self.table.insert_unique(hash, Slot::new(state, 0), |s| {
                 std::hash::BuildHasher::hash_one(hasher, s.state.id())
             });
+            return Some(entry.into_mut());
         }
         self.table.find_mut(hash, |slot| slot.state.id() == id)
     }
