@@ -153,18 +153,20 @@ impl<V: DeserializeOwned> Packed<V> {
         let count = values.len() + carried.len();
         let mut buf = Vec::with_capacity(carried.bytes() + values.len() * 128 + 10);
         let mut offsets = Vec::with_capacity(count);
-        write_entries(&mut buf, values, carried, |offset| offsets.push(offset as u64));
+        write_entries(&mut buf, values, carried, |offset| {
+            offsets.push(offset as u64)
+        });
         let mut packed = Packed::default();
         packed.bytes = buf.len() - offsets.first().map_or(buf.len(), |&o| o as usize);
         packed.bufs.push(Bytes::from(buf));
         packed.index = hashbrown::HashTable::with_capacity(count);
         let (bufs, hasher) = (&packed.bufs, &packed.hasher);
         for loc in offsets {
-            packed.index.insert_unique(
-                hash_of(hasher, key_at(bufs, loc)),
-                loc,
-                |&l| hash_of(hasher, key_at(bufs, l)),
-            );
+            packed
+                .index
+                .insert_unique(hash_of(hasher, key_at(bufs, loc)), loc, |&l| {
+                    hash_of(hasher, key_at(bufs, l))
+                });
         }
         packed
     }
