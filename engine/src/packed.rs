@@ -49,6 +49,39 @@ impl<V> Default for Packed<V> {
     }
 }
 
+impl<V> Packed<V> {
+    /// Returns the set of entries written apart in `pieces`, for a set hashing with `hasher`.
+    /// Their keys are unique: they come from one table, or from one set and the values taken
+    /// out of it.
+    fn from_pieces(hasher: hashbrown::DefaultHashBuilder, pieces: Vec<Piece>) -> Packed<V> {
+        let count = pieces.iter().map(|p| p.entries.len()).sum();
+        let mut packed = Packed {
+            hasher,
+            index: hashbrown::HashTable::with_capacity(count),
+            ..Packed::default()
+        };
+        let mut entries = Vec::with_capacity(pieces.len());
+        for mut piece in pieces.into_iter().filter(|p| !p.entries.is_empty()) {
+            piece.buf.shrink_to_fit();
+            packed.bytes += piece.buf.len();
+            packed.bufs.push(Bytes::from(piece.buf));
+            entries.push(piece.entries);
+        }
+        assert!(
+            (packed.bufs.len() as u64) < 1 << (64 - OFFSET_BITS),
+            "too many buffers to index"
+        );
+        let (bufs, index, hasher) = (&packed.bufs, &mut packed.index, &packed.hasher);
+        for (number, entries) in entries.into_iter().enumerate() {
+            for (hash, offset) in entries {
+                let loc = ((number as u64) << OFFSET_BITS) | offset;
+                index.insert_unique(hash, loc, |&l| hash_of(hasher, key_at(bufs, l)));
+            }
+        }
+        packed
+    }
+}
+
 impl<V> Clone for Packed<V> {
     fn clone(&self) -> Self {
         Packed {
@@ -142,33 +175,41 @@ impl<V: DeserializeOwned> Packed<V> {
         Ok(())
     }
 
-    /// Returns a set of `values`, encoded into a buffer of their own, with the entries of
-    /// `carried` copied as they are.
-    /// The index is built as the entries are written (their keys are unique: they come from
-    /// one table), not by reading the buffer again.
-    pub fn pack<'a, S: Serialize + 'a>(
-        values: impl ExactSizeIterator<Item = S>,
-        carried: &Packed<V>,
-    ) -> Packed<V> {
-        let count = values.len() + carried.len();
-        let mut buf = Vec::with_capacity(carried.bytes() + values.len() * 128 + 10);
-        let mut offsets = Vec::with_capacity(count);
-        write_entries(&mut buf, values, carried, |offset| {
-            offsets.push(offset as u64)
-        });
-        let mut packed = Packed::default();
-        packed.bytes = buf.len() - offsets.first().map_or(buf.len(), |&o| o as usize);
-        packed.bufs.push(Bytes::from(buf));
-        packed.index = hashbrown::HashTable::with_capacity(count);
-        let (bufs, hasher) = (&packed.bufs, &packed.hasher);
-        for loc in offsets {
-            packed
-                .index
-                .insert_unique(hash_of(hasher, key_at(bufs, loc)), loc, |&l| {
-                    hash_of(hasher, key_at(bufs, l))
-                });
+    /// Returns a set of `values`, encoded, with the entries of `carried` copied as they are,
+    /// into buffers of their own (on two threads when there is enough to do, see [`Repack`]).
+    pub fn pack<S: Serialize + Sync>(values: &[S], carried: &Packed<V>) -> Packed<V> {
+        let locs = carried.locations();
+        carried.repack(values, &locs).run()
+    }
+
+    /// Plans a set of `values` (encoded) and of this set's entries at `locs` (copied; see
+    /// [`Packed::locations`]), in pieces of work that any thread can do.
+    pub fn repack<'a, S: Serialize + Sync>(
+        &'a self,
+        values: &'a [S],
+        locs: &'a [u64],
+    ) -> Repack<'a, V> {
+        let hasher = &self.hasher;
+        let mut jobs: Vec<Job<'a>> = Vec::new();
+        for chunk in values.chunks(PIECE_VALUES) {
+            jobs.push(Box::new(move || encode_piece(hasher, chunk)));
         }
-        packed
+        for chunk in locs.chunks(PIECE_ENTRIES) {
+            jobs.push(Box::new(move || copy_piece(hasher, &self.bufs, chunk)));
+        }
+        Repack {
+            jobs,
+            hasher: hasher.clone(),
+            _values: PhantomData,
+        }
+    }
+
+    /// Returns where every entry is, in the order of the buffers (so a copy reads them in
+    /// order).
+    pub fn locations(&self) -> Vec<u64> {
+        let mut locs: Vec<u64> = self.index.iter().copied().collect();
+        locs.sort_unstable();
+        locs
     }
 
     /// Adds the values of `other`. Panics on a key in both: each value has one home.
@@ -280,6 +321,86 @@ impl<V: DeserializeOwned> Packed<V> {
     }
 }
 
+/// Values a piece of work encodes when a set is packed ([`Packed::repack`]).
+const PIECE_VALUES: usize = 32 * 1024;
+/// Entries a piece of work copies when a set is packed.
+const PIECE_ENTRIES: usize = 64 * 1024;
+
+/// A piece of a set, written apart: its entries back to back, and each one's key hash and
+/// offset.
+struct Piece {
+    buf: Vec<u8>,
+    entries: Vec<(u64, u64)>,
+}
+
+type Job<'a> = Box<dyn FnOnce() -> Piece + Send + 'a>;
+
+/// The work of packing a set anew ([`Packed::repack`]), in pieces: two sets' pieces run on
+/// two threads together ([`Repack::run_two`]), so neither thread waits for the larger set.
+pub struct Repack<'a, V> {
+    jobs: Vec<Job<'a>>,
+    hasher: hashbrown::DefaultHashBuilder,
+    _values: PhantomData<fn() -> V>,
+}
+
+impl<'a, V> Repack<'a, V> {
+    /// Returns the set.
+    pub fn run(self) -> Packed<V> {
+        let pieces = crate::threads::run_all("pack", self.jobs);
+        Packed::from_pieces(self.hasher, pieces)
+    }
+
+    /// Returns both sets, their pieces shared out between two threads.
+    pub fn run_two<W>(a: Repack<'a, V>, b: Repack<'a, W>) -> (Packed<V>, Packed<W>) {
+        let split = a.jobs.len();
+        let mut pieces =
+            crate::threads::run_all("pack", a.jobs.into_iter().chain(b.jobs).collect());
+        let b_pieces = pieces.split_off(split);
+        let (a_hasher, b_hasher) = (a.hasher, b.hasher);
+        crate::threads::join(
+            "pack-index",
+            || Packed::from_pieces(a_hasher, pieces),
+            || Packed::from_pieces(b_hasher, b_pieces),
+        )
+    }
+}
+
+/// Encodes `values` into a piece.
+fn encode_piece<S: Serialize>(hasher: &hashbrown::DefaultHashBuilder, values: &[S]) -> Piece {
+    let mut piece = Piece {
+        buf: Vec::with_capacity(values.len() * 96),
+        entries: Vec::with_capacity(values.len()),
+    };
+    let mut scratch = Vec::new();
+    for value in values {
+        let at = piece.buf.len();
+        scratch.clear();
+        scratch = postcard::to_extend(value, scratch).expect("a value serializes");
+        put_varint(&mut piece.buf, scratch.len() as u64);
+        piece.buf.extend_from_slice(&scratch);
+        let key = key_of(&scratch).expect("a value starts with its key");
+        piece.entries.push((hash_of(hasher, key), at as u64));
+    }
+    piece
+}
+
+/// Copies the entries at `locs` of `bufs` into a piece.
+fn copy_piece(hasher: &hashbrown::DefaultHashBuilder, bufs: &[Bytes], locs: &[u64]) -> Piece {
+    let size = locs.iter().map(|&loc| entry_at(bufs, loc).len()).sum();
+    let mut piece = Piece {
+        buf: Vec::with_capacity(size),
+        entries: Vec::with_capacity(locs.len()),
+    };
+    for &loc in locs {
+        let at = piece.buf.len();
+        piece.buf.extend_from_slice(entry_at(bufs, loc));
+        piece
+            .entries
+            .push((hash_of(hasher, key_at(bufs, loc)), at as u64));
+    }
+    piece
+}
+
 /// Writes a section of `values` (encoded here) and of the entries of `carried` (copied).
 pub fn write_section<S: Serialize, V>(
     out: &mut Vec<u8>,
@@ -376,7 +497,7 @@ mod tests {
         assert_eq!(p.bytes(), bytes - 4, "an entry of 4 bytes taken out");
         assert!(!p.contains("a") && p.get("a").is_none() && p.len() == 2);
         // Written again: the new value encoded, the carried ones copied.
-        let again = Packed::pack([("z", 9u64)].iter(), &p);
+        let again = Packed::pack(&[("z", 9u64)], &p);
         let mut all: Vec<Pair> = again.values().collect();
         all.sort();
         assert_eq!(
@@ -408,18 +529,51 @@ mod tests {
     }
 
     #[test]
+    fn a_set_packed_in_many_pieces_finds_every_value_and_keeps_no_taken_one() {
+        // More values and carried entries than one piece of work holds, so that both threads
+        // write pieces and the index spans many buffers.
+        let n = PIECE_VALUES + PIECE_ENTRIES + 7;
+        let values: Vec<Pair> = (0..n).map(|i| (format!("v{i}"), i as u64)).collect();
+        let mut carried = Packed::<Pair>::pack(&values, &Packed::default());
+        for i in (0..n).step_by(3) {
+            assert_eq!(
+                carried.take(&format!("v{i}")),
+                Some((format!("v{i}"), i as u64))
+            );
+        }
+        let decoded: Vec<Pair> = (0..PIECE_VALUES + 5)
+            .map(|i| (format!("d{i}"), i as u64 * 7))
+            .collect();
+        let packed = Packed::pack(&decoded, &carried);
+        assert!(packed.bufs.len() > 2, "{} buffers", packed.bufs.len());
+        assert_eq!(packed.len(), carried.len() + decoded.len());
+        assert_eq!(
+            packed.bytes(),
+            packed.bufs.iter().map(Bytes::len).sum::<usize>(),
+            "the buffers hold the entries and nothing else"
+        );
+        for (i, (key, value)) in values.iter().enumerate() {
+            let expected = (i % 3 != 0).then(|| (key.clone(), *value));
+            assert_eq!(packed.get(key), expected, "{key}");
+        }
+        for (key, value) in &decoded {
+            assert_eq!(packed.get(key), Some((key.clone(), *value)));
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "restored in two shards")]
     fn merging_a_key_held_by_both_sets_stops_the_node() {
-        let mut a = Packed::<Pair>::pack([("x", 1u64), ("y", 2)].iter(), &Packed::default());
-        let b = Packed::<Pair>::pack([("y", 3u64)].iter(), &Packed::default());
+        let mut a = Packed::<Pair>::pack(&[("x", 1u64), ("y", 2)], &Packed::default());
+        let b = Packed::<Pair>::pack(&[("y", 3u64)], &Packed::default());
         a.merge(b, "movement");
     }
 
     #[test]
     fn merged_sets_find_every_value() {
-        let mut a = Packed::<Pair>::pack([("x", 1u64)].iter(), &Packed::default());
+        let mut a = Packed::<Pair>::pack(&[("x", 1u64)], &Packed::default());
         a.merge(
-            Packed::pack([("y", 2u64), ("w", 4)].iter(), &Packed::default()),
+            Packed::pack(&[("y", 2u64), ("w", 4)], &Packed::default()),
             "movement",
         );
         assert_eq!(a.len(), 3);

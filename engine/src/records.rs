@@ -101,11 +101,30 @@ impl MovementMap {
         self.iter().map(|(_, rec)| rec)
     }
 
-    /// Packs every movement: the decoded ones are encoded and the packed ones copied, into one
-    /// buffer of their own.
+    /// Packs every movement: the decoded ones are encoded and the packed ones copied, into
+    /// buffers of their own.
     pub fn pack(&mut self) {
-        let map = std::mem::take(&mut self.map);
-        self.packed = Packed::pack(map.iter().map(|(id, rec)| (id, &**rec)), &self.packed);
+        let decoded = std::mem::take(&mut self.map);
+        let records: Vec<(&MovementId, &MovementRecord)> =
+            decoded.iter().map(|(id, rec)| (id, &**rec)).collect();
+        let packed = Packed::pack(&records, &self.packed);
+        self.packed = packed;
+    }
+
+    /// Takes the decoded movements out, to be packed with the packed ones ([`Packed::repack`]
+    /// of [`MovementMap::packed`], then [`MovementMap::set_packed`]).
+    pub(crate) fn take_decoded(&mut self) -> HashMap<MovementId, Box<MovementRecord>> {
+        std::mem::take(&mut self.map)
+    }
+
+    /// The packed movements.
+    pub(crate) fn packed(&self) -> &Packed<PackedMovement> {
+        &self.packed
+    }
+
+    /// Replaces the packed movements by `packed`.
+    pub(crate) fn set_packed(&mut self, packed: Packed<PackedMovement>) {
+        self.packed = packed;
     }
 
     /// Takes the decoded map and the packed set apart (the node's movement table keeps both).

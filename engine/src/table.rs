@@ -213,17 +213,37 @@ impl AccountTable {
     }
 
     /// Packs every account without an open hold (see [`AccountTable`]): the ones in slots are
-    /// encoded and the packed ones copied, into one buffer of their own.
+    /// encoded and the packed ones copied, into buffers of their own.
     pub fn pack(&mut self) {
+        let passive = self.take_passive();
+        let states: Vec<&AccountState> = passive.iter().map(|slot| &*slot.state).collect();
+        let packed = Packed::pack(&states, &self.packed);
+        self.packed = packed;
+    }
+
+    /// Takes every account without an open hold out of its slot, to be packed with the
+    /// packed ones ([`Packed::repack`] of [`AccountTable::packed`], then
+    /// [`AccountTable::set_packed`]); the accounts with a hold stay in theirs.
+    pub(crate) fn take_passive(&mut self) -> Vec<Slot> {
         let (held, passive): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut self.table)
             .into_iter()
             .partition(|slot| !slot.state.holds().is_empty());
-        self.packed = Packed::pack(passive.iter().map(|slot| &*slot.state), &self.packed);
-        drop(passive);
         self.table = hashbrown::HashTable::with_capacity(held.len());
         for slot in held {
             self.insert(slot);
         }
+        passive
+    }
+
+    /// The packed accounts.
+    pub(crate) fn packed(&self) -> &Packed<AccountState> {
+        &self.packed
+    }
+
+    /// Replaces the packed accounts by `packed`: the ones packed before, and those
+    /// [`AccountTable::take_passive`] took out of their slots.
+    pub(crate) fn set_packed(&mut self, packed: Packed<AccountState>) {
+        self.packed = packed;
     }
 
     /// Writes the accounts as a section of snapshot format 3 (see [`crate::packed`]): the ones

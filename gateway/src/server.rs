@@ -454,6 +454,13 @@ pub async fn run(
     let mut outcome = Ok(());
     match opened {
         Some(Ok(ledger)) => {
+            // What the restore decoded is freed in the background, while the ledger serves;
+            // the memory goes back to the operating system once it is.
+            let freeing = ledger.clone();
+            tokio::spawn(async move {
+                freeing.restore_freed().await;
+                release_freed_memory();
+            });
             state.set_ledger(ledger);
             release_freed_memory();
             tracing::info!(shards = config.engine.shards, "ledger restored; serving");

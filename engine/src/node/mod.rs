@@ -67,6 +67,19 @@ use crate::{
     EngineError,
 };
 
+/// A restored shard, made ready to host ([`Node::host_restored`]).
+struct Hosted {
+    state: crate::state::ShardState,
+    /// The accounts, packed but those with an open hold.
+    slots: AccountTable,
+    /// The open holds to finish or release.
+    holds: Vec<crate::account::Hold>,
+    /// Accounts and movements the state holds (the snapshot triggers' baseline).
+    entries: usize,
+    /// What the restore decoded, being freed ([`crate::Ledger::restore_freed`]).
+    freeing_opt: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// One shard of a node.
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
@@ -102,6 +115,8 @@ pub(crate) struct Node {
     stop_background: CancellationToken,
     stop_writers: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What the restore decoded and packed, being freed (see [`Ledger::restore_freed`]).
+    pub(crate) freeing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     snapshots_total: AtomicU64,
     /// Which shards' streams failed; fail-stop signals (see [`StreamHealth`]).
     health: Arc<StreamHealth>,
@@ -189,7 +204,7 @@ impl Node {
         let movements = MovementTable::restored(
             states
                 .iter_mut()
-                .map(|(state, ..)| std::mem::take(&mut state.movements))
+                .map(|hosted| std::mem::take(&mut hosted.state.movements))
                 .collect(),
         );
         let stop_writers = CancellationToken::new();
@@ -204,6 +219,7 @@ impl Node {
             stop_background: CancellationToken::new(),
             stop_writers: stop_writers.clone(),
             tasks: Mutex::new(Vec::new()),
+            freeing: Mutex::new(Vec::new()),
             snapshots_total: AtomicU64::new(0),
             health: Arc::new(StreamHealth::default()),
             config,
@@ -213,8 +229,16 @@ impl Node {
         let mut batches_committed = HashSet::new();
         let mut open_holds = Vec::new();
         let mut writers = Vec::new();
-        let num_accounts: usize = states.iter().map(|(_, slots, _, _)| slots.len()).sum();
-        for (state, slots, holds, entries) in states {
+        let num_accounts: usize = states.iter().map(|hosted| hosted.slots.len()).sum();
+        for Hosted {
+            state,
+            slots,
+            holds,
+            entries,
+            freeing_opt,
+        } in states
+        {
+            node.freeing.get_mut().extend(freeing_opt);
             let log = Arc::new(ShardLog::new(
                 state.shard,
                 node.config.node_epoch,
@@ -274,24 +298,43 @@ impl Node {
     /// (and its movements are handed to the node's table with the other shards', see
     /// [`MovementTable::restored`]), both packed first (an idle account or movement is its
     /// encoding, see [`crate::packed`]; every account with an open hold stays decoded).
-    /// Returns the state, the account table, the open holds and the entries the state holds.
-    fn host_restored(
-        mut state: crate::state::ShardState,
-    ) -> (
-        crate::state::ShardState,
-        AccountTable,
-        Vec<crate::account::Hold>,
-        usize,
-    ) {
+    fn host_restored(mut state: crate::state::ShardState) -> Hosted {
+        let started = Instant::now();
         let holds = state.open_holds();
         let entries = state.accounts.len() + state.movements.len();
-        crate::threads::join(
-            "restore-pack",
-            || state.accounts.pack(),
-            || state.movements.pack(),
-        );
+        // Both sets are packed together, their pieces shared out between two threads; what
+        // the tail decoded is freed on a thread of its own (millions of small allocations).
+        let passive = state.accounts.take_passive();
+        let decoded = state.movements.take_decoded();
+        {
+            let states: Vec<&AccountState> = passive.iter().map(|slot| &*slot.state).collect();
+            let records: Vec<_> = decoded.iter().map(|(id, rec)| (id, &**rec)).collect();
+            let (account_locs, movement_locs) = crate::threads::join(
+                "restore-pack",
+                || state.accounts.packed().locations(),
+                || state.movements.packed().locations(),
+            );
+            let (accounts, movements) = crate::packed::Repack::run_two(
+                state.accounts.packed().repack(&states, &account_locs),
+                state.movements.packed().repack(&records, &movement_locs),
+            );
+            state.accounts.set_packed(accounts);
+            state.movements.set_packed(movements);
+        }
+        let freeing_opt = crate::threads::drop_later((passive, decoded));
         let slots = std::mem::take(&mut state.accounts);
-        (state, slots, holds, entries)
+        tracing::debug!(
+            shard = state.shard,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shard packed"
+        );
+        Hosted {
+            state,
+            slots,
+            holds,
+            entries,
+            freeing_opt,
+        }
     }
 
     /// Finishes or releases a hold found open at start.
