@@ -248,7 +248,7 @@ impl<V: DeserializeOwned> Packed<V> {
 
     fn find_hashed(&self, hash: u64, key: &str) -> Option<u64> {
         self.index
-            .find(hash, |&loc| self.key_at(loc) == key)
+            .find(hash, |&loc| is_key_at(&self.bufs, loc, key))
             .copied()
     }
 
@@ -269,7 +269,7 @@ impl<V: DeserializeOwned> Packed<V> {
         let bufs = &self.bufs;
         let entry = self
             .index
-            .find_entry(hash, |&loc| key_at(bufs, loc) == key)
+            .find_entry(hash, |&loc| is_key_at(bufs, loc, key))
             .ok()?;
         let (loc, _) = entry.remove();
         self.bytes -= entry_at(&self.bufs, loc).len();
@@ -459,6 +459,14 @@ fn value_at(bufs: &[Bytes], loc: u64) -> &[u8] {
 
 fn key_at(bufs: &[Bytes], loc: u64) -> &str {
     key_of(value_at(bufs, loc)).expect("an indexed entry")
+}
+
+/// Whether the entry at `loc` is `key`'s. Its key's bytes are compared as they are: they were
+/// checked to be a string when the entry was indexed (or written here).
+fn is_key_at(bufs: &[Bytes], loc: u64, key: &str) -> bool {
+    postcard::take_from_bytes::<u64>(value_at(bufs, loc)).is_ok_and(|(len, rest)| {
+        usize::try_from(len).is_ok_and(|len| rest.get(..len) == Some(key.as_bytes()))
+    })
 }
 
 /// The key at `loc`, where buffer `number` may be `pending` (not yet in `bufs`).
