@@ -423,7 +423,7 @@ impl ShardState {
         out
     }
 
-    /// Encodes the state as a snapshot blob (postcard, format [`SNAPSHOT_FORMAT`]). The two
+    /// Encodes the state as a snapshot blob (postcard, format 3, see docs/wal-format.md). The two
     /// sections are written on two threads, the entries still packed copied as they are.
     pub fn encode(&self) -> Vec<u8> {
         let (accounts, movements) = crate::threads::join(

@@ -27,7 +27,7 @@ use crate::{
 /// Two layers: the accounts decoded in their slots, and the passive ones, still encoded
 /// ([`Packed`]): a restore packs every account without an open hold, so an idle account costs
 /// its encoding and an 8-byte bucket. An account is taken out of the packed layer into a slot
-/// the first time something changes it ([`AccountTable::get_mut`]); a read decodes it without
+/// the first time something changes it (`AccountTable::get_mut`); a read decodes it without
 /// moving it ([`AccountTable::read`]). A packed account never has an open hold, so the holds
 /// to resolve at start are all in slots ([`AccountTable::slotted`]).
 #[derive(Default)]
