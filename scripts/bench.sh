@@ -303,7 +303,7 @@ stop_pid "$SALDO_PID"
 : >"$ART/saldo-restore.log"
 SALDO_LOG=$ART/saldo-restore.log KEEP_DATA=1 start_saldo
 RESTORE_MS=$READY_MS
-logged_ms=$(sed -n 's/.*ledger restored.*elapsed_ms[=:" ]*\([0-9]*\).*/\1/p' "$ART/saldo-restore.log" | tail -1)
+logged_ms=$(sed 's/\x1b\[[0-9;]*m//g' "$ART/saldo-restore.log" | sed -n 's/.*ledger restored.*elapsed_ms[=:" ]*\([0-9]*\).*/\1/p' | tail -1)
 RESTORE_SOURCE="spawn to /readyz"
 [[ -n "$logged_ms" ]] && RESTORE_MS=$logged_ms RESTORE_SOURCE="ledger restored elapsed_ms"
 sleep 1

@@ -165,8 +165,13 @@ pub fn init(
         .with(filter)
         .with(otel_layer_opt);
     let result = match format {
+        // Colours only on a terminal: a log file or a collector gets plain text.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
