@@ -374,10 +374,7 @@ fn encode_piece<S: Serialize>(hasher: &hashbrown::DefaultHashBuilder, values: &[
     let mut scratch = Vec::new();
     for value in values {
         let at = piece.buf.len();
-        scratch.clear();
-        scratch = postcard::to_extend(value, scratch).expect("a value serializes");
-        put_varint(&mut piece.buf, scratch.len() as u64);
-        piece.buf.extend_from_slice(&scratch);
+        put_entry(&mut piece.buf, &mut scratch, value);
         let key = key_of(&scratch).expect("a value starts with its key");
         piece.entries.push((hash_of(hasher, key), at as u64));
     }
@@ -407,29 +404,23 @@ pub fn write_section<S: Serialize, V>(
     values: impl ExactSizeIterator<Item = S>,
     carried: &Packed<V>,
 ) {
-    write_entries(out, values, carried, |_| {});
-}
-
-/// Writes a section, telling `at` where each entry starts.
-fn write_entries<S: Serialize, V>(
-    out: &mut Vec<u8>,
-    values: impl ExactSizeIterator<Item = S>,
-    carried: &Packed<V>,
-    mut at: impl FnMut(usize),
-) {
     put_varint(out, (values.len() + carried.index.len()) as u64);
     let mut scratch = Vec::new();
     for value in values {
-        at(out.len());
-        scratch.clear();
-        scratch = postcard::to_extend(&value, scratch).expect("a value serializes");
-        put_varint(out, scratch.len() as u64);
-        out.extend_from_slice(&scratch);
+        put_entry(out, &mut scratch, &value);
     }
     for &loc in carried.index.iter() {
-        at(out.len());
         out.extend_from_slice(entry_at(&carried.bufs, loc));
     }
+}
+
+/// Appends `value`'s entry (its length, then its encoding) to `out`, encoding it in
+/// `scratch`, which holds the encoding afterwards.
+fn put_entry<S: Serialize>(out: &mut Vec<u8>, scratch: &mut Vec<u8>, value: &S) {
+    scratch.clear();
+    *scratch = postcard::to_extend(value, std::mem::take(scratch)).expect("a value serializes");
+    put_varint(out, scratch.len() as u64);
+    out.extend_from_slice(scratch);
 }
 
 fn put_varint(out: &mut Vec<u8>, n: u64) {
