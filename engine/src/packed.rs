@@ -27,23 +27,66 @@ const OFFSET_BITS: u32 = 40;
 
 /// Values encoded in shared buffers, found by key. See the [module](self) documentation.
 pub struct Packed<V> {
-    bufs: Vec<Bytes>,
+    bufs: Bufs,
     /// Where each value's entry starts: its buffer's number above [`OFFSET_BITS`], then its
     /// offset in the buffer.
     index: hashbrown::HashTable<u64>,
     hasher: hashbrown::DefaultHashBuilder,
     /// Bytes the indexed entries take.
     bytes: usize,
+    /// Where [`Packed::push`] encodes a value before it appends it.
+    scratch: Vec<u8>,
     _values: PhantomData<fn() -> V>,
+}
+
+/// Bytes the open buffer of a set takes before [`Packed::push`] starts another.
+const OPEN_BUFFER_BYTES: usize = 1 << 20;
+
+/// The buffers of a set: shared ones, which never change, and the open one that
+/// [`Packed::push`] appends to. The open one is numbered `frozen.len()`; it is frozen (moved
+/// behind a `Bytes`, keeping its number) before any other buffer joins the set.
+#[derive(Clone, Default)]
+struct Bufs {
+    frozen: Vec<Bytes>,
+    open: Vec<u8>,
+    /// The frozen buffers that are a section of a larger shared one (a snapshot's), which
+    /// [`Packed::unshare`] copies into buffers of their own.
+    shared: Vec<usize>,
+}
+
+impl Bufs {
+    /// Buffer `number`.
+    fn get(&self, number: usize) -> &[u8] {
+        match self.frozen.get(number) {
+            Some(buf) => buf,
+            None => {
+                debug_assert_eq!(number, self.frozen.len(), "a buffer that is not there");
+                &self.open
+            }
+        }
+    }
+
+    /// Freezes the open buffer (its number stays), so that another buffer may join.
+    fn freeze(&mut self) {
+        if !self.open.is_empty() {
+            let open = std::mem::take(&mut self.open);
+            self.frozen.push(Bytes::from(open));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frozen.is_empty() && self.open.is_empty()
+    }
 }
 
 impl<V> Default for Packed<V> {
     fn default() -> Self {
         Packed {
-            bufs: Vec::new(),
+            bufs: Bufs::default(),
             index: hashbrown::HashTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             bytes: 0,
+            scratch: Vec::new(),
             _values: PhantomData,
         }
     }
@@ -64,11 +107,11 @@ impl<V> Packed<V> {
         for mut piece in pieces.into_iter().filter(|p| !p.entries.is_empty()) {
             piece.buf.shrink_to_fit();
             packed.bytes += piece.buf.len();
-            packed.bufs.push(Bytes::from(piece.buf));
+            packed.bufs.frozen.push(Bytes::from(piece.buf));
             entries.push(piece.entries);
         }
         assert!(
-            (packed.bufs.len() as u64) < 1 << (64 - OFFSET_BITS),
+            (packed.bufs.frozen.len() as u64) < 1 << (64 - OFFSET_BITS),
             "too many buffers to index"
         );
         let (bufs, index, hasher) = (&packed.bufs, &mut packed.index, &packed.hasher);
@@ -89,6 +132,7 @@ impl<V> Clone for Packed<V> {
             index: self.index.clone(),
             hasher: self.hasher.clone(),
             bytes: self.bytes,
+            scratch: Vec::new(),
             _values: PhantomData,
         }
     }
@@ -98,7 +142,7 @@ impl<V> fmt::Debug for Packed<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Packed")
             .field("values", &self.index.len())
-            .field("buffers", &self.bufs.len())
+            .field("buffers", &(self.bufs.frozen.len() + 1))
             .finish()
     }
 }
@@ -129,16 +173,22 @@ impl<V: DeserializeOwned> Packed<V> {
     /// themselves are decoded when read (the buffer is a checksummed snapshot, or was encoded
     /// by this process).
     pub fn load(&mut self, buf: Bytes, range: Range<usize>) -> Result<(), String> {
-        let number = u64::try_from(self.bufs.len()).expect("a handful of buffers");
+        if buf.get(range.clone()).is_none() {
+            return Err(format!(
+                "a section at {range:?} of a {}-byte buffer",
+                buf.len()
+            ));
+        }
+        // The section alone is kept (sharing the buffer's memory); offsets are within it.
+        let section = buf.slice(range);
+        self.bufs.freeze();
+        let number = u64::try_from(self.bufs.frozen.len()).expect("a handful of buffers");
         assert!(
-            number < 1 << (64 - OFFSET_BITS) && (buf.len() as u64) < 1 << OFFSET_BITS,
+            number < 1 << (64 - OFFSET_BITS) && (section.len() as u64) < 1 << OFFSET_BITS,
             "a buffer too large to index"
         );
-        let section = buf
-            .get(range.clone())
-            .ok_or_else(|| format!("a section at {range:?} of a {}-byte buffer", buf.len()))?;
         let (count, mut rest) =
-            postcard::take_from_bytes::<u64>(section).map_err(|e| e.to_string())?;
+            postcard::take_from_bytes::<u64>(&section).map_err(|e| e.to_string())?;
         let room = usize::try_from(count)
             .unwrap_or(usize::MAX)
             .min(SNAPSHOT_MAP_PRESIZE_MAX);
@@ -146,7 +196,7 @@ impl<V: DeserializeOwned> Packed<V> {
         self.index
             .reserve(room, |&loc| hash_of(hasher, key_at(bufs, loc)));
         for _ in 0..count {
-            let offset = range.end - rest.len();
+            let offset = section.len() - rest.len();
             let (value, after) = split_entry(rest)?;
             let key = key_of(value)?;
             let loc = (number << OFFSET_BITS) | offset as u64;
@@ -154,8 +204,8 @@ impl<V: DeserializeOwned> Packed<V> {
             let (bufs, hasher) = (&self.bufs, &self.hasher);
             match self.index.entry(
                 hash,
-                |&other| key_in(bufs, &buf, number, other) == key,
-                |&other| hash_of(hasher, key_in(bufs, &buf, number, other)),
+                |&other| key_in(bufs, &section, number, other) == key,
+                |&other| hash_of(hasher, key_in(bufs, &section, number, other)),
             ) {
                 hashbrown::hash_table::Entry::Vacant(v) => {
                     v.insert(loc);
@@ -171,8 +221,57 @@ impl<V: DeserializeOwned> Packed<V> {
                 rest.len()
             ));
         }
-        self.bufs.push(buf);
+        self.bufs.shared.push(self.bufs.frozen.len());
+        self.bufs.frozen.push(section);
         Ok(())
+    }
+
+    /// Adds `value`, which no value here has the key of (the caller checked), encoded at the
+    /// end of the open buffer.
+    pub fn push<S: Serialize>(&mut self, value: &S) {
+        let scratch = std::mem::take(&mut self.scratch);
+        self.scratch = postcard::to_extend(value, scratch).expect("a value serializes");
+        let need = self.scratch.len() + 10;
+        if self.bufs.open.len() + need > self.bufs.open.capacity() {
+            self.bufs.freeze();
+            self.bufs.open.reserve(OPEN_BUFFER_BYTES.max(need));
+        }
+        let number = u64::try_from(self.bufs.frozen.len()).expect("a handful of buffers");
+        let at = self.bufs.open.len();
+        put_varint(&mut self.bufs.open, self.scratch.len() as u64);
+        self.bufs.open.extend_from_slice(&self.scratch);
+        self.bytes += self.bufs.open.len() - at;
+        let hash = hash_of(
+            &self.hasher,
+            key_of(&self.scratch).expect("a value starts with its key"),
+        );
+        self.scratch.clear();
+        let (bufs, hasher) = (&self.bufs, &self.hasher);
+        self.index
+            .insert_unique(hash, (number << OFFSET_BITS) | at as u64, |&l| {
+                hash_of(hasher, key_at(bufs, l))
+            });
+    }
+
+    /// Makes room in the index for `more` values.
+    pub fn reserve(&mut self, more: usize) {
+        let (bufs, hasher) = (&self.bufs, &self.hasher);
+        self.index
+            .reserve(more, |&loc| hash_of(hasher, key_at(bufs, loc)));
+    }
+
+    /// Returns how many values the index has room for.
+    pub fn capacity(&self) -> usize {
+        self.index.capacity()
+    }
+
+    /// Copies every section of a larger shared buffer (a snapshot's) into a buffer of its own,
+    /// so that the larger one can be freed. Offsets do not change: the index stays as it is.
+    pub fn unshare(&mut self) {
+        for number in std::mem::take(&mut self.bufs.shared) {
+            let own = Bytes::copy_from_slice(&self.bufs.frozen[number]);
+            self.bufs.frozen[number] = own;
+        }
     }
 
     /// Returns a set of `values`, encoded, with the entries of `carried` copied as they are,
@@ -213,16 +312,22 @@ impl<V: DeserializeOwned> Packed<V> {
     }
 
     /// Adds the values of `other`. Panics on a key in both: each value has one home.
-    pub fn merge(&mut self, other: Packed<V>, what: &str) {
+    pub fn merge(&mut self, mut other: Packed<V>, what: &str) {
         if self.bufs.is_empty() {
             *self = other;
             return;
         }
-        let first = u64::try_from(self.bufs.len()).expect("a handful of buffers");
+        self.bufs.freeze();
+        other.bufs.freeze();
+        let first = u64::try_from(self.bufs.frozen.len()).expect("a handful of buffers");
         let (bufs, hasher) = (&self.bufs, &self.hasher);
         self.index
             .reserve(other.len(), |&loc| hash_of(hasher, key_at(bufs, loc)));
-        self.bufs.extend(other.bufs);
+        let first_number = self.bufs.frozen.len();
+        self.bufs.frozen.extend(other.bufs.frozen);
+        self.bufs
+            .shared
+            .extend(other.bufs.shared.iter().map(|n| n + first_number));
         self.bytes += other.bytes;
         for loc in other.index {
             let loc = loc + (first << OFFSET_BITS);
@@ -335,8 +440,8 @@ struct Piece {
 
 type Job<'a> = Box<dyn FnOnce() -> Piece + Send + 'a>;
 
-/// The work of packing a set anew ([`Packed::repack`]), in pieces: two sets' pieces run on
-/// two threads together ([`Repack::run_two`]), so neither thread waits for the larger set.
+/// The work of packing a set anew ([`Packed::repack`]), in pieces shared out between two
+/// threads.
 pub struct Repack<'a, V> {
     jobs: Vec<Job<'a>>,
     hasher: hashbrown::DefaultHashBuilder,
@@ -348,20 +453,6 @@ impl<'a, V> Repack<'a, V> {
     pub fn run(self) -> Packed<V> {
         let pieces = crate::threads::run_all("pack", self.jobs);
         Packed::from_pieces(self.hasher, pieces)
-    }
-
-    /// Returns both sets, their pieces shared out between two threads.
-    pub fn run_two<W>(a: Repack<'a, V>, b: Repack<'a, W>) -> (Packed<V>, Packed<W>) {
-        let split = a.jobs.len();
-        let mut pieces =
-            crate::threads::run_all("pack", a.jobs.into_iter().chain(b.jobs).collect());
-        let b_pieces = pieces.split_off(split);
-        let (a_hasher, b_hasher) = (a.hasher, b.hasher);
-        crate::threads::join(
-            "pack-index",
-            || Packed::from_pieces(a_hasher, pieces),
-            || Packed::from_pieces(b_hasher, b_pieces),
-        )
     }
 }
 
@@ -382,7 +473,7 @@ fn encode_piece<S: Serialize>(hasher: &hashbrown::DefaultHashBuilder, values: &[
 }
 
 /// Copies the entries at `locs` of `bufs` into a piece.
-fn copy_piece(hasher: &hashbrown::DefaultHashBuilder, bufs: &[Bytes], locs: &[u64]) -> Piece {
+fn copy_piece(hasher: &hashbrown::DefaultHashBuilder, bufs: &Bufs, locs: &[u64]) -> Piece {
     let size = locs.iter().map(|&loc| entry_at(bufs, loc).len()).sum();
     let mut piece = Piece {
         buf: Vec::with_capacity(size),
@@ -433,35 +524,35 @@ fn hash_of(hasher: &hashbrown::DefaultHashBuilder, key: &str) -> u64 {
 }
 
 /// The entry at `loc`: its length prefix and its value.
-fn entry_at(bufs: &[Bytes], loc: u64) -> &[u8] {
-    let buf = &bufs[(loc >> OFFSET_BITS) as usize];
+fn entry_at(bufs: &Bufs, loc: u64) -> &[u8] {
+    let buf = bufs.get((loc >> OFFSET_BITS) as usize);
     let at = &buf[(loc & ((1 << OFFSET_BITS) - 1)) as usize..];
     let (_, rest) = split_entry(at).expect("an indexed entry");
     &at[..at.len() - rest.len()]
 }
 
 /// The value's encoding of the entry at `loc`.
-fn value_at(bufs: &[Bytes], loc: u64) -> &[u8] {
-    let buf = &bufs[(loc >> OFFSET_BITS) as usize];
+fn value_at(bufs: &Bufs, loc: u64) -> &[u8] {
+    let buf = bufs.get((loc >> OFFSET_BITS) as usize);
     split_entry(&buf[(loc & ((1 << OFFSET_BITS) - 1)) as usize..])
         .expect("an indexed entry")
         .0
 }
 
-fn key_at(bufs: &[Bytes], loc: u64) -> &str {
+fn key_at(bufs: &Bufs, loc: u64) -> &str {
     key_of(value_at(bufs, loc)).expect("an indexed entry")
 }
 
 /// Whether the entry at `loc` is `key`'s. Its key's bytes are compared as they are: they were
 /// checked to be a string when the entry was indexed (or written here).
-fn is_key_at(bufs: &[Bytes], loc: u64, key: &str) -> bool {
+fn is_key_at(bufs: &Bufs, loc: u64, key: &str) -> bool {
     postcard::take_from_bytes::<u64>(value_at(bufs, loc)).is_ok_and(|(len, rest)| {
         usize::try_from(len).is_ok_and(|len| rest.get(..len) == Some(key.as_bytes()))
     })
 }
 
 /// The key at `loc`, where buffer `number` may be `pending` (not yet in `bufs`).
-fn key_in<'a>(bufs: &'a [Bytes], pending: &'a Bytes, number: u64, loc: u64) -> &'a str {
+fn key_in<'a>(bufs: &'a Bufs, pending: &'a Bytes, number: u64, loc: u64) -> &'a str {
     if loc >> OFFSET_BITS == number {
         let at = &pending[(loc & ((1 << OFFSET_BITS) - 1)) as usize..];
         key_of(split_entry(at).expect("an indexed entry").0).expect("an indexed entry")
@@ -544,11 +635,15 @@ mod tests {
             .map(|i| (format!("d{i}"), i as u64 * 7))
             .collect();
         let packed = Packed::pack(&decoded, &carried);
-        assert!(packed.bufs.len() > 2, "{} buffers", packed.bufs.len());
+        assert!(
+            packed.bufs.frozen.len() > 2,
+            "{} buffers",
+            packed.bufs.frozen.len()
+        );
         assert_eq!(packed.len(), carried.len() + decoded.len());
         assert_eq!(
             packed.bytes(),
-            packed.bufs.iter().map(Bytes::len).sum::<usize>(),
+            packed.bufs.frozen.iter().map(Bytes::len).sum::<usize>(),
             "the buffers hold the entries and nothing else"
         );
         for (i, (key, value)) in values.iter().enumerate() {
@@ -558,6 +653,51 @@ mod tests {
         for (key, value) in &decoded {
             assert_eq!(packed.get(key), Some((key.clone(), *value)));
         }
+    }
+
+    #[test]
+    fn values_pushed_past_many_open_buffers_and_a_shared_section_are_all_found() {
+        // A section inside a larger buffer (a snapshot's), then enough values pushed to fill
+        // several open buffers, some of them taken out again.
+        let mut snapshot = vec![0xAB; 100];
+        snapshot.extend(section(&[("s1", 1), ("s2", 2)]));
+        let end = snapshot.len();
+        snapshot.extend([0xCD; 50]);
+        let snapshot = Bytes::from(snapshot);
+        let mut p = Packed::<Pair>::default();
+        p.load(snapshot.clone(), 100..end).unwrap();
+        let n = 3 * OPEN_BUFFER_BYTES / 8;
+        for i in 0..n {
+            p.push(&(format!("p{i}"), i as u64));
+            if i == 0 {
+                // Read from the open buffer before it is frozen.
+                assert_eq!(p.get("p0"), Some(("p0".into(), 0)));
+            }
+        }
+        assert!(p.bufs.frozen.len() >= 3, "{} buffers", p.bufs.frozen.len());
+        assert_eq!(p.take("p7"), Some(("p7".into(), 7)));
+        assert_eq!(p.take("s2"), Some(("s2".into(), 2)));
+        p.merge(Packed::pack(&[("m", 5u64)], &Packed::default()), "movement");
+        p.unshare();
+        let inside = snapshot.as_ptr_range();
+        assert!(
+            p.bufs.frozen.iter().all(|b| !inside.contains(&b.as_ptr())),
+            "a buffer still shares the snapshot's memory"
+        );
+        assert_eq!(p.len(), 1 + n - 1 + 1);
+        assert_eq!(p.get("s1"), Some(("s1".into(), 1)));
+        assert_eq!(p.get("m"), Some(("m".into(), 5)));
+        for i in (0..n).filter(|&i| i != 7) {
+            assert_eq!(p.get(&format!("p{i}")), Some((format!("p{i}"), i as u64)));
+        }
+        assert!(!p.contains("p7") && !p.contains("s2"));
+        // Written again by copy: every value survives.
+        let again = Packed::pack::<Pair>(&[], &p);
+        assert_eq!(again.len(), p.len());
+        assert_eq!(
+            again.get(&format!("p{}", n - 1)),
+            Some((format!("p{}", n - 1), n as u64 - 1))
+        );
     }
 
     #[test]

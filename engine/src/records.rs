@@ -8,7 +8,11 @@ use std::{borrow::Cow, fmt};
 use hashbrown::HashMap;
 use serde::{ser::SerializeMap, Serialize};
 
-use crate::{packed::Packed, state::MovementRecord, types::MovementId};
+use crate::{
+    packed::Packed,
+    state::MovementRecord,
+    types::{MovementId, MovementStatus},
+};
 
 /// A packed movement: its ID and record, encoded as this pair.
 pub type PackedMovement = (MovementId, MovementRecord);
@@ -56,22 +60,30 @@ impl MovementMap {
     }
 
     /// Adds a movement, or returns `false` (and changes nothing) if its ID is known already.
-    pub fn insert_new(&mut self, id: MovementId, record: Box<MovementRecord>) -> bool {
+    /// A settled movement (committed or rejected: nothing changes it any more) is packed at
+    /// once, so a fold never decodes, boxes and encodes it again; a pending one is decoded,
+    /// as its commit or release will change it.
+    pub fn insert_new(&mut self, id: MovementId, record: MovementRecord) -> bool {
         if self.contains_key(&id) {
             return false;
         }
-        self.map.insert(id, record);
+        if record.status == MovementStatus::Pending {
+            self.map.insert(id, Box::new(record));
+        } else {
+            self.packed.push(&(&id, &record));
+        }
         true
     }
 
-    /// Makes room for `more` movements decoded.
+    /// Makes room for `more` movements (settled ones: they are packed as they come, see
+    /// [`MovementMap::insert_new`]).
     pub fn reserve(&mut self, more: usize) {
-        self.map.reserve(more);
+        self.packed.reserve(more);
     }
 
-    /// Returns how many movements the decoded map has room for.
+    /// Returns how many settled movements there is room for.
     pub fn capacity(&self) -> usize {
-        self.map.capacity()
+        self.packed.capacity()
     }
 
     /// Returns the number of movements.
@@ -111,20 +123,10 @@ impl MovementMap {
         self.packed = packed;
     }
 
-    /// Takes the decoded movements out, to be packed with the packed ones ([`Packed::repack`]
-    /// of [`MovementMap::packed`], then [`MovementMap::set_packed`]).
-    pub(crate) fn take_decoded(&mut self) -> HashMap<MovementId, Box<MovementRecord>> {
-        std::mem::take(&mut self.map)
-    }
-
-    /// The packed movements.
-    pub(crate) fn packed(&self) -> &Packed<PackedMovement> {
-        &self.packed
-    }
-
-    /// Replaces the packed movements by `packed`.
-    pub(crate) fn set_packed(&mut self, packed: Packed<PackedMovement>) {
-        self.packed = packed;
+    /// Copies the packed movements that are a section of a snapshot's buffer into buffers of
+    /// their own ([`Packed::unshare`]).
+    pub(crate) fn unshare(&mut self) {
+        self.packed.unshare();
     }
 
     /// Takes the decoded map and the packed set apart (the node's movement table keeps both).
@@ -149,7 +151,7 @@ impl MovementMap {
     }
 
     /// Returns the movements of a section of snapshot format 3, every one packed, with room
-    /// for `room` more decoded.
+    /// for `room` more.
     pub(crate) fn load_section(
         buf: bytes::Bytes,
         range: std::ops::Range<usize>,
@@ -157,7 +159,7 @@ impl MovementMap {
     ) -> Result<MovementMap, String> {
         let mut movements = MovementMap::default();
         movements.packed.load(buf, range)?;
-        movements.map.reserve(room);
+        movements.packed.reserve(room);
         Ok(movements)
     }
 }

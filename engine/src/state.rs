@@ -676,7 +676,7 @@ fn apply_to_movements(movements: &mut MovementMap, event: &Event) -> Result<(), 
         }
     }
     if let Some((id, record)) = MovementRecord::created_by(event) {
-        if !movements.insert_new(id, Box::new(record)) {
+        if !movements.insert_new(id, record) {
             return Err(Unappliable("a movement ID took effect twice"));
         }
     }

@@ -45,6 +45,7 @@ pub mod format;
 pub mod forwarded;
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;

@@ -10,9 +10,20 @@ use gateway::cli::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Freed memory goes back to the OS when a worker idles, and when an idle blocking
+        // thread (a restore reads the stream on them) stops (gateway::memory).
+        .on_thread_park(gateway::memory::on_worker_idle)
+        .on_thread_stop(gateway::memory::on_thread_stop)
+        .thread_keep_alive(gateway::memory::BLOCKING_THREAD_KEEP_ALIVE)
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             // A failed invariant stops the process: a crash beats a wrong balance, and a dead

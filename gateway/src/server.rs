@@ -459,10 +459,10 @@ pub async fn run(
             let freeing = ledger.clone();
             tokio::spawn(async move {
                 freeing.restore_freed().await;
-                release_freed_memory();
+                crate::memory::release_freed_memory();
             });
             state.set_ledger(ledger);
-            release_freed_memory();
+            crate::memory::release_freed_memory();
             tracing::info!(shards = config.engine.shards, "ledger restored; serving");
             let ledger = state.ledger_opt().expect("set above");
             tokio::select! {
@@ -541,14 +541,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-}
-
-/// Hands the memory the restore freed back to the operating system. Restore builds its maps
-/// twice (the snapshot's fold, then the node's tables) and frees the first; mimalloc keeps freed
-/// segments for reuse and purges them only as it allocates again, so an idle node restored
-/// from 1,000,000 accounts would otherwise hold about 500 bytes per account it no longer uses.
-fn release_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointer and may be called from any thread at any time. It
-    // only frees what is free: with another global allocator its heap is empty.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }

@@ -302,26 +302,20 @@ impl Node {
         let started = Instant::now();
         let holds = state.open_holds();
         let entries = state.accounts.len() + state.movements.len();
-        // Both sets are packed together, their pieces shared out between two threads; what
-        // the tail decoded is freed on a thread of its own (millions of small allocations).
+        // The accounts are packed anew, in pieces shared out between two threads (those the
+        // tail decoded encoded, the rest copied), and what the tail decoded is freed on a
+        // thread of its own (a million small allocations). The movements the tail settled
+        // were packed as it folded them; their snapshot section is copied out of the
+        // snapshot's buffer, so that the buffer is freed.
         let passive = state.accounts.take_passive();
-        let decoded = state.movements.take_decoded();
         {
             let states: Vec<&AccountState> = passive.iter().map(|slot| &*slot.state).collect();
-            let records: Vec<_> = decoded.iter().map(|(id, rec)| (id, &**rec)).collect();
-            let (account_locs, movement_locs) = crate::threads::join(
-                "restore-pack",
-                || state.accounts.packed().locations(),
-                || state.movements.packed().locations(),
-            );
-            let (accounts, movements) = crate::packed::Repack::run_two(
-                state.accounts.packed().repack(&states, &account_locs),
-                state.movements.packed().repack(&records, &movement_locs),
-            );
+            let locs = state.accounts.packed().locations();
+            let accounts = state.accounts.packed().repack(&states, &locs).run();
             state.accounts.set_packed(accounts);
-            state.movements.set_packed(movements);
         }
-        let freeing_opt = crate::threads::drop_later((passive, decoded));
+        state.movements.unshare();
+        let freeing_opt = crate::threads::drop_later(passive);
         let slots = std::mem::take(&mut state.accounts);
         tracing::debug!(
             shard = state.shard,
