@@ -34,6 +34,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod blocking;
 #[cfg(feature = "testsuite")]
 pub mod emulators;
 #[cfg(feature = "testsuite")]

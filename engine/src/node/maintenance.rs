@@ -3,16 +3,45 @@
 
 use super::*;
 
-/// Sets the nice value of the calling thread (Linux keeps one per thread). Lowering a
-/// thread's priority needs no privilege; a failure leaves it as it was, which is only slower.
-pub(super) fn lower_this_threads_priority(nice: i32) {
-    // SAFETY: plain system calls on the calling thread, no memory is shared with them.
-    let failed = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0
-    };
-    if failed {
-        tracing::debug!(nice, "could not lower the snapshot thread's priority");
+/// The priority a snapshot's threads run at (Linux keeps one per thread, and a thread a
+/// snapshot spawns inherits it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotPriority {
+    /// `SCHED_IDLE`: the snapshot runs on CPU time no request-path thread wants, and any of
+    /// them that wakes up takes the core back at once. The usual case.
+    Idle,
+    /// Nice [`SNAPSHOT_THREAD_NICE`]: about a tenth of a request-path thread's share when both
+    /// want a core, so that a shard whose snapshot is overdue (the node was saturated long
+    /// enough for idle time not to come) catches up under full load, slowly rather than never.
+    CatchingUp,
+}
+
+impl SnapshotPriority {
+    /// The priority of a snapshot of a shard `behind` events past its newest snapshot, due
+    /// after `due_after` events.
+    pub(crate) fn for_tail(behind: u64, due_after: u64) -> SnapshotPriority {
+        if behind >= due_after.saturating_mul(SNAPSHOT_OVERDUE_FACTOR) {
+            SnapshotPriority::CatchingUp
+        } else {
+            SnapshotPriority::Idle
+        }
+    }
+
+    /// Gives the calling thread this priority. Lowering a thread's priority needs no
+    /// privilege, raising it does (`CAP_SYS_NICE`, or `RLIMIT_NICE`): returns whether it took.
+    pub(crate) fn apply_to_this_thread(self) -> bool {
+        // SAFETY: plain system calls on the calling thread; `param` outlives the call.
+        unsafe {
+            let tid = libc::gettid();
+            let nice =
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SNAPSHOT_THREAD_NICE);
+            let policy = match self {
+                SnapshotPriority::Idle => libc::SCHED_IDLE,
+                SnapshotPriority::CatchingUp => libc::SCHED_OTHER,
+            };
+            let param = libc::sched_param { sched_priority: 0 };
+            nice == 0 && libc::sched_setscheduler(0, policy, &param) == 0
+        }
     }
 }
 
@@ -98,7 +127,15 @@ impl Node {
                         t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
                     });
                 if due_by_count || due_by_time {
-                    match self.clone().snapshot_on_own_thread(shard.clone()).await {
+                    let priority = SnapshotPriority::for_tail(
+                        durable.saturating_sub(lsn),
+                        snapshot_due_after_events(self.config.snapshot_every_events, entries),
+                    );
+                    match self
+                        .clone()
+                        .snapshot_on_own_thread(shard.clone(), priority)
+                        .await
+                    {
                         Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(shard = shard.id, error = %e, "snapshot failed; will retry")
@@ -109,21 +146,40 @@ impl Node {
         }
     }
 
-    /// Runs [`Node::snapshot_shard`] on a thread of its own at [`SNAPSHOT_THREAD_NICE`]:
-    /// folding a shard's stream is CPU-bound, so it must neither hold one of the runtime's
-    /// workers (with two cores, that would stall half the request path for the whole fold) nor
-    /// compete with them as an equal.
+    /// Runs [`Node::snapshot_shard`] on a thread of its own at `priority`: folding a shard's
+    /// stream is CPU-bound, so it must neither hold one of the runtime's workers (with two
+    /// cores, that would stall half the request path for the whole fold) nor compete with them
+    /// as an equal. Its blocking work (reading the stream, writing the snapshot) runs on it
+    /// too, at its priority. A snapshot that started idle and is still running after
+    /// [`SNAPSHOT_IDLE_MS_MAX`] (the node has had no idle time) goes on at
+    /// [`SnapshotPriority::CatchingUp`] if the process may raise a thread's priority.
     pub(super) async fn snapshot_on_own_thread(
         self: Arc<Self>,
         shard: Arc<ShardCore>,
+        priority: SnapshotPriority,
     ) -> Result<(), String> {
         let handle = tokio::runtime::Handle::current();
         let (done, finished) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("snapshot-{}", shard.id))
             .spawn(move || {
-                lower_this_threads_priority(SNAPSHOT_THREAD_NICE);
-                let result = handle.block_on(self.snapshot_shard(&shard));
+                if !priority.apply_to_this_thread() {
+                    tracing::debug!(?priority, "could not set the snapshot thread's priority");
+                }
+                saldo_persistence::blocking::do_blocking_work_here();
+                let started = Instant::now();
+                let mut raised = priority != SnapshotPriority::Idle;
+                let mut progress = |_: crate::recovery::RestoreProgress| {
+                    if !raised && started.elapsed() >= Duration::from_millis(SNAPSHOT_IDLE_MS_MAX) {
+                        raised = true;
+                        if SnapshotPriority::CatchingUp.apply_to_this_thread() {
+                            tracing::info!(shard = shard.id, "a snapshot found no idle time; it goes on at a low priority");
+                        } else {
+                            tracing::warn!(shard = shard.id, "a snapshot found no idle time and may not raise its priority (CAP_SYS_NICE); it goes on when the node idles, and the next one of an overdue shard runs at a low priority");
+                        }
+                    }
+                };
+                let result = handle.block_on(self.snapshot_shard(&shard, &mut progress));
                 let _ = done.send(result.map_err(|e| e.to_string()));
             })
             .map_err(|e| format!("the snapshot thread did not start: {e}"))?;
@@ -134,13 +190,19 @@ impl Node {
 
     /// Writes a snapshot of a shard folded from its durable stream (never from live memory,
     /// so the hot path is not paused), keeps the newest ones and prunes the stream below them.
-    pub(super) async fn snapshot_shard(&self, shard: &ShardCore) -> Result<(), EngineError> {
-        let written = crate::recovery::write_snapshot(
+    /// `progress` is called as the fold goes ([`crate::recovery::write_snapshot_with_progress`]).
+    pub(super) async fn snapshot_shard(
+        &self,
+        shard: &ShardCore,
+        progress: &mut (dyn FnMut(crate::recovery::RestoreProgress) + Send),
+    ) -> Result<(), EngineError> {
+        let written = crate::recovery::write_snapshot_with_progress(
             &*self.wal,
             &*self.snapshots,
             shard.id,
             self.config.movements_window,
             self.config.snapshots_keep,
+            progress,
         )
         .await?;
         self.snapshots_total.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +216,7 @@ impl Node {
 
     pub(crate) async fn snapshot_now(&self) -> Result<(), EngineError> {
         for shard in &self.shards {
-            self.snapshot_shard(shard).await?;
+            self.snapshot_shard(shard, &mut |_| {}).await?;
         }
         Ok(())
     }
@@ -260,5 +322,48 @@ mod tests {
             entries as u64 * SNAPSHOT_GROWTH_PERCENT / 100
         );
         assert_eq!(snapshot_due_after_events(1, usize::MAX), u64::MAX / 100);
+    }
+
+    #[test]
+    fn a_snapshot_runs_on_idle_time_unless_its_shard_is_overdue() {
+        let due = 1_000_000;
+        assert_eq!(SnapshotPriority::for_tail(due, due), SnapshotPriority::Idle);
+        let overdue = due * SNAPSHOT_OVERDUE_FACTOR;
+        assert_eq!(
+            SnapshotPriority::for_tail(overdue - 1, due),
+            SnapshotPriority::Idle
+        );
+        assert_eq!(
+            SnapshotPriority::for_tail(overdue, due),
+            SnapshotPriority::CatchingUp
+        );
+        assert_eq!(
+            SnapshotPriority::for_tail(u64::MAX, u64::MAX),
+            SnapshotPriority::CatchingUp
+        );
+    }
+
+    #[test]
+    fn a_snapshot_thread_takes_its_priority() {
+        let policy_and_nice = |priority: SnapshotPriority| {
+            std::thread::spawn(move || {
+                assert!(priority.apply_to_this_thread(), "{priority:?} was refused");
+                // SAFETY: plain system calls on the calling thread.
+                unsafe {
+                    let tid = libc::gettid() as libc::id_t;
+                    (
+                        libc::sched_getscheduler(0),
+                        libc::getpriority(libc::PRIO_PROCESS, tid),
+                    )
+                }
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(policy_and_nice(SnapshotPriority::Idle).0, libc::SCHED_IDLE);
+        assert_eq!(
+            policy_and_nice(SnapshotPriority::CatchingUp),
+            (libc::SCHED_OTHER, SNAPSHOT_THREAD_NICE)
+        );
     }
 }

@@ -1020,7 +1020,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             });
         }
         let raw_bytes = data.len() as u64;
-        let compressed = tokio::task::spawn_blocking(move || compress(&data))
+        let compressed = crate::blocking::run(move || compress(&data))
             .await
             .map_err(|e| SnapshotError::Unavailable(Box::new(e)))?
             .map_err(|e| SnapshotError::Unavailable(Box::new(e)))?;
@@ -1096,7 +1096,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
         let stored = manifest.meta.clone();
         // `Manifest::from_item` bounded the size by SNAPSHOT_BYTES_MAX.
         let size_bytes = usize::try_from(stored.size_bytes).unwrap_or(usize::MAX);
-        let data = tokio::task::spawn_blocking(move || decompress(&compressed, size_bytes))
+        let data = crate::blocking::run(move || decompress(&compressed, size_bytes))
             .await
             .map_err(|e| SnapshotError::Unavailable(Box::new(e)))?
             .map_err(|e| SnapshotError::Corrupted {

@@ -81,7 +81,7 @@ impl SnapshotStore for LocalDirSnapshotStore {
     async fn put(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), SnapshotError> {
         verify(&meta, &data)?;
         let dir = self.shard_dir(meta.shard);
-        tokio::task::spawn_blocking(move || -> Result<(), SnapshotError> {
+        crate::blocking::run(move || -> Result<(), SnapshotError> {
             fs::create_dir_all(&dir).map_err(io_err)?;
             write_durably(&dir, &format!("{:020}.snap", meta.lsn), &data).map_err(io_err)?;
             let manifest = serde_json::to_vec_pretty(&meta).expect("a manifest serializes");

@@ -478,7 +478,7 @@ impl Wal for LocalFileWal {
     ) -> Result<Vec<Record>, WalError> {
         let max = max_records.clamp(1, crate::limits::WAL_READ_RECORDS_MAX);
         let located = self.shard(shard)?.state.index.lock().locate(after_lsn, max);
-        tokio::task::spawn_blocking(move || read_located(shard, located))
+        crate::blocking::run(move || read_located(shard, located))
             .await
             .map_err(|e| WalError::Unavailable(Box::new(e)))?
     }
