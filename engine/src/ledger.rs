@@ -133,9 +133,9 @@ impl Ledger {
     }
 
     /// Posts a credit or debit entry on one account; idempotent by entry ID like transfers.
+    /// Its shard settles it once recorded, so a caller that stops waiting strands nothing.
     pub async fn post_entry(&self, cmd: Entry) -> Result<Posted, LedgerError> {
-        let node = self.inner.clone();
-        detached(async move { node.post_entry(cmd).await }, Err).await
+        self.inner.post_entry(&cmd).await
     }
 
     /// Returns a transfer or entry by ID.

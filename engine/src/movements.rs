@@ -272,17 +272,35 @@ pub(crate) struct Settlement {
     pub(crate) cell: Arc<MovementCell>,
     /// Committed (with the balance after it, for an entry), or rejected.
     pub(crate) outcome: Result<Option<i64>, Rejection>,
+    /// The write's place among the node's `in_flight_max`, held until the movement settles:
+    /// a write whose caller stopped waiting still counts until it ends.
+    pub(crate) in_flight_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Who settles a movement once its turn ran.
+pub(crate) enum Settle<'a> {
+    /// The caller, which waits for the record and goes on (a phase of a longer movement).
+    ByCaller,
+    /// The shard's log writer, once the turn's record is durable; the write's in-flight
+    /// permit goes with the movement (taken out of the caller's hands when the turn is done).
+    ByShard(&'a mut Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
 impl Settlement {
     pub(crate) fn settle(self) {
-        match self.outcome {
+        let Settlement {
+            cell,
+            outcome,
+            in_flight_opt,
+        } = self;
+        match outcome {
             Ok(balance_after_opt) => {
-                self.cell
-                    .finish(MovementStatus::Committed, None, balance_after_opt)
+                cell.finish(MovementStatus::Committed, None, balance_after_opt)
             }
-            Err(r) => self.cell.finish(MovementStatus::Rejected, Some(r), None),
+            Err(r) => cell.finish(MovementStatus::Rejected, Some(r), None),
         }
+        // The write has ended: its place among the writes in flight is free.
+        drop(in_flight_opt);
     }
 }
 

@@ -961,6 +961,56 @@ async fn writes_left_by_their_callers_still_count_against_the_in_flight_bound() 
     l.shutdown().await;
 }
 
+/// The same for the movements their shard settles (entries, transfers within one shard): once
+/// its turn ran, a movement whose caller left keeps its place among the writes in flight
+/// until its record is durable and it settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movements_left_by_their_callers_count_against_the_in_flight_bound_until_settled() {
+    let (l, _, _, gate, (a, b, _)) = gated_ledger(EngineConfig {
+        in_flight_max: 2,
+        ..config(1)
+    })
+    .await;
+    credit(&l, "fund-a", &a, 1_000).await.unwrap();
+    gate.send_replace(false);
+    let left_entry = tokio::time::timeout(Duration::from_millis(50), credit(&l, "left-e", &a, 5));
+    assert!(
+        left_entry.await.is_err(),
+        "answered while the stream was stalled"
+    );
+    let left_transfer = tokio::time::timeout(
+        Duration::from_millis(50),
+        l.transfer(transfer("left-t", &a, &b, 10)),
+    );
+    assert!(
+        left_transfer.await.is_err(),
+        "answered while the stream was stalled"
+    );
+    assert_eq!(
+        l.stats().in_flight,
+        2,
+        "both left-behind movements still count"
+    );
+    let third = tokio::time::timeout(Duration::from_secs(5), credit(&l, "third", &b, 1))
+        .await
+        .expect("the third write is refused at once, not queued");
+    assert!(
+        matches!(third, Err(LedgerError::Overloaded { .. })),
+        "{third:?}"
+    );
+    gate.send_replace(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while l.stats().in_flight > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the left-behind movements never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((balance(&l, &a).await, balance(&l, &b).await), (995, 10));
+    l.shutdown().await;
+}
+
 // ------------------------------------------------------------------ issue 13: money safety
 
 fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, LedgerError>) -> bool {

@@ -14,7 +14,6 @@ pub(super) enum OpenStep {
     Full,
 }
 
-/// Raises `lsns[shard]` to the ticket's LSN (the LSN a shard must reach before the next step).
 /// An overlong description is a malformed request.
 pub(super) fn check_description(d: &Option<String>) -> Result<(), Rejection> {
     match d {
@@ -103,13 +102,17 @@ impl Node {
         }
     }
 
-    pub(crate) async fn post_entry(&self, e: Entry) -> Result<Posted, LedgerError> {
+    /// Posts an entry. Its turn (one event: `EntryApplied`, or `EntryRejected`, a missing
+    /// account included) hands the movement to its shard, whose log writer settles it once
+    /// the record is durable: the caller only waits on the movement's cell, so a caller that
+    /// hangs up strands nothing, and the entry needs no task of its own.
+    pub(crate) async fn post_entry(&self, e: &Entry) -> Result<Posted, LedgerError> {
         self.check_open()?;
         if e.amount_minor <= 0 {
             return Err(Rejection::InvalidAmount.into());
         }
         check_description(&e.description_opt)?;
-        let _permit = self.in_flight_permit()?;
+        let mut permit_opt = Some(self.in_flight_permit()?);
         let cell = match self
             .claim(&e.entry_id, &MovementBody::Entry(e.clone()))
             .await
@@ -117,50 +120,82 @@ impl Node {
             Ok(cell) => cell,
             Err(outcome) => return outcome,
         };
-        let result = async {
-            match self
-                .exec_at(&e.account_id, AccountCommand::Entry(e.clone()), Some(&cell))
-                .await
-            {
-                Err(LedgerError::Rejected(Rejection::AccountNotFound)) => {
-                    let ev = Event::EntryRejected {
-                        entry: e.clone(),
-                        reason: Rejection::AccountNotFound,
-                        at: self.config.clock.now(),
-                    };
-                    self.record_rejection(&e.account_id, ev, Some(&cell))
-                        .await?;
-                    Ok(Err(Rejection::AccountNotFound))
-                }
-                Err(other) => Err(other),
-                Ok((result, ticket_opt)) => {
-                    ticket_opt
-                        .expect("an entry or its refusal is recorded")
-                        .durable()
-                        .await?;
-                    Ok(result.map(|ev| match ev {
-                        Event::EntryApplied {
-                            balance_after_minor,
-                            ..
-                        } => balance_after_minor,
-                        _ => unreachable!("an entry records EntryApplied"),
-                    }))
-                }
+        // A caller that stops waiting for room frees the ID it claimed (nothing is recorded).
+        let unclaim = scopeguard::guard((), |()| {
+            if cell.unrecorded() {
+                self.movements.abandon(&e.entry_id, &cell);
             }
+        });
+        let shard = self.shard(&e.account_id);
+        loop {
+            let room = shard.log.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.entry_turn(shard, e, &cell, &mut permit_opt)? {
+                break;
+            }
+            room.await;
         }
-        .await;
-        match result {
-            Ok(Ok(balance_after)) => {
-                cell.finish(MovementStatus::Committed, None, Some(balance_after))
-            }
-            Ok(Err(r)) => cell.finish(MovementStatus::Rejected, Some(r), None),
-            Err(err) => {
-                if cell.unrecorded() {
-                    self.movements.abandon(&e.entry_id, &cell);
-                }
-                return Err(err);
-            }
+        drop(unclaim);
+        self.settled(&cell).await
+    }
+
+    /// The turn of an entry on its account's shard, settled by the shard's log writer once
+    /// its record is durable (the write's in-flight permit goes with it); `false` (and nothing
+    /// done) when the group commit has no room.
+    fn entry_turn(
+        &self,
+        shard: &ShardCore,
+        e: &Entry,
+        cell: &Arc<MovementCell>,
+        permit_opt: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<bool, LedgerError> {
+        let mut slots = shard.slots.lock();
+        // Under the host lock, so that no other turn takes the room between.
+        if !shard.log.room_for(1) {
+            return Ok(false);
         }
-        Self::posted(&cell)
+        let now = self.config.clock.now();
+        let (at, ticket, outcome) = match slots.get_mut(&e.account_id) {
+            Some(slot) => {
+                let at = slot.turn_time(now);
+                let cmd = AccountCommand::Entry(e.clone());
+                let Turn::Done { result, ticket_opt } =
+                    slot.exec(&shard.log, shard.movements_window, &cmd, at)?
+                else {
+                    unreachable!("the turn checked the log's room")
+                };
+                let ticket = ticket_opt.expect("an entry or its refusal is recorded");
+                let outcome = result.map(|event| match event {
+                    Event::EntryApplied {
+                        balance_after_minor,
+                        ..
+                    } => Some(balance_after_minor),
+                    _ => unreachable!("an entry records EntryApplied"),
+                });
+                (at, ticket, outcome)
+            }
+            None => {
+                let event = Event::EntryRejected {
+                    entry: e.clone(),
+                    reason: Rejection::AccountNotFound,
+                    at: now,
+                };
+                let TryAppend::Appended(ticket) = shard.log.try_append(&event)? else {
+                    unreachable!("the turn checked the log's room")
+                };
+                (now, ticket, Err(Rejection::AccountNotFound))
+            }
+        };
+        cell.recorded_at(at, shard.id as usize, ticket.lsn);
+        shard.log.settle_at(
+            ticket.lsn,
+            Settlement {
+                cell: cell.clone(),
+                outcome,
+                in_flight_opt: permit_opt.take(),
+            },
+        );
+        Ok(true)
     }
 }

@@ -149,7 +149,7 @@ impl Node {
                             shard,
                             &cmds[i],
                             cell,
-                            false,
+                            Settle::ByCaller,
                             self.config.clock.now(),
                         ) {
                             Ok(InShard::Done(result, ticket)) => {

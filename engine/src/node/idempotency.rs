@@ -94,25 +94,17 @@ impl Node {
                 .collect();
             return Err(Rejection::IdConflict { fields }.into());
         }
-        let movement = cell.settled(&self.health.any_failed).await?;
-        match (&movement.status, &movement.rejection_opt) {
-            (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
-            _ => Ok(Posted {
-                movement,
-                replayed: true,
-            }),
-        }
+        outcome(cell.settled(&self.health.any_failed).await?, true)
     }
 
     pub(super) fn posted(cell: &MovementCell) -> Result<Posted, LedgerError> {
-        let movement = cell.view();
-        match (&movement.status, &movement.rejection_opt) {
-            (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
-            _ => Ok(Posted {
-                movement,
-                replayed: false,
-            }),
-        }
+        outcome(cell.view(), false)
+    }
+
+    /// Waits until a movement its shard settles (see `ShardLog::settle_at`) is settled, and
+    /// answers with its outcome.
+    pub(super) async fn settled(&self, cell: &MovementCell) -> Result<Posted, LedgerError> {
+        outcome(cell.settled(&self.health.any_failed).await?, false)
     }
 
     pub(super) fn finish_cell(&self, cell: &MovementCell, status: Result<(), Rejection>) {
@@ -120,5 +112,13 @@ impl Node {
             Ok(()) => cell.finish(MovementStatus::Committed, None, None),
             Err(r) => cell.finish(MovementStatus::Rejected, Some(r), None),
         }
+    }
+}
+
+/// A settled movement as its caller's answer: a rejection is the rejection.
+fn outcome(movement: MovementView, replayed: bool) -> Result<Posted, LedgerError> {
+    match (&movement.status, &movement.rejection_opt) {
+        (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
+        _ => Ok(Posted { movement, replayed }),
     }
 }

@@ -59,7 +59,7 @@ use crate::{
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
-    movements::{Claim, MovementCell, MovementTable, Settlement},
+    movements::{Claim, MovementCell, MovementTable, Settle, Settlement},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
     transfer::{self, Next, Phase},

@@ -163,7 +163,7 @@ impl Node {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.transfer_turn(shard, t, cell, false)? {
+            match self.transfer_turn(shard, t, cell, Settle::ByCaller)? {
                 InShard::Done(status, ticket) => break (status, ticket),
                 InShard::Full => room.await,
             }
@@ -193,8 +193,8 @@ impl Node {
             return Some(Err(r.into()));
         }
         let shard = &self.shards[index];
-        let _permit = match self.in_flight_permit() {
-            Ok(p) => p,
+        let mut permit_opt = match self.in_flight_permit() {
+            Ok(p) => Some(p),
             Err(e) => return Some(Err(e)),
         };
         let cell = match self
@@ -214,7 +214,7 @@ impl Node {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.transfer_turn(shard, t, &cell, true) {
+            match self.transfer_turn(shard, t, &cell, Settle::ByShard(&mut permit_opt)) {
                 Ok(InShard::Full) => room.await,
                 Ok(InShard::Done(..)) => break Ok(()),
                 Err(e) => break Err(e),
@@ -224,16 +224,7 @@ impl Node {
         if let Err(e) = turn {
             return Some(Err(e));
         }
-        Some(match cell.settled(&self.health.any_failed).await {
-            Ok(movement) => match (&movement.status, &movement.rejection_opt) {
-                (MovementStatus::Rejected, Some(r)) => Err(LedgerError::Rejected(r.clone())),
-                _ => Ok(Posted {
-                    movement,
-                    replayed: false,
-                }),
-            },
-            Err(e) => Err(e),
-        })
+        Some(self.settled(&cell).await)
     }
 
     /// The turn of a transfer within one shard (one event, see
@@ -244,7 +235,7 @@ impl Node {
         shard: &ShardCore,
         t: &Transfer,
         cell: &Arc<MovementCell>,
-        settle: bool,
+        settle: Settle<'_>,
     ) -> Result<InShard, LedgerError> {
         Self::transfer_turn_locked(
             &mut shard.slots.lock(),
@@ -267,7 +258,7 @@ impl Node {
         shard: &ShardCore,
         t: &Transfer,
         cell: &Arc<MovementCell>,
-        settle: bool,
+        settle: Settle<'_>,
         now: Timestamp,
     ) -> Result<InShard, LedgerError> {
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
@@ -299,12 +290,13 @@ impl Node {
                 slot.last_lsn = ticket.lsn;
             }
         }
-        if settle {
+        if let Settle::ByShard(permit_opt) = settle {
             shard.log.settle_at(
                 ticket.lsn,
                 Settlement {
                     cell: cell.clone(),
                     outcome: status.clone().map(|()| None),
+                    in_flight_opt: permit_opt.take(),
                 },
             );
         }
