@@ -96,9 +96,9 @@ impl Ledger {
 
     /// Opens an account. Returns the account and `true` when it was created now, `false` when an
     /// identical account already existed; `AccountExists` when it exists with other parameters.
+    /// Once recorded, the opening is written whether or not the caller still waits.
     pub async fn open_account(&self, cmd: OpenAccount) -> Result<(AccountView, bool), LedgerError> {
-        let node = self.inner.clone();
-        detached(async move { node.open_account(cmd).await }, Err).await
+        self.inner.open_account(cmd).await
     }
 
     /// Returns an account as of durable state.

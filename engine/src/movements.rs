@@ -265,15 +265,19 @@ impl MovementTable {
     }
 }
 
-/// A movement's outcome, set once the record that decides it is durable: by the shard's log
-/// writer ([`crate::log::ShardLog::settle_at`]), so that a movement whose turn ran is owned by
-/// its shard and settles even when its caller stopped waiting.
+/// A movement's outcome: committed (with the balance after it, for an entry), or rejected.
+pub(crate) type Outcome = Result<Option<i64>, Rejection>;
+
+/// What a shard does once a record is durable, on behalf of a write whose turn appended it:
+/// settle the movement the record decides, and end the write (its place among the node's
+/// `in_flight_max`). Done by the shard's log writer ([`crate::log::ShardLog::settle_at`]), so
+/// that a write whose turn ran is owned by its shard and ends even when its caller stopped
+/// waiting: it still counts against `in_flight_max` until then.
 pub(crate) struct Settlement {
-    pub(crate) cell: Arc<MovementCell>,
-    /// Committed (with the balance after it, for an entry), or rejected.
-    pub(crate) outcome: Result<Option<i64>, Rejection>,
-    /// The write's place among the node's `in_flight_max`, held until the movement settles:
-    /// a write whose caller stopped waiting still counts until it ends.
+    /// The movement the record decides and its outcome. None for a write that is not a
+    /// movement (an opening).
+    pub(crate) movement_opt: Option<(Arc<MovementCell>, Outcome)>,
+    /// The write's in-flight permit.
     pub(crate) in_flight_opt: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -289,15 +293,15 @@ pub(crate) enum Settle<'a> {
 impl Settlement {
     pub(crate) fn settle(self) {
         let Settlement {
-            cell,
-            outcome,
+            movement_opt,
             in_flight_opt,
         } = self;
-        match outcome {
-            Ok(balance_after_opt) => {
+        match movement_opt {
+            Some((cell, Ok(balance_after_opt))) => {
                 cell.finish(MovementStatus::Committed, None, balance_after_opt)
             }
-            Err(r) => cell.finish(MovementStatus::Rejected, Some(r), None),
+            Some((cell, Err(r))) => cell.finish(MovementStatus::Rejected, Some(r), None),
+            None => {}
         }
         // The write has ended: its place among the writes in flight is free.
         drop(in_flight_opt);

@@ -45,7 +45,7 @@ impl Node {
             }
             .into());
         }
-        let _permit = self.in_flight_permit()?;
+        let mut permit_opt = Some(self.in_flight_permit()?);
         let shard = self.shard(&cmd.account_id);
         loop {
             let room = shard.log.room();
@@ -60,6 +60,15 @@ impl Node {
                     return Err(Rejection::AccountExists.into());
                 }
                 OpenStep::Created(view, ticket) => {
+                    // The opening is recorded: the shard ends the write once it is durable,
+                    // whether or not this caller still waits.
+                    shard.log.settle_at(
+                        ticket.lsn,
+                        Settlement {
+                            movement_opt: None,
+                            in_flight_opt: permit_opt.take(),
+                        },
+                    );
                     ticket.durable().await?;
                     return Ok((view, true));
                 }
@@ -191,8 +200,7 @@ impl Node {
         shard.log.settle_at(
             ticket.lsn,
             Settlement {
-                cell: cell.clone(),
-                outcome,
+                movement_opt: Some((cell.clone(), outcome)),
                 in_flight_opt: permit_opt.take(),
             },
         );

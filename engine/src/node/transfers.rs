@@ -294,8 +294,7 @@ impl Node {
             shard.log.settle_at(
                 ticket.lsn,
                 Settlement {
-                    cell: cell.clone(),
-                    outcome: status.clone().map(|()| None),
+                    movement_opt: Some((cell.clone(), status.clone().map(|()| None))),
                     in_flight_opt: permit_opt.take(),
                 },
             );
