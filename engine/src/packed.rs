@@ -229,8 +229,8 @@ impl<V: DeserializeOwned> Packed<V> {
     /// Adds `value`, which no value here has the key of (the caller checked), encoded at the
     /// end of the open buffer.
     pub fn push<S: Serialize>(&mut self, value: &S) {
-        let scratch = std::mem::take(&mut self.scratch);
-        self.scratch = postcard::to_extend(value, scratch).expect("a value serializes");
+        encode(&mut self.scratch, value);
+        // An entry never spans two buffers: its length prefix takes at most 10 bytes.
         let need = self.scratch.len() + 10;
         if self.bufs.open.len() + need > self.bufs.open.capacity() {
             self.bufs.freeze();
@@ -238,14 +238,12 @@ impl<V: DeserializeOwned> Packed<V> {
         }
         let number = u64::try_from(self.bufs.frozen.len()).expect("a handful of buffers");
         let at = self.bufs.open.len();
-        put_varint(&mut self.bufs.open, self.scratch.len() as u64);
-        self.bufs.open.extend_from_slice(&self.scratch);
+        put_encoded(&mut self.bufs.open, &self.scratch);
         self.bytes += self.bufs.open.len() - at;
         let hash = hash_of(
             &self.hasher,
             key_of(&self.scratch).expect("a value starts with its key"),
         );
-        self.scratch.clear();
         let (bufs, hasher) = (&self.bufs, &self.hasher);
         self.index
             .insert_unique(hash, (number << OFFSET_BITS) | at as u64, |&l| {
@@ -508,10 +506,20 @@ pub fn write_section<S: Serialize, V>(
 /// Appends `value`'s entry (its length, then its encoding) to `out`, encoding it in
 /// `scratch`, which holds the encoding afterwards.
 fn put_entry<S: Serialize>(out: &mut Vec<u8>, scratch: &mut Vec<u8>, value: &S) {
+    encode(scratch, value);
+    put_encoded(out, scratch);
+}
+
+/// Encodes `value` into `scratch`, replacing what it held.
+fn encode<S: Serialize>(scratch: &mut Vec<u8>, value: &S) {
     scratch.clear();
     *scratch = postcard::to_extend(value, std::mem::take(scratch)).expect("a value serializes");
-    put_varint(out, scratch.len() as u64);
-    out.extend_from_slice(scratch);
+}
+
+/// Appends the entry of an encoded value: its length, then the encoding.
+fn put_encoded(out: &mut Vec<u8>, encoded: &[u8]) {
+    put_varint(out, encoded.len() as u64);
+    out.extend_from_slice(encoded);
 }
 
 fn put_varint(out: &mut Vec<u8>, n: u64) {

@@ -30,6 +30,8 @@ impl SnapshotPriority {
     /// Gives the calling thread this priority. Lowering a thread's priority needs no
     /// privilege, raising it does (`CAP_SYS_NICE`, or `RLIMIT_NICE`): returns whether it took.
     pub(crate) fn apply_to_this_thread(self) -> bool {
+        // Nice 10 under either policy, so that a thread moved from idle to `SCHED_OTHER`
+        // later lands at nice 10, not at the request path's priority.
         // SAFETY: plain system calls on the calling thread; `param` outlives the call.
         unsafe {
             let tid = libc::gettid();
@@ -118,19 +120,18 @@ impl Node {
                 } = *shard.last_snapshot.lock();
                 let durable = shard.log.durable_lsn();
                 // 0 turns a trigger off (both 0: a `saldo snapshotter` beside the node does it).
+                let due_after =
+                    snapshot_due_after_events(self.config.snapshot_every_events, entries);
                 let due_by_count = self.config.snapshot_every_events > 0
-                    && durable.saturating_sub(lsn)
-                        >= snapshot_due_after_events(self.config.snapshot_every_events, entries);
+                    && durable.saturating_sub(lsn) >= due_after;
                 let due_by_time = self.config.snapshot_interval_ms > 0
                     && durable > lsn
                     && at_opt.is_none_or(|t| {
                         t.elapsed() >= Duration::from_millis(self.config.snapshot_interval_ms)
                     });
                 if due_by_count || due_by_time {
-                    let priority = SnapshotPriority::for_tail(
-                        durable.saturating_sub(lsn),
-                        snapshot_due_after_events(self.config.snapshot_every_events, entries),
-                    );
+                    let priority =
+                        SnapshotPriority::for_tail(durable.saturating_sub(lsn), due_after);
                     match self
                         .clone()
                         .snapshot_on_own_thread(shard.clone(), priority)
