@@ -11,6 +11,9 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
+use crate::history::History;
+pub use crate::history::HistoryRow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -38,20 +41,6 @@ pub enum AccountCommand {
     Release(MovementId, Rejection),
     /// An external credit or debit.
     Entry(Entry),
-}
-
-/// One row of history kept in memory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryRow {
-    seq: u64,
-    movement_id: MovementId,
-    counterparty_opt: Option<AccountId>,
-    description_opt: Option<Arc<str>>,
-    amount_minor: i64,
-    balance_after_minor: i64,
-    at: Timestamp,
-    direction: Direction,
-    is_transfer: bool,
 }
 
 /// One day with movements: what the daily report is made of.
@@ -99,13 +88,73 @@ pub struct AccountState {
     /// Open holds (transfers in flight from this account), oldest first.
     holds: Vec<Hold>,
     num_movements: u64,
-    /// The newest `movements_window` rows, oldest first.
-    history: VecDeque<HistoryRow>,
+    /// The newest `movements_window` rows, oldest first, encoded ([`History`]).
+    history: History,
     /// One entry per day with movements, oldest first.
     days: Vec<DayTotals>,
     /// Credits promised to atomic batches past their commit point and not yet applied.
     #[serde(skip)]
     incoming: Incoming,
+}
+
+/// An account's state as snapshot formats 1 to 3 encoded it: its history as decoded rows.
+/// A restore from such a snapshot converts it ([`History::from_rows`]).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Clone, Serialize))]
+pub(crate) struct LegacyAccountState {
+    id: AccountId,
+    currency: Currency,
+    overdraft_limit_minor: i64,
+    metadata_opt: Option<Box<str>>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    balance_minor: i64,
+    held_minor: i64,
+    holds: Vec<Hold>,
+    num_movements: u64,
+    history: VecDeque<HistoryRow>,
+    days: Vec<DayTotals>,
+}
+
+impl From<LegacyAccountState> for AccountState {
+    fn from(s: LegacyAccountState) -> AccountState {
+        AccountState {
+            id: s.id,
+            currency: s.currency,
+            overdraft_limit_minor: s.overdraft_limit_minor,
+            metadata_opt: s.metadata_opt,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            balance_minor: s.balance_minor,
+            held_minor: s.held_minor,
+            holds: s.holds,
+            num_movements: s.num_movements,
+            history: History::from_rows(&s.history),
+            days: s.days,
+            incoming: Incoming(0),
+        }
+    }
+}
+
+/// The state as snapshot formats 1 to 3 encoded it (tests write such snapshots).
+#[cfg(test)]
+impl From<&AccountState> for LegacyAccountState {
+    fn from(s: &AccountState) -> LegacyAccountState {
+        LegacyAccountState {
+            id: s.id.clone(),
+            currency: s.currency,
+            overdraft_limit_minor: s.overdraft_limit_minor,
+            metadata_opt: s.metadata_opt.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            balance_minor: s.balance_minor,
+            held_minor: s.held_minor,
+            holds: s.holds.clone(),
+            num_movements: s.num_movements,
+            history: s.history.rows().collect(),
+            days: s.days.clone(),
+        }
+    }
 }
 
 /// Room reserved for credits that must not be refused later: an atomic batch reserves its
@@ -140,7 +189,7 @@ impl AccountState {
             held_minor: 0,
             holds: Vec::new(),
             num_movements: 0,
-            history: VecDeque::new(),
+            history: History::default(),
             days: Vec::new(),
             incoming: Incoming(0),
         }
@@ -545,30 +594,20 @@ impl AccountState {
         today.closing_minor = self.balance_minor;
         if movements_window > 0 {
             let (movement_id, counterparty_opt, description_opt, is_transfer) = row();
-            if self.history.len() >= movements_window {
-                self.history.pop_front();
-            }
-            let len = self.history.len();
-            if len == self.history.capacity() {
-                // One row for an account's first movement (most accounts are idle, and memory
-                // per idle account counts), then by half again, at least 4 rows, up to the
-                // window: 8 moves of the rows on the way to 100 instead of 25, and at most a
-                // third of the capacity unused.
-                let grow = if len == 0 { 1 } else { (len / 2).max(4) };
-                self.history
-                    .reserve_exact(grow.min(movements_window.saturating_sub(len)).max(1));
-            }
-            self.history.push_back(HistoryRow {
-                seq: self.num_movements,
-                movement_id,
-                counterparty_opt,
-                description_opt,
-                amount_minor,
-                balance_after_minor: self.balance_minor,
-                at,
-                direction,
-                is_transfer,
-            });
+            self.history.push(
+                &HistoryRow {
+                    seq: self.num_movements,
+                    movement_id,
+                    counterparty_opt,
+                    description_opt,
+                    amount_minor,
+                    balance_after_minor: self.balance_minor,
+                    at,
+                    direction,
+                    is_transfer,
+                },
+                movements_window,
+            );
         }
         Ok(())
     }
@@ -628,16 +667,15 @@ impl AccountState {
         let below = cursor_opt.unwrap_or(u64::MAX);
         let rows: Vec<MovementRow> = self
             .history
-            .iter()
-            .rev()
+            .rows_newest_first()
             .filter(|r| r.seq < below)
             .take(limit)
             .map(|r| MovementRow {
                 seq: r.seq,
-                movement_id: r.movement_id.clone(),
+                movement_id: r.movement_id,
                 is_transfer: r.is_transfer,
                 direction: r.direction,
-                counterparty_opt: r.counterparty_opt.clone(),
+                counterparty_opt: r.counterparty_opt,
                 amount_minor: r.amount_minor,
                 balance_after_minor: r.balance_after_minor,
                 at: r.at,
@@ -646,7 +684,7 @@ impl AccountState {
             .collect();
         let oldest_in_memory = self
             .history
-            .front()
+            .oldest()
             .map_or(self.num_movements.saturating_add(1), |r| r.seq);
         let next_cursor_opt = match rows.last() {
             Some(last) if rows.len() == limit && last.seq > oldest_in_memory => Some(last.seq),

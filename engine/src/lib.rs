@@ -41,6 +41,7 @@ pub mod clock;
 pub mod currency;
 pub mod event;
 pub mod format;
+pub mod history;
 mod host;
 pub mod ledger;
 pub mod limits;

@@ -6,7 +6,7 @@
 //! A movement's *home* is the shard of its debit account (transfers) or of its account
 //! (entries): that shard's stream holds the hold, the commit or release, and the rejections.
 
-use std::sync::Arc;
+use std::{ops::Range, sync::Arc};
 
 use bytes::Bytes;
 
@@ -134,8 +134,9 @@ pub struct FoldError {
     pub chain: bool,
 }
 
-/// The state of one shard as of a stream position.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The state of one shard as of a stream position. It decodes from snapshot format 1 (the
+/// whole state as one postcard value); formats 3 and 4 go through [`ShardState::encode`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct ShardState {
     /// The shard.
     pub shard: u32,
@@ -254,8 +255,16 @@ where
 ///   accounts and the movements as sections of [`crate::packed`]: each value on its own,
 ///   behind its length. Restore indexes the sections without decoding them (the accounts
 ///   and movements stay packed until something changes them), and a snapshot copies the
-///   entries nobody changed since the one it was folded from.
-const SNAPSHOT_FORMAT: u32 = 3;
+///   entries nobody changed since the one it was folded from (still read: each account is
+///   decoded and encoded again as format 4's, once).
+/// - 4: as format 3, with each account's history as its rows' bytes
+///   ([`crate::history::History`]) instead of a sequence of rows, so that changing or
+///   writing an account never decodes its rows.
+const SNAPSHOT_FORMAT: u32 = 4;
+
+/// Loads the accounts' section of a snapshot of format 3 or 4 (a buffer, where the section
+/// lies in it, the accounts with an open hold).
+type LoadAccounts = fn(Bytes, Range<usize>, &[AccountId]) -> Result<AccountTable, String>;
 
 /// The header of a format 3 snapshot: everything but the two sections, and where they lie.
 #[derive(Serialize, Deserialize)]
@@ -484,13 +493,21 @@ impl ShardState {
                 .map_err(|e| e.to_string())?
                 .state),
             2 => Self::decode_sections(&bytes, movements_room),
-            SNAPSHOT_FORMAT => Self::decode_packed(bytes, movements_room),
+            3 => Self::decode_packed(bytes, movements_room, AccountTable::load_legacy_section),
+            SNAPSHOT_FORMAT => {
+                Self::decode_packed(bytes, movements_room, AccountTable::load_section)
+            }
             other => Err(format!("unknown snapshot format {other}")),
         }
     }
 
-    /// Decodes a format 3 snapshot: its header, and an index of each section, on two threads.
-    fn decode_packed(bytes: Bytes, movements_room: usize) -> Result<ShardState, String> {
+    /// Decodes a format 3 or 4 snapshot: its header, and an index of each section, on two
+    /// threads. `load_accounts` loads the accounts' section of the format.
+    fn decode_packed(
+        bytes: Bytes,
+        movements_room: usize,
+        load_accounts: LoadAccounts,
+    ) -> Result<ShardState, String> {
         let (header, rest) = postcard::take_from_bytes::<
             SnapshotHeader3<HashSet<MovementId>, Vec<AccountId>>,
         >(&bytes)
@@ -501,7 +518,7 @@ impl ShardState {
         let (accounts, movements) = crate::threads::join(
             "snapshot-decode",
             || {
-                AccountTable::load_section(
+                load_accounts(
                     bytes.clone(),
                     start..start + accounts_len,
                     &header.held_accounts,
@@ -770,7 +787,10 @@ mod tests {
     use saldo_persistence::record;
 
     use super::*;
-    use crate::types::{Currency, Entry, EntryKind, OpenAccount};
+    use crate::{
+        account::LegacyAccountState,
+        types::{Currency, Entry, EntryKind, OpenAccount},
+    };
 
     fn opening(id: &str) -> Event {
         Event::AccountOpened {
@@ -999,19 +1019,78 @@ mod tests {
         assert!(e.reason.contains("unknown account"), "{e}");
     }
 
+    /// The accounts as snapshot formats 1 and 2 encoded them: a map from ID to
+    /// [`LegacyAccountState`] (histories as decoded rows).
+    struct LegacyTable<'a>(&'a AccountTable);
+
+    impl Serialize for LegacyTable<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for state in self.0.values() {
+                map.serialize_entry(state.id(), &LegacyAccountState::from(&*state))?;
+            }
+            map.end()
+        }
+    }
+
     #[test]
     fn a_snapshot_decodes_in_every_format_and_a_section_length_that_lies_is_refused() {
         let mut state = ShardState::empty(0, 100);
         state.apply(&opening("a"));
         state.apply(&opening("b"));
         state.apply(&credit("e1", 500, 500));
-        state.lsn = 3;
+        state.apply(&credit("e2", 250, 750));
+        state.lsn = 4;
         state.credited.insert(MovementId::new("t9").unwrap());
-        let v3 = state.encode();
-        assert_eq!(ShardState::decode(&v3).unwrap(), state);
-        // Format 2, as the previous release wrote it: a header, then the two maps whole.
+        let v4 = state.encode();
+        assert_eq!(ShardState::decode(&v4).unwrap(), state);
+        // Format 3, as the previous release wrote it: format 4's layout, each account's
+        // history as decoded rows.
+        let (mut accounts, mut movements) = (Vec::new(), Vec::new());
+        let legacy: Vec<LegacyAccountState> = state
+            .accounts
+            .values()
+            .map(|a| LegacyAccountState::from(&*a))
+            .collect();
+        crate::packed::write_section(
+            &mut accounts,
+            legacy.iter(),
+            &crate::packed::Packed::<LegacyAccountState>::default(),
+        );
+        state.movements.write_section(&mut movements);
+        let mut v3 = postcard::to_allocvec(&SnapshotHeader3 {
+            format: 3,
+            shard: state.shard,
+            lsn: state.lsn,
+            record_hash: state.record_hash,
+            credited: &state.credited,
+            batches_committed: &state.batches_committed,
+            movements_window: state.movements_window,
+            held_accounts: Vec::<AccountId>::new(),
+            accounts_bytes: accounts.len() as u64,
+            movements_bytes: movements.len() as u64,
+        })
+        .unwrap();
+        v3.extend(accounts);
+        v3.extend(movements);
+        let from_v3 = ShardState::decode(&v3).unwrap();
+        assert_eq!(from_v3, state);
+        assert_eq!(
+            from_v3
+                .accounts
+                .state(&AccountId::new("a").unwrap())
+                .unwrap()
+                .movements(10, None),
+            state
+                .accounts
+                .state(&AccountId::new("a").unwrap())
+                .unwrap()
+                .movements(10, None),
+        );
+        // Format 2, as the release before wrote it: a header, then the two maps whole.
         let (accounts, movements) = (
-            postcard::to_allocvec(&state.accounts).unwrap(),
+            postcard::to_allocvec(&LegacyTable(&state.accounts)).unwrap(),
             postcard::to_allocvec(&state.movements).unwrap(),
         );
         let mut v2 = postcard::to_allocvec(&SnapshotHeader {
@@ -1029,31 +1108,42 @@ mod tests {
         v2.extend(accounts);
         v2.extend(movements);
         assert_eq!(ShardState::decode(&v2).unwrap(), state);
-        // Format 1, as the previous release wrote it: the whole state as one value.
+        // Format 1, as the first release wrote it: the whole state as one value.
         #[derive(Serialize)]
         struct V1<'a> {
             format: u32,
-            state: &'a ShardState,
+            shard: u32,
+            lsn: Lsn,
+            record_hash: RecordHash,
+            accounts: LegacyTable<'a>,
+            movements: &'a MovementMap,
+            credited: &'a HashSet<MovementId>,
+            batches_committed: &'a HashSet<MovementId>,
+            movements_window: usize,
         }
-        let v1 = postcard::to_allocvec(&V1 {
-            format: 1,
-            state: &state,
-        })
-        .unwrap();
-        assert_eq!(ShardState::decode(&v1).unwrap(), state);
+        let v1_of = |format| {
+            postcard::to_allocvec(&V1 {
+                format,
+                shard: state.shard,
+                lsn: state.lsn,
+                record_hash: state.record_hash,
+                accounts: LegacyTable(&state.accounts),
+                movements: &state.movements,
+                credited: &state.credited,
+                batches_committed: &state.batches_committed,
+                movements_window: state.movements_window,
+            })
+            .unwrap()
+        };
+        assert_eq!(ShardState::decode(&v1_of(1)).unwrap(), state);
         // A header whose lengths do not match what follows: an error, not a panic.
-        for blob in [v2, v3] {
+        for blob in [v2, v3, v4] {
             let mut cut = blob.clone();
             cut.pop();
             let e = ShardState::decode(&cut).unwrap_err();
             assert!(e.contains("do not fill"), "{e}");
         }
-        let unknown = postcard::to_allocvec(&V1 {
-            format: 7,
-            state: &state,
-        })
-        .unwrap();
-        assert!(ShardState::decode(&unknown)
+        assert!(ShardState::decode(&v1_of(7))
             .unwrap_err()
             .contains("unknown snapshot format 7"));
     }

@@ -8,18 +8,23 @@
 //! accounts copied each state twice more, and a bucket of a map from ID to slot would take 40
 //! bytes. The hash is foldhash, seeded per process against flooding.
 //!
-//! It encodes as a map from ID to state, as `HashMap<AccountId, AccountState>` did (snapshot
-//! formats 1 and 2 are unchanged).
+//! Snapshot formats 1 and 2 encoded it as a map from ID to state, as `HashMap<AccountId,
+//! AccountState>` did, with each history as decoded rows: it decodes from that
+//! ([`crate::account::LegacyAccountState`]). Formats 3 and 4 write it as a section of
+//! [`crate::packed`] ([`AccountTable::write_section`]).
 //!
 //! [`ShardState`]: crate::state::ShardState
 
 use std::{borrow::Cow, fmt};
 
 use saldo_persistence::Lsn;
-use serde::{de, ser::SerializeMap, Deserialize, Serialize};
+use serde::{de, Deserialize};
 
 use crate::{
-    account::AccountState, limits::SNAPSHOT_MAP_PRESIZE_MAX, packed::Packed, types::AccountId,
+    account::{AccountState, LegacyAccountState},
+    limits::SNAPSHOT_MAP_PRESIZE_MAX,
+    packed::Packed,
+    types::AccountId,
 };
 
 /// The accounts of a shard, each in its [`Slot`], or packed.
@@ -252,7 +257,36 @@ impl AccountTable {
         crate::packed::write_section(out, self.slotted(), &self.packed);
     }
 
-    /// Returns the table of a section of snapshot format 3 at `range` of `buf`, every account
+    /// Returns the table of a section of snapshot format 3 at `range` of `buf` (its states
+    /// [`LegacyAccountState`]s), every account packed but those of `held`, which are decoded
+    /// into slots. Every state is decoded and encoded again in today's encoding, once.
+    pub(crate) fn load_legacy_section(
+        buf: bytes::Bytes,
+        range: std::ops::Range<usize>,
+        held: &[AccountId],
+    ) -> Result<AccountTable, String> {
+        let mut legacy = Packed::<LegacyAccountState>::default();
+        legacy.load(buf, range)?;
+        let mut table = AccountTable::with_capacity(legacy.len());
+        for state in legacy.drain() {
+            let state = AccountState::from(state);
+            let id = state.id().clone();
+            if table.try_insert(Slot::new(state, 0)).is_err() {
+                return Err(format!("account {id} twice"));
+            }
+        }
+        for id in held {
+            if table.state(id).is_none() {
+                return Err(format!(
+                    "account {id} with an open hold is not in the snapshot"
+                ));
+            }
+        }
+        table.pack();
+        Ok(table)
+    }
+
+    /// Returns the table of a section of snapshot format 4 at `range` of `buf`, every account
     /// packed but those of `held` (the accounts with an open hold), which are decoded into
     /// slots.
     pub(crate) fn load_section(
@@ -303,23 +337,14 @@ impl fmt::Debug for AccountTable {
     }
 }
 
-impl Serialize for AccountTable {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.len()))?;
-        for state in self.values() {
-            map.serialize_entry(state.id(), &*state)?;
-        }
-        map.end()
-    }
-}
-
 impl<'de> Deserialize<'de> for AccountTable {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(TableVisitor)
     }
 }
 
-/// Decodes a table presized to the count of accounts its encoding announces, up to
+/// Decodes a table of snapshot format 1 or 2 (a map from ID to [`LegacyAccountState`]),
+/// presized to the count of accounts its encoding announces, up to
 /// [`SNAPSHOT_MAP_PRESIZE_MAX`] (past that it grows as accounts come). An ID that is not the
 /// ID of its state, or an ID twice, is an error: the table is keyed by the state's ID.
 struct TableVisitor;
@@ -335,7 +360,8 @@ impl<'de> de::Visitor<'de> for TableVisitor {
             .unwrap_or(0)
             .min(SNAPSHOT_MAP_PRESIZE_MAX);
         let mut table = AccountTable::with_capacity(announced);
-        while let Some((id, state)) = access.next_entry::<AccountId, AccountState>()? {
+        while let Some((id, state)) = access.next_entry::<AccountId, LegacyAccountState>()? {
+            let state = AccountState::from(state);
             if state.id() != &id {
                 return Err(de::Error::custom(format!(
                     "account {id} holds the state of account {}",
@@ -368,30 +394,27 @@ mod tests {
     }
 
     #[test]
-    fn a_table_encodes_as_a_map_and_refuses_an_id_that_is_not_its_states() {
+    fn a_table_decodes_from_a_map_and_refuses_an_id_that_is_not_its_states() {
         let mut table = AccountTable::default();
         table.insert(Slot::new(account("a"), 7));
         table.insert(Slot::new(account("b"), 0));
-        // The encoding of a map from ID to state, as the snapshot formats have it.
-        let as_map: std::collections::BTreeMap<AccountId, AccountState> = table
+        // A map from ID to state, as snapshot formats 1 and 2 have it.
+        let legacy = |a: &AccountState| LegacyAccountState::from(a);
+        let as_map: std::collections::BTreeMap<AccountId, LegacyAccountState> = table
             .values()
-            .map(|a| (a.id().clone(), a.into_owned()))
+            .map(|a| (a.id().clone(), legacy(&a)))
             .collect();
-        let bytes = postcard::to_allocvec(&table).unwrap();
-        let decoded: AccountTable = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(decoded, table);
-        assert_eq!(postcard::to_allocvec(&as_map).unwrap().len(), bytes.len());
         assert_eq!(
             postcard::from_bytes::<AccountTable>(&postcard::to_allocvec(&as_map).unwrap()).unwrap(),
             table
         );
         // A key that is not the ID of its state, and an ID twice: errors, not a wrong table.
         let mut wrong = std::collections::BTreeMap::new();
-        wrong.insert(AccountId::new("x").unwrap(), account("a"));
+        wrong.insert(AccountId::new("x").unwrap(), legacy(&account("a")));
         let e = postcard::from_bytes::<AccountTable>(&postcard::to_allocvec(&wrong).unwrap())
             .unwrap_err();
         assert!(matches!(e, postcard::Error::SerdeDeCustom), "{e}");
-        let twice = vec![(AccountId::new("a").unwrap(), account("a")); 2];
+        let twice = vec![(AccountId::new("a").unwrap(), legacy(&account("a"))); 2];
         let mut encoded = postcard::to_allocvec(&(twice.len() as u32)).unwrap();
         for (id, state) in &twice {
             encoded.extend(postcard::to_allocvec(&(id, state)).unwrap());
