@@ -487,15 +487,23 @@ impl Wal for LocalFileWal {
         if self.read_only {
             return Ok(());
         }
-        let mut index = self.shard(shard)?.state.index.lock();
-        // Never remove the segment open for appends (the writer touches no other).
-        while index.segments.len() > 1
-            && index.segments[0]
-                .records
-                .last()
-                .is_some_and(|r| r.last_lsn <= lsn)
-        {
-            let seg = index.segments.remove(0);
+        // The segments leave the index under its lock, and their files are removed after it
+        // is released: the writer takes the lock after every append, and a prune runs on a
+        // snapshot's thread, at idle priority. Holding the lock through the removals stalled
+        // every group commit until the busy node gave that thread the CPU back (p99 of 20-40
+        // ms at the end of each snapshot, at 40,000 transfers/s).
+        let pruned: Vec<_> = {
+            let mut index = self.shard(shard)?.state.index.lock();
+            // Never remove the segment open for appends (the writer touches no other).
+            let covered = index
+                .segments
+                .iter()
+                .take(index.segments.len().saturating_sub(1))
+                .take_while(|seg| seg.records.last().is_some_and(|r| r.last_lsn <= lsn))
+                .count();
+            index.segments.drain(..covered).collect()
+        };
+        for seg in pruned {
             fs::remove_file(&seg.path).map_err(io_err)?;
             tracing::info!(shard, file = %seg.path.display(), "pruned stream segment covered by a snapshot");
         }
