@@ -275,9 +275,14 @@ async fn batch_round(ledger: Ledger, tag: u64, iters: u64, totals: Arc<Mutex<Tot
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    // As `saldo serve`'s `#[tokio::main]`: one worker thread per core.
+    // As `saldo serve`'s (gateway/src/main.rs): its allocator setting first (no other thread
+    // allocates yet), one worker thread per core, and its memory hooks.
+    gateway::memory::purge_freed_memory_late();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(gateway::memory::on_worker_idle)
+        .on_thread_stop(gateway::memory::on_thread_stop)
+        .thread_keep_alive(gateway::memory::BLOCKING_THREAD_KEEP_ALIVE)
         .build()
         .expect("the runtime starts")
 }

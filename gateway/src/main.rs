@@ -11,6 +11,8 @@ use gateway::cli::{Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // Freed memory is reused for a while before it goes back to the OS (gateway::memory).
+    gateway::memory::purge_freed_memory_late();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Freed memory goes back to the OS when a worker idles, and when an idle blocking

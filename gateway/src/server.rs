@@ -460,6 +460,10 @@ pub async fn run(
             tokio::spawn(async move {
                 freeing.restore_freed().await;
                 crate::memory::release_freed_memory();
+                // What is freed just after (buffers of blocking threads as they stop, a
+                // worker's late frees) goes back then too, not after the purge delay.
+                tokio::time::sleep(crate::memory::RELEASE_AGAIN_AFTER).await;
+                crate::memory::release_freed_memory();
             });
             state.set_ledger(ledger);
             crate::memory::release_freed_memory();
