@@ -91,22 +91,19 @@ impl History {
             self.bytes.drain(..self.start);
             self.start = 0;
         }
-        let mut encoded = [0u8; ROW_STACK_BYTES];
-        match postcard::to_slice(row, &mut encoded) {
-            Ok(encoded) => {
-                let encoded: &[u8] = encoded;
-                self.reserve_for(encoded.len());
-                put_varint(&mut self.bytes, encoded.len());
-                self.bytes.extend_from_slice(encoded);
-            }
+        let mut on_stack = [0u8; ROW_STACK_BYTES];
+        let on_heap;
+        let encoded: &[u8] = match postcard::to_slice(row, &mut on_stack) {
+            Ok(encoded) => encoded,
             // A long description: encoded on the heap.
             Err(_) => {
-                let encoded = postcard::to_allocvec(row).expect("a row serializes");
-                self.reserve_for(encoded.len());
-                put_varint(&mut self.bytes, encoded.len());
-                self.bytes.extend_from_slice(&encoded);
+                on_heap = postcard::to_allocvec(row).expect("a row serializes");
+                &on_heap
             }
-        }
+        };
+        self.reserve_for(encoded.len());
+        put_varint(&mut self.bytes, encoded.len());
+        self.bytes.extend_from_slice(encoded);
         self.len += 1;
     }
 
