@@ -317,6 +317,17 @@ where
     });
     group.finish();
     let bench = bench_opt?;
+    // Where a caller's time goes: how large the group commits were and how long their
+    // appends (write + fdatasync) took.
+    let stats = bench.ledger.stats();
+    let batches = stats.wal_batches_total.max(1);
+    println!(
+        "inproc_{name}_group_commits={} events_per_group={:.0} append_us_mean={:.0} snapshots={}",
+        stats.wal_batches_total,
+        stats.wal_events_total as f64 / batches as f64,
+        stats.wal_append_latency_us_sum as f64 / batches as f64,
+        stats.snapshots_total
+    );
     rt.block_on(bench.ledger.shutdown());
     let totals = std::mem::replace(
         &mut *totals.lock().expect("no bench thread panicked"),
