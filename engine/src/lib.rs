@@ -46,7 +46,9 @@ mod host;
 pub mod ledger;
 pub mod limits;
 mod log;
-mod movements;
+/// The node's idempotency table. Public so that the crash simulation (`engine/tests/
+/// simulation.rs`) claims, settles and restores IDs through the same code as the node.
+pub mod movements;
 mod node;
 pub mod packed;
 pub mod process;

@@ -2,6 +2,8 @@
 //! movement's cell (its body, its status, and who waits for its outcome). Rule I3 (each ID
 //! takes effect at most once) starts here: a second request with a known ID waits for the
 //! first one's outcome, or conflicts.
+//!
+//! The table holds no clock and does no I/O: the node and the crash simulation drive it alike.
 
 use std::sync::Arc;
 
@@ -19,8 +21,9 @@ use crate::{
 };
 
 /// A transfer or entry known to the node.
-pub(crate) struct MovementCell {
-    pub(crate) body: MovementBody,
+pub struct MovementCell {
+    /// The request that claimed the ID (what a retry is compared with).
+    pub body: MovementBody,
     pub(crate) state: Mutex<CellState>,
     done: Notify,
 }
@@ -53,7 +56,8 @@ impl MovementCell {
         })
     }
 
-    pub(crate) fn view(&self) -> MovementView {
+    /// The movement as a read or a replay answers it.
+    pub fn view(&self) -> MovementView {
         let s = self.state.lock().clone();
         MovementView {
             body: self.body.clone(),
@@ -65,7 +69,7 @@ impl MovementCell {
     }
 
     /// Sets the creation time and place to those of the movement's first record.
-    pub(crate) fn recorded_at(&self, at: Timestamp, shard: usize, lsn: Lsn) {
+    pub fn recorded_at(&self, at: Timestamp, shard: usize, lsn: Lsn) {
         let mut s = self.state.lock();
         s.created_at = at;
         s.recorded = true;
@@ -79,12 +83,24 @@ impl MovementCell {
     }
 
     /// Returns whether the movement is pending with nothing recorded (its ID may be freed).
-    pub(crate) fn unrecorded(&self) -> bool {
+    pub fn unrecorded(&self) -> bool {
         let s = self.state.lock();
         s.status == MovementStatus::Pending && !s.recorded
     }
 
-    pub(crate) fn finish(
+    /// Whether a request that reuses this movement's ID conflicts with it: `None` when it is
+    /// the same request (it gets the original's outcome), else the conflict.
+    pub fn conflict_with(&self, body: &MovementBody) -> Option<Rejection> {
+        (&self.body != body).then(|| Rejection::IdConflict {
+            fields: body_diff(&self.body, body)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        })
+    }
+
+    /// Settles the movement (committed or rejected for good) and wakes its waiters.
+    pub fn finish(
         &self,
         status: MovementStatus,
         rejection_opt: Option<Rejection>,
@@ -148,21 +164,25 @@ const MOVEMENT_STRIPES: usize = 64;
 /// cell per movement (a million cells took 340-490 ms on both cores), and an idle movement
 /// costs its encoding and a bucket of 8 bytes, not a cell with a lock and a waiter list (nor a
 /// boxed record of some 190 bytes, as before format 3).
-pub(crate) struct MovementTable {
+pub struct MovementTable {
     stripes: Vec<Mutex<FastMap<MovementId, Arc<MovementCell>>>>,
     restored: FastMap<MovementId, Box<MovementRecord>>,
     packed: Packed<PackedMovement>,
 }
 
-pub(crate) enum Claim {
+/// What claiming an ID found.
+pub enum Claim {
+    /// The ID was free: it is now this movement's, pending.
     New(Arc<MovementCell>),
+    /// The ID is known (pending or settled): the request is a retry, answered from the cell
+    /// ([`MovementCell::conflict_with`]), never run again.
     Existing(Arc<MovementCell>),
 }
 
 impl MovementTable {
     /// Returns the table of a node whose shards restored these movements (one map per shard;
     /// IDs are unique across shards, each movement has one home shard).
-    pub(crate) fn restored(shards: Vec<MovementMap>) -> MovementTable {
+    pub fn restored(shards: Vec<MovementMap>) -> MovementTable {
         let (mut maps, packs): (Vec<_>, Vec<_>) =
             shards.into_iter().map(MovementMap::into_parts).unzip();
         let mut packed = Packed::default();
@@ -234,10 +254,13 @@ impl MovementTable {
         stripe.insert(id.clone(), cell.clone());
         Some(cell)
     }
-    pub(crate) fn get(&self, id: &MovementId) -> Option<Arc<MovementCell>> {
+    /// The cell of a known movement (a restored one gets its cell on first sight).
+    pub fn get(&self, id: &MovementId) -> Option<Arc<MovementCell>> {
         self.cell_in(&mut self.stripe(id).lock(), id)
     }
-    pub(crate) fn claim(&self, id: &MovementId, body: &MovementBody, now: Timestamp) -> Claim {
+    /// Claims `id` for `body` at `now`: a new pending cell, or the existing one (pending or
+    /// settled) when the ID is known.
+    pub fn claim(&self, id: &MovementId, body: &MovementBody, now: Timestamp) -> Claim {
         let mut stripe = self.stripe(id).lock();
         if let Some(cell) = self.cell_in(&mut stripe, id) {
             return Claim::Existing(cell);
@@ -258,7 +281,7 @@ impl MovementTable {
         Claim::New(cell)
     }
     /// Drops a claim for which nothing was recorded, waking anyone waiting on it.
-    pub(crate) fn abandon(&self, id: &MovementId, cell: &MovementCell) {
+    pub fn abandon(&self, id: &MovementId, cell: &MovementCell) {
         cell.state.lock().abandoned = true;
         cell.done.notify_waiters();
         self.stripe(id).lock().remove(id);
@@ -305,6 +328,69 @@ impl Settlement {
         }
         // The write has ended: its place among the writes in flight is free.
         drop(in_flight_opt);
+    }
+}
+
+/// Returns the names of the fields where two transfers differ.
+fn transfer_diff(a: &Transfer, b: &Transfer) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.debit_account_id != b.debit_account_id {
+        out.push("from");
+    }
+    if a.credit_account_id != b.credit_account_id {
+        out.push("to");
+    }
+    if a.amount_minor != b.amount_minor {
+        out.push("amount");
+    }
+    if a.currency != b.currency {
+        out.push("currency");
+    }
+    if a.description_opt != b.description_opt {
+        out.push("description");
+    }
+    out
+}
+
+fn entry_diff(a: &Entry, b: &Entry) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.account_id != b.account_id {
+        out.push("account");
+    }
+    if a.kind != b.kind {
+        out.push("type");
+    }
+    if a.amount_minor != b.amount_minor {
+        out.push("amount");
+    }
+    if a.description_opt != b.description_opt {
+        out.push("description");
+    }
+    out
+}
+
+/// Returns the account a movement's ID belongs to: the account money leaves (a transfer's
+/// debit account) or the entry's account. A caller allowed to post the new request may act on
+/// it, so the gateway has checked that the caller covers it.
+fn owner(body: &MovementBody) -> &AccountId {
+    match body {
+        MovementBody::Transfer(t) => &t.debit_account_id,
+        MovementBody::Entry(e) => &e.account_id,
+    }
+}
+
+/// Returns the names of the fields where a request differs from the original movement of its
+/// ID — or none at all when the two belong to different accounts: the caller may be another
+/// tenant, who must learn nothing of the original (not even which fields differ) by guessing
+/// IDs. Either way the answer is a conflict and nothing changes (docs/api.md).
+fn body_diff(original: &MovementBody, new: &MovementBody) -> Vec<&'static str> {
+    if owner(original) != owner(new) {
+        return Vec::new();
+    }
+    match (original, new) {
+        (MovementBody::Transfer(a), MovementBody::Transfer(b)) => transfer_diff(a, b),
+        (MovementBody::Entry(a), MovementBody::Entry(b)) => entry_diff(a, b),
+        _ => vec!["kind"],
     }
 }
 

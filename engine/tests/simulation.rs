@@ -2,25 +2,37 @@
 //! tokio, one seeded PRNG. It drives the real pure core (`AccountState::decide/apply`), the
 //! engine's transfer step machine (`saldo_engine::transfer`: the phases, the durability rule
 //! between them, recovery's resumption and the one-event transfer within a shard, exactly as
-//! the node's coordinator and recovery drive them), the real stream record codec and the real
-//! shard fold (`ShardState::apply_record`) through random transfers, entries, atomic batches,
-//! group commits, snapshots and crashes. A crash drops every shard's unsynced events (each
-//! shard on its own, so one shard can keep what another lost) and may tear a shard's last
-//! record (half of it reaches the disk). Then it restores every shard from its newest snapshot
-//! plus its stream, resumes every open hold where the engine's recovery resumes it, and checks
-//! the five rules. A failure prints `SIM_SEED=…`; rerun with that environment variable to
-//! reproduce it.
+//! the node's coordinator and recovery drive them), the node's real idempotency table
+//! (`saldo_engine::movements`: every request claims its ID there first, retries are answered
+//! from it, and it is rebuilt from the restored shards after a crash as a node builds it at
+//! start), the real stream record codec and the real shard fold (`ShardState::apply_record`)
+//! through random transfers, entries, atomic batches, retries (the same request again, or
+//! another request under a known ID), group commits, snapshots and crashes. A crash drops
+//! every shard's unsynced events (each shard on its own, so one shard can keep what another
+//! lost) and may tear a shard's last record (half of it reaches the disk). Then it restores
+//! every shard from its newest snapshot plus its stream, resumes every open hold where the
+//! engine's recovery resumes it, and checks the five rules, I3 also on the durable streams
+//! (each ID decided by one record at most). A retry gets the outcome its first request got.
+//! A failure prints `SIM_SEED=…`; rerun with that environment variable to reproduce it.
 //!
-//! Mutation check: with the durability rule broken (no wait before a phase crosses to another
-//! shard), the first seed already creates money (`SIM_SEED=369104`, I1); the test
-//! `the_simulation_catches_a_phase_sent_before_its_record_is_durable` keeps that true.
+//! Mutation checks (each test below finds the first of the 200 seeds that catches its
+//! mutation; both are caught by the first seed, `SIM_SEED=369104`):
+//! - with the durability rule broken (no wait before a phase crosses to another shard) money
+//!   is created (I1): `the_simulation_catches_a_phase_sent_before_its_record_is_durable`;
+//! - with the claim blind to an ID whose first request is still pending (the pending-claim
+//!   check deleted) a retry runs a second time (I3: an ID recorded on two shards, or taking
+//!   effect twice on one): `the_simulation_catches_a_retry_run_while_its_first_request_is_pending`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use saldo_engine::{
     account::AccountCommand,
     event::{self, Event},
+    movements::{Claim, MovementCell, MovementTable},
     shard::shard_of,
     state::{digest, ShardState},
     transfer::{self, Next, Phase},
@@ -68,11 +80,15 @@ fn engine_rule(phase: &Phase, next: &Phase, t: &Transfer, num_shards: u32) -> bo
 struct InFlight {
     t: Transfer,
     stage: Stage,
+    /// The claim of the movement's ID in the node's table (settled with the answer).
+    cell: Arc<MovementCell>,
 }
 
 /// An atomic batch in flight: holds for all, then the decision record, then credits/commits.
 struct BatchFlight {
     ts: Vec<Transfer>,
+    /// The claims of the transfers' IDs.
+    cells: Vec<Arc<MovementCell>>,
     stage: BatchStage,
 }
 
@@ -96,6 +112,25 @@ struct Sim {
     next_id: u64,
     now: u64,
     durable_before: DurableBefore,
+    /// The node's idempotency table (the real one), rebuilt from the restored shards after
+    /// every crash as a node builds it at start.
+    movements: MovementTable,
+    /// Every single transfer and entry sent, for retries to pick from (an atomic batch is
+    /// retried as a whole or not at all, so its members are not among them).
+    sent: Vec<MovementBody>,
+    /// Retries of an ID whose first request is still pending: each waits for that outcome.
+    waiting_retries: Vec<(MovementId, Arc<MovementCell>)>,
+    /// Whether a claim finds an ID whose first request is still pending, as the table does.
+    /// The mutation check turns it off.
+    claim_sees_pending: bool,
+}
+
+/// The ID of a request body.
+fn id_of(body: &MovementBody) -> &MovementId {
+    match body {
+        MovementBody::Transfer(t) => &t.transfer_id,
+        MovementBody::Entry(e) => &e.entry_id,
+    }
 }
 
 fn shard_of_account(id: &AccountId) -> u32 {
@@ -125,6 +160,10 @@ impl Sim {
             next_id: 0,
             now: 1_700_000_000_000_000,
             durable_before: engine_rule,
+            movements: MovementTable::restored(Vec::new()),
+            sent: Vec::new(),
+            waiting_retries: Vec::new(),
+            claim_sees_pending: true,
         };
         for i in 0..NUM_ACCOUNTS {
             let id = AccountId::new(&format!("acct-{i}")).unwrap();
@@ -257,6 +296,88 @@ impl Sim {
         MovementId::new(&format!("m-{}", self.next_id)).unwrap()
     }
 
+    /// Claims a request's ID in the node's table, as the node does before anything runs:
+    /// the cell to go ahead with, or `None` when the ID is known (the request is a retry and
+    /// is answered from the first one's cell, never run again).
+    fn claim(&mut self, body: &MovementBody) -> Option<Arc<MovementCell>> {
+        let id = id_of(body);
+        match self.movements.claim(id, body, Timestamp(self.now)) {
+            Claim::New(cell) => Some(cell),
+            Claim::Existing(cell)
+                if !self.claim_sees_pending && cell.view().status == MovementStatus::Pending =>
+            {
+                // The mutation: a claim blind to a pending first request runs the retry.
+                self.movements.abandon(id, &cell);
+                match self.movements.claim(id, body, Timestamp(self.now)) {
+                    Claim::New(cell) => Some(cell),
+                    Claim::Existing(_) => unreachable!("the ID was just freed"),
+                }
+            }
+            Claim::Existing(cell) => {
+                match cell.conflict_with(body) {
+                    // Another request under a known ID: refused, and nothing runs.
+                    Some(conflict) => {
+                        assert!(matches!(conflict, Rejection::IdConflict { .. }));
+                    }
+                    None if cell.view().status == MovementStatus::Pending => {
+                        self.waiting_retries.push((id.clone(), cell));
+                    }
+                    None => self.answer_retry(id.clone(), &cell),
+                }
+                None
+            }
+        }
+    }
+
+    /// A retry whose first request is settled gets that outcome: the acknowledged one when
+    /// the first request was answered, and from now on an acknowledged one (I2 keeps it).
+    fn answer_retry(&mut self, id: MovementId, cell: &MovementCell) {
+        let committed = match cell.view().status {
+            MovementStatus::Committed => true,
+            MovementStatus::Rejected => false,
+            MovementStatus::Pending => unreachable!("answered once settled"),
+        };
+        let first = *self.acked.entry(id.clone()).or_insert(committed);
+        assert_eq!(first, committed, "I3: a retry of {id} got another outcome");
+    }
+
+    /// Answers the waiting retries whose first request is settled.
+    fn answer_waiting_retries(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting_retries);
+        for (id, cell) in waiting {
+            if cell.view().status == MovementStatus::Pending {
+                self.waiting_retries.push((id, cell));
+            } else {
+                self.answer_retry(id, &cell);
+            }
+        }
+    }
+
+    /// Sends again a request sent before: the same one (a client's retry) or, half the time,
+    /// another under the same ID (another debit account, or another amount).
+    fn retry(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut body = self.sent[self.rng.gen_range(0..self.sent.len())].clone();
+        if self.rng.gen_bool(0.5) {
+            match &mut body {
+                MovementBody::Transfer(t) => {
+                    let other = self.accounts[self.rng.gen_range(0..NUM_ACCOUNTS)].clone();
+                    if other != t.credit_account_id {
+                        t.debit_account_id = other;
+                    }
+                    t.amount_minor += 1;
+                }
+                MovementBody::Entry(e) => e.amount_minor += 1,
+            }
+        }
+        match body {
+            MovementBody::Transfer(t) => self.send_transfer(t),
+            MovementBody::Entry(e) => self.send_entry(e),
+        }
+    }
+
     fn start_transfer(&mut self) {
         let a = self.rng.gen_range(0..NUM_ACCOUNTS);
         let b = (a + self.rng.gen_range(1..NUM_ACCOUNTS)) % NUM_ACCOUNTS;
@@ -270,6 +391,17 @@ impl Sim {
             currency,
             description_opt: None,
         };
+        self.send_transfer(t);
+    }
+
+    /// A transfer request: claimed, then run from its hold (or refused before it).
+    fn send_transfer(&mut self, t: Transfer) {
+        let body = MovementBody::Transfer(t.clone());
+        self.sent.push(body.clone());
+        let Some(cell) = self.claim(&body) else {
+            return;
+        };
+        let to = t.credit_account_id.clone();
         // The credit account is checked first, as the coordinator does.
         if let Err(reason) =
             transfer::check_credit_account(&t, Some(self.account_state(&to).currency()))
@@ -287,12 +419,14 @@ impl Sim {
             self.in_flight.push(InFlight {
                 stage: Stage::AwaitFinal(home, lsn, Err(reason)),
                 t,
+                cell,
             });
             return;
         }
         self.in_flight.push(InFlight {
             t,
             stage: Stage::Send(Phase::Hold),
+            cell,
         });
     }
 
@@ -319,6 +453,13 @@ impl Sim {
                 description_opt: None,
             });
         }
+        let cells: Vec<Arc<MovementCell>> = ts
+            .iter()
+            .map(|t| {
+                self.claim(&MovementBody::Transfer(t.clone()))
+                    .expect("a batch's IDs are new")
+            })
+            .collect();
         let batch_id = ts[0].transfer_id.clone();
         let mut holds = Vec::new();
         for t in &ts {
@@ -332,6 +473,7 @@ impl Sim {
             .push(ts.iter().map(|t| t.transfer_id.clone()).collect());
         self.batches.push(BatchFlight {
             ts,
+            cells,
             stage: BatchStage::AwaitHolds(holds),
         });
     }
@@ -350,13 +492,13 @@ impl Sim {
                 if holds.iter().any(|(_, _, r)| r.is_err()) {
                     // Abort: release every placed hold; each transfer's outcome is final once
                     // its record is durable.
-                    self.batches.swap_remove(i);
-                    for (t, (s, lsn, r)) in ts.into_iter().zip(holds) {
+                    let b = self.batches.swap_remove(i);
+                    for ((t, cell), (s, lsn, r)) in ts.into_iter().zip(b.cells).zip(holds) {
                         let stage = match r {
                             Ok(()) => Stage::Send(Phase::Release(Rejection::BatchAborted)),
                             Err(r) => Stage::AwaitFinal(s, lsn, Err(r)),
                         };
-                        self.in_flight.push(InFlight { t, stage });
+                        self.in_flight.push(InFlight { t, stage, cell });
                     }
                     return;
                 }
@@ -377,10 +519,11 @@ impl Sim {
                     return;
                 }
                 let b = self.batches.swap_remove(i);
-                for t in b.ts {
+                for (t, cell) in b.ts.into_iter().zip(b.cells) {
                     self.in_flight.push(InFlight {
                         t,
                         stage: Stage::Send(Phase::CreditDecided { reserved: false }),
+                        cell,
                     });
                 }
             }
@@ -401,6 +544,17 @@ impl Sim {
             amount_minor: self.rng.gen_range(1..1_000),
             description_opt: None,
         };
+        self.send_entry(e);
+    }
+
+    /// An entry request: claimed, then one turn of its account.
+    fn send_entry(&mut self, e: Entry) {
+        let body = MovementBody::Entry(e.clone());
+        self.sent.push(body.clone());
+        let Some(cell) = self.claim(&body) else {
+            return;
+        };
+        let account_id = e.account_id.clone();
         let (result, lsn) = self.exec(&account_id, AccountCommand::Entry(e.clone()));
         let shard = shard_of_account(&account_id);
         let t = Transfer {
@@ -414,6 +568,7 @@ impl Sim {
         self.in_flight.push(InFlight {
             t,
             stage: Stage::AwaitFinal(shard, lsn.unwrap(), result),
+            cell,
         });
     }
 
@@ -470,9 +625,19 @@ impl Sim {
             }
             Stage::AwaitFinal(shard, lsn, outcome) => {
                 if durable(self, shard, lsn) {
-                    // Acknowledged to the client.
-                    self.acked.insert(t.transfer_id.clone(), outcome.is_ok());
-                    self.in_flight.swap_remove(i);
+                    // Settled in the table (what retries are answered with), and
+                    // acknowledged to the client.
+                    let flight = self.in_flight.swap_remove(i);
+                    match outcome.clone() {
+                        Ok(()) => flight.cell.finish(MovementStatus::Committed, None, None),
+                        Err(r) => flight.cell.finish(MovementStatus::Rejected, Some(r), None),
+                    }
+                    let first = self.acked.insert(t.transfer_id.clone(), outcome.is_ok());
+                    assert!(
+                        first.is_none_or(|c| c == outcome.is_ok()),
+                        "I3: {} answered twice, differently",
+                        t.transfer_id
+                    );
                 }
                 None
             }
@@ -552,7 +717,44 @@ impl Sim {
         for s in 0..NUM_SHARDS {
             self.sync(s, false);
         }
+        // The node's table, as a node builds it at start from what its shards restored; the
+        // clients of requests in flight (first ones and waiting retries) got no answer.
+        self.movements = MovementTable::restored(
+            self.shards
+                .iter()
+                .map(|s| s.live.movements.clone())
+                .collect(),
+        );
+        self.waiting_retries.clear();
         self.check_rules(true);
+        self.check_at_most_once();
+    }
+
+    /// I3 on the durable streams: each ID is decided by one record at most (its hold, its
+    /// in-shard posting, its refusal, or its entry), on one shard.
+    fn check_at_most_once(&self) {
+        let mut decided: HashMap<MovementId, u32> = HashMap::new();
+        for (s, sh) in self.shards.iter().enumerate() {
+            let mut offset = 0;
+            while offset < sh.disk.len() {
+                let (rec, len) = record::decode(&sh.disk[offset..]).expect("whole records");
+                offset += len;
+                for ev in event::decode_all(&rec.payload).expect("events decode") {
+                    let id = match &ev {
+                        Event::HoldPlaced { transfer, .. }
+                        | Event::TransferPosted { transfer, .. }
+                        | Event::TransferRejected { transfer, .. } => &transfer.transfer_id,
+                        Event::EntryApplied { entry, .. } | Event::EntryRejected { entry, .. } => {
+                            &entry.entry_id
+                        }
+                        _ => continue,
+                    };
+                    if let Some(first) = decided.insert(id.clone(), s as u32) {
+                        panic!("I3: {id} decided twice (shards {first} and {s})");
+                    }
+                }
+            }
+        }
     }
 
     /// Checks the rules of the money on the live state.
@@ -671,7 +873,7 @@ impl Sim {
 
     fn run(&mut self, steps: usize) {
         for _ in 0..steps {
-            match self.rng.gen_range(0..100) {
+            match self.rng.gen_range(0..110) {
                 0..=20 => self.start_transfer(),
                 21..=24 => self.start_batch(),
                 25..=34 => self.post_entry(),
@@ -693,14 +895,20 @@ impl Sim {
                 }
                 96..=97 => self.crash_and_recover(),
                 98 => self.check_replay_equals_live(),
+                100..=109 => self.retry(),
                 _ => {}
             }
+            self.answer_waiting_retries();
             self.check_rules(false);
         }
         self.crash_and_recover();
         self.check_replay_equals_live();
     }
 }
+
+/// The seeds every run of the tests goes through (`SIM_BASE_SEED` moves them).
+const SEEDS_FROM: u64 = 0x5a1d0;
+const SEEDS: u64 = 200;
 
 fn run_seed(seed: u64, steps: usize) {
     let result = std::panic::catch_unwind(|| Sim::new(seed).run(steps));
@@ -719,22 +927,29 @@ fn the_rules_of_the_money_hold_through_random_crashes() {
     let base: u64 = std::env::var("SIM_BASE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5a1d0);
-    for seed in base..base + 150 {
-        run_seed(seed, 2_000);
-    }
+        .unwrap_or(SEEDS_FROM);
+    // The seeds are independent: spread over the cores (each seed is still one thread).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    std::thread::scope(|scope| {
+        for first in 0..threads {
+            scope.spawn(move || {
+                for seed in (base + first..base + SEEDS).step_by(threads as usize) {
+                    run_seed(seed, 2_000);
+                }
+            });
+        }
+    });
 }
 
-/// The mutation check of the durability rule: with no durable wait before a phase crosses to
-/// another shard, some seed must break a rule of the money (a credit that survives a crash
-/// whose hold was lost creates money). Returns the first seed that caught it.
-fn first_seed_catching(rule: DurableBefore, seeds: std::ops::Range<u64>) -> Option<u64> {
+/// A mutation check: with `mutate` applied to the simulation, some seed must break a rule of
+/// the money. Returns the first seed that caught it.
+fn first_seed_catching(mutate: fn(&mut Sim), seeds: std::ops::Range<u64>) -> Option<u64> {
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let caught = seeds.into_iter().find(|&seed| {
         std::panic::catch_unwind(|| {
             let mut sim = Sim::new(seed);
-            sim.durable_before = rule;
+            mutate(&mut sim);
             sim.run(2_000);
         })
         .is_err()
@@ -743,14 +958,33 @@ fn first_seed_catching(rule: DurableBefore, seeds: std::ops::Range<u64>) -> Opti
     caught
 }
 
+/// With no durable wait before a phase crosses to another shard, a credit that survives a
+/// crash whose hold was lost creates money.
 #[test]
 fn the_simulation_catches_a_phase_sent_before_its_record_is_durable() {
-    let never: DurableBefore = |_, _, _, _| false;
-    let seed_opt = first_seed_catching(never, 0x5a1d0..0x5a1d0 + 150);
+    let seed_opt = first_seed_catching(
+        |sim| sim.durable_before = |_, _, _, _| false,
+        SEEDS_FROM..SEEDS_FROM + SEEDS,
+    );
     eprintln!("no durable wait before a crossing phase: caught by SIM_SEED={seed_opt:?}");
     assert!(
         seed_opt.is_some(),
-        "a credit sent on a hold a crash could undo went unnoticed by 150 seeds"
+        "a credit sent on a hold a crash could undo went unnoticed by {SEEDS} seeds"
+    );
+}
+
+/// With a claim blind to an ID whose first request is still pending (the pending-claim check
+/// deleted), a retry runs a second time.
+#[test]
+fn the_simulation_catches_a_retry_run_while_its_first_request_is_pending() {
+    let seed_opt = first_seed_catching(
+        |sim| sim.claim_sees_pending = false,
+        SEEDS_FROM..SEEDS_FROM + SEEDS,
+    );
+    eprintln!("a claim blind to pending IDs: caught by SIM_SEED={seed_opt:?}");
+    assert!(
+        seed_opt.is_some(),
+        "a retry run twice went unnoticed by {SEEDS} seeds"
     );
 }
 
@@ -785,4 +1019,49 @@ fn the_simulation_detects_a_broken_rule() {
         caught.is_err(),
         "money created out of thin air went unnoticed"
     );
+}
+
+#[test]
+fn the_simulation_detects_an_id_decided_twice_on_the_stream() {
+    // The stream oracle can fail: a second record deciding an ID already decided on another
+    // shard (written behind the live state's back) must be noticed.
+    let mut sim = Sim::new(1);
+    sim.run(200);
+    let (id, shard) = sim
+        .shards
+        .iter()
+        .enumerate()
+        .find_map(|(s, sh)| {
+            sh.live
+                .movements
+                .iter()
+                .next()
+                .map(|(id, _)| (id.into_owned(), s))
+        })
+        .expect("200 steps record some movement");
+    let other = (shard as u32 + 1) % NUM_SHARDS;
+    let account_id = sim
+        .accounts
+        .iter()
+        .find(|a| shard_of_account(a) == other)
+        .expect("every shard has an account")
+        .clone();
+    let at = Timestamp(sim.now + 1);
+    sim.shards[other as usize]
+        .pending
+        .push(Event::EntryRejected {
+            entry: Entry {
+                entry_id: id,
+                account_id,
+                kind: EntryKind::Debit,
+                amount_minor: 1,
+                description_opt: None,
+            },
+            reason: Rejection::InsufficientFunds,
+            at,
+        });
+    sim.sync(other, false);
+    let caught =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.check_at_most_once()));
+    assert!(caught.is_err(), "an ID decided twice went unnoticed");
 }
