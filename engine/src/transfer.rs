@@ -117,6 +117,41 @@ impl Phase {
     }
 }
 
+/// What a coordinator does after a phase ran: [`Phase::then`] with the durability rule
+/// ([`Phase::durable_before`]) applied. The node's coordinator (single transfers, batches,
+/// recovery) and the crash simulation all step transfers with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send this phase now: it runs on the same shard, or nothing was recorded.
+    Send(Phase),
+    /// Send this phase once the record of the phase that ran is durable: it runs on another
+    /// shard (design decision 3).
+    SendOnceDurable(Phase),
+    /// The transfer's final status (`Ok`: committed), answered once the record of the phase
+    /// that ran (when it recorded one) is durable.
+    Done(Result<(), Rejection>),
+}
+
+impl Phase {
+    /// What follows this phase's `outcome`; `recorded`: whether the phase recorded an event
+    /// (a refusal may record nothing). Panics as [`Phase::then`] does.
+    pub fn step(
+        &self,
+        t: &Transfer,
+        outcome: Result<(), Rejection>,
+        recorded: bool,
+        num_shards: u32,
+    ) -> Step {
+        match self.then(t, outcome) {
+            Next::Phase(next) if recorded && self.durable_before(&next, t, num_shards) => {
+                Step::SendOnceDurable(next)
+            }
+            Next::Phase(next) => Step::Send(next),
+            Next::Done(status) => Step::Done(status),
+        }
+    }
+}
+
 /// Checks, before a transfer's first phase, that its credit account exists in its currency
 /// (`credit_currency_opt`: the account's currency, `None` when it does not exist). Refusals
 /// decided here are recorded on the debit account's shard, as a refused hold would be.
@@ -215,6 +250,42 @@ mod tests {
             }
         }
         panic!("the machine did not finish: {sent:?}");
+    }
+
+    #[test]
+    fn a_step_waits_for_durability_only_before_a_recorded_phase_that_crosses_shards() {
+        let t = transfer();
+        // Find a shard count that puts the two accounts apart, and one that keeps them
+        // together (one shard).
+        let apart = (1..8)
+            .map(|bits| 1u32 << bits)
+            .find(|&n| {
+                shard_of(t.debit_account_id.as_str(), n)
+                    != shard_of(t.credit_account_id.as_str(), n)
+            })
+            .expect("two accounts fall apart under some shard count");
+        let credit = || Phase::Credit;
+        assert_eq!(
+            Phase::Hold.step(&t, Ok(()), true, apart),
+            Step::SendOnceDurable(credit())
+        );
+        assert_eq!(
+            Phase::Hold.step(&t, Ok(()), false, apart),
+            Step::Send(credit())
+        );
+        assert_eq!(Phase::Hold.step(&t, Ok(()), true, 1), Step::Send(credit()));
+        assert_eq!(
+            Phase::Credit.step(&t, Err(Rejection::InsufficientFunds), true, apart),
+            Step::SendOnceDurable(Phase::Release(Rejection::InsufficientFunds))
+        );
+        assert_eq!(
+            Phase::Commit.step(&t, Ok(()), true, apart),
+            Step::Done(Ok(()))
+        );
+        assert_eq!(
+            Phase::Hold.step(&t, Err(Rejection::InsufficientFunds), true, apart),
+            Step::Done(Err(Rejection::InsufficientFunds))
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Deterministic crash simulation (TigerBeetle's VOPR, scaled down): single-threaded, no
 //! tokio, one seeded PRNG. It drives the real pure core (`AccountState::decide/apply`), the
-//! engine's transfer step machine (`saldo_engine::transfer`: the phases, the durability rule
-//! between them, recovery's resumption and the one-event transfer within a shard, exactly as
-//! the node's coordinator and recovery drive them), the node's real idempotency table
+//! engine's transfer step machine (`saldo_engine::transfer`: the phases and the durability
+//! rule between them, stepped by `Phase::step` as the node's coordinator, batches and
+//! recovery step them, recovery's resumption and the one-event transfer within a shard), the node's real idempotency table
 //! (`saldo_engine::movements`: every request claims its ID there first, retries are answered
 //! from it, and it is rebuilt from the restored shards after a crash as a node builds it at
 //! start), the real stream record codec and the real shard fold (`ShardState::apply_record`)
@@ -35,7 +35,7 @@ use saldo_engine::{
     movements::{Claim, MovementCell, MovementTable},
     shard::shard_of,
     state::{digest, ShardState},
-    transfer::{self, Next, Phase},
+    transfer::{self, Phase, Step},
     *,
 };
 use saldo_persistence::record;
@@ -67,14 +67,6 @@ enum Stage {
     Await { shard: u32, lsn: u64, then: Phase },
     /// The outcome is answered once the record at `lsn` of `shard` is durable.
     AwaitFinal(u32, u64, Result<(), Rejection>),
-}
-
-/// Whether a phase's record must be durable before the next phase is sent: the engine's rule,
-/// unless a test breaks it on purpose to show that the simulation notices.
-type DurableBefore = fn(&Phase, &Phase, &Transfer, u32) -> bool;
-
-fn engine_rule(phase: &Phase, next: &Phase, t: &Transfer, num_shards: u32) -> bool {
-    phase.durable_before(next, t, num_shards)
 }
 
 struct InFlight {
@@ -111,7 +103,10 @@ struct Sim {
     acked: BTreeMap<MovementId, bool>,
     next_id: u64,
     now: u64,
-    durable_before: DurableBefore,
+    /// Whether a phase that crosses to another shard waits until the record before it is
+    /// durable ([`Step::SendOnceDurable`]), as the node does. The mutation check turns the
+    /// wait off.
+    wait_before_crossing: bool,
     /// The node's idempotency table (the real one), rebuilt from the restored shards after
     /// every crash as a node builds it at start.
     movements: MovementTable,
@@ -159,7 +154,7 @@ impl Sim {
             acked: BTreeMap::new(),
             next_id: 0,
             now: 1_700_000_000_000_000,
-            durable_before: engine_rule,
+            wait_before_crossing: true,
             movements: MovementTable::restored(Vec::new()),
             sent: Vec::new(),
             waiting_retries: Vec::new(),
@@ -288,6 +283,21 @@ impl Sim {
                 };
                 (Err(reason), Some(self.append(shard, ev)))
             }
+        }
+    }
+
+    /// The engine's step after a phase ([`Phase::step`]), with the durable wait before a
+    /// crossing phase deleted when the mutation check says so.
+    fn step(
+        &self,
+        phase: &Phase,
+        t: &Transfer,
+        result: Result<(), Rejection>,
+        recorded: bool,
+    ) -> Step {
+        match phase.step(t, result, recorded, NUM_SHARDS) {
+            Step::SendOnceDurable(next) if !self.wait_before_crossing => Step::Send(next),
+            step => step,
         }
     }
 
@@ -602,18 +612,14 @@ impl Sim {
             Stage::Send(phase) => {
                 let shard = shard_of_account(phase.account(&t));
                 let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
-                Some(match phase.then(&t, result) {
-                    Next::Phase(next) => match lsn_opt {
-                        Some(lsn) if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) => {
-                            Stage::Await {
-                                shard,
-                                lsn,
-                                then: next,
-                            }
-                        }
-                        _ => Stage::Send(next),
+                Some(match self.step(&phase, &t, result, lsn_opt.is_some()) {
+                    Step::Send(next) => Stage::Send(next),
+                    Step::SendOnceDurable(next) => Stage::Await {
+                        shard,
+                        lsn: lsn_opt.expect("only a recorded phase is waited for"),
+                        then: next,
                     },
-                    Next::Done(outcome) => Stage::AwaitFinal(
+                    Step::Done(outcome) => Stage::AwaitFinal(
                         shard,
                         lsn_opt.expect("the phase that ends a transfer is recorded"),
                         outcome,
@@ -699,18 +705,16 @@ impl Sim {
                 transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
             loop {
                 let (result, lsn_opt) = self.exec(phase.account(&t), phase.command(&t, None));
-                match phase.then(&t, result) {
-                    Next::Phase(next) => {
-                        if let Some(lsn) = lsn_opt {
-                            if (self.durable_before)(&phase, &next, &t, NUM_SHARDS) {
-                                let shard = shard_of_account(phase.account(&t));
-                                self.sync(shard, false);
-                                assert!(self.shards[shard as usize].durable_lsn >= lsn);
-                            }
-                        }
+                match self.step(&phase, &t, result, lsn_opt.is_some()) {
+                    Step::Send(next) => phase = next,
+                    Step::SendOnceDurable(next) => {
+                        let lsn = lsn_opt.expect("only a recorded phase is waited for");
+                        let shard = shard_of_account(phase.account(&t));
+                        self.sync(shard, false);
+                        assert!(self.shards[shard as usize].durable_lsn >= lsn);
                         phase = next;
                     }
-                    Next::Done(_) => break,
+                    Step::Done(_) => break,
                 }
             }
         }
@@ -963,7 +967,7 @@ fn first_seed_catching(mutate: fn(&mut Sim), seeds: std::ops::Range<u64>) -> Opt
 #[test]
 fn the_simulation_catches_a_phase_sent_before_its_record_is_durable() {
     let seed_opt = first_seed_catching(
-        |sim| sim.durable_before = |_, _, _, _| false,
+        |sim| sim.wait_before_crossing = false,
         SEEDS_FROM..SEEDS_FROM + SEEDS,
     );
     eprintln!("no durable wait before a crossing phase: caught by SIM_SEED={seed_opt:?}");

@@ -260,15 +260,14 @@ impl Node {
                             }
                         }
                     }
-                    match phase.then(t, result) {
-                        Next::Phase(next) => {
-                            if recorded && phase.durable_before(&next, t, self.config.num_shards) {
-                                crossing_lsn[shard] = crossing_lsn[shard].max(last_lsn);
-                                waits_on[i] = Some(shard);
-                            }
+                    match phase.step(t, result, recorded, self.config.num_shards) {
+                        Step::Send(next) => phases[i] = Some(next),
+                        Step::SendOnceDurable(next) => {
+                            crossing_lsn[shard] = crossing_lsn[shard].max(last_lsn);
+                            waits_on[i] = Some(shard);
                             phases[i] = Some(next);
                         }
-                        Next::Done(result) => {
+                        Step::Done(result) => {
                             if recorded {
                                 final_lsn[shard] = final_lsn[shard].max(last_lsn);
                             }

@@ -62,7 +62,7 @@ use crate::{
     movements::{Claim, MovementCell, MovementTable, Settle, Settlement},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
-    transfer::{self, Next, Phase},
+    transfer::{self, Phase, Step},
     types::*,
     EngineError,
 };

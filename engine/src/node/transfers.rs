@@ -131,16 +131,16 @@ impl Node {
                 other => other?,
             };
             cell_opt = None;
-            match phase.then(t, result.map(|_| ())) {
-                Next::Phase(next) => {
-                    if phase.durable_before(&next, t, self.config.num_shards) {
-                        if let Some(ticket) = ticket_opt {
-                            ticket.durable().await?;
-                        }
+            let recorded = ticket_opt.is_some();
+            match phase.step(t, result.map(|_| ()), recorded, self.config.num_shards) {
+                Step::Send(next) => phase = next,
+                Step::SendOnceDurable(next) => {
+                    if let Some(ticket) = ticket_opt {
+                        ticket.durable().await?;
                     }
                     phase = next;
                 }
-                Next::Done(status) => {
+                Step::Done(status) => {
                     if let Some(ticket) = ticket_opt {
                         ticket.durable().await?;
                     }
