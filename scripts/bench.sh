@@ -109,7 +109,13 @@ start_saldo() {
   if [[ " $* " == *" --tls-cert "* ]]; then
     scheme=https host=localhost curl_tls=(--cacert "$WORK/ca.crt")
   fi
-  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$WORK/data"
+  if [[ "${KEEP_DATA:-0}" != 1 && -e "$WORK/data" ]]; then
+    # The disk is mounted with `discard` here: a deleted data dir's discards go out at the
+    # next journal commits, and the new server's fsyncs would queue behind them.
+    rm -rf "$WORK/data"
+    sync
+    sleep 3
+  fi
   started=$(date +%s%N)
   "$SALDO" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --fsync true --auth none \
     "$@" >>"$log" 2>&1 &

@@ -1506,7 +1506,26 @@ async fn a_node_rides_through_throttling_and_lost_answers() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&client, &node.base, &name, &accounts, 6, seed, &stop).await;
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // At least 3 s of load, and on until enough transfers went through the faults to prove
+    // something (a busy CI machine lets fewer through per second), within 30 s.
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = scrape(&client, &format!("{}/metrics", node.base)).await;
+        let committed: f64 = metric(&text, "saldo_http_requests_total")
+            .iter()
+            .filter(|(labels, _)| {
+                labels.contains("route=\"/v1/transfers\"") && labels.contains("status=\"201\"")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        let elapsed = started.elapsed();
+        if elapsed >= Duration::from_secs(30)
+            || (elapsed >= Duration::from_secs(3) && committed >= 100.0)
+        {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let mut attempts = Vec::new();
     for task in load {
