@@ -100,6 +100,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# The disk is mounted with `discard` here: a deleted file's discards go out at the next journal
+# commits, and the next server's fsyncs would queue behind them (a 1 s stall in the batch run
+# that followed TigerBeetle's anchor, which deletes its data file on exit). Flush and wait.
+settle_disk() {
+  sync
+  sleep 3
+}
+
 # Starts saldo serve with any extra flags; sets SALDO_PID, TARGET and READY_MS (spawn to
 # /readyz). A fresh data dir unless KEEP_DATA=1; logs to $SALDO_LOG (default saldo.log). With
 # --tls-cert among the flags the target is https://localhost:PORT, trusted through $WORK/ca.crt.
@@ -113,8 +121,7 @@ start_saldo() {
     # The disk is mounted with `discard` here: a deleted data dir's discards go out at the
     # next journal commits, and the new server's fsyncs would queue behind them.
     rm -rf "$WORK/data"
-    sync
-    sleep 3
+    settle_disk
   fi
   started=$(date +%s%N)
   "$SALDO" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --fsync true --auth none \
@@ -217,6 +224,7 @@ else
     TB_NOTE="build or run failed, see $ART/tigerbeetle.txt"
   fi
   cat "$ART/tigerbeetle.txt" >&2
+  settle_disk
 fi
 if [[ "$TB_TPS" == n/a && "$QUICK" != 1 ]]; then
   {
