@@ -118,8 +118,6 @@ start_saldo() {
     scheme=https host=localhost curl_tls=(--cacert "$WORK/ca.crt")
   fi
   if [[ "${KEEP_DATA:-0}" != 1 && -e "$WORK/data" ]]; then
-    # The disk is mounted with `discard` here: a deleted data dir's discards go out at the
-    # next journal commits, and the new server's fsyncs would queue behind them.
     rm -rf "$WORK/data"
     settle_disk
   fi
