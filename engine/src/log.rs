@@ -8,10 +8,11 @@
 //! appenders wait: backpressure instead of unbounded memory.
 //!
 //! The writer writes a batch as soon as someone waits for it (the first `durable()` on one of
-//! its tickets tells it) or it is full; a batch nobody waits for yet lingers up to
+//! its tickets tells it), when it is full, or when its events collected while the previous
+//! batch was written (they have waited one append already); any other batch lingers up to
 //! [`WAL_UNDEMANDED_FLUSH_US`]. So events appended microseconds apart with only the last one
 //! awaited (the accounts of a batch's phase, say) share one record and one fsync instead of
-//! paying one each in a row; under load there is always a waiter and the writer never lingers.
+//! paying one each in a row, and under load the writer never lingers.
 
 use std::{
     sync::{
@@ -330,6 +331,9 @@ impl ShardLog {
     ) {
         // When the current batch's undemanded linger ends (set by its first look).
         let mut linger_until_opt: Option<tokio::time::Instant> = None;
+        // The filling batch collected events while the previous one was written: they have
+        // waited an append already, and the linger would only add to it.
+        let mut filled_while_writing = false;
         loop {
             let wake = self.wake_writer.notified();
             tokio::pin!(wake);
@@ -353,7 +357,7 @@ impl ShardLog {
             }
             // Nobody waits for this batch yet: let it grow (a transfer's next phases are a few
             // microseconds away), up to WAL_UNDEMANDED_FLUSH_US.
-            if !urgent && !stop.is_cancelled() {
+            if !urgent && !filled_while_writing && !stop.is_cancelled() {
                 let until = *linger_until_opt.get_or_insert_with(|| {
                     tokio::time::Instant::now() + Duration::from_micros(WAL_UNDEMANDED_FLUSH_US)
                 });
@@ -366,6 +370,7 @@ impl ShardLog {
                 }
             }
             linger_until_opt = None;
+            filled_while_writing = false;
             if !self.linger.is_zero() {
                 tokio::time::sleep(self.linger).await;
             }
@@ -400,6 +405,7 @@ impl ShardLog {
                     let settlements = {
                         let mut f = self.filling.lock();
                         f.writing_opt = None;
+                        filled_while_writing = f.num_events > 0;
                         std::mem::take(&mut f.writing_settlements)
                     };
                     signal.complete(true);
