@@ -49,12 +49,17 @@ const ACCOUNTS: usize = 100_000;
 const FUNDING_MINOR: i64 = 1_000_000_000_000;
 
 /// `saldo serve`'s engine settings (`EngineSettings::default()` in gateway/src/config.rs, one
-/// shard); benches depend on the engine only, so they are repeated here.
+/// shard); benches depend on the engine only, so they are repeated here. `INPROC_SHARDS=N`
+/// runs them on N shards instead (most transfers then cross shards).
 fn serve_config() -> EngineConfig {
     // As `saldo serve` does at start (saldo_engine::process).
     saldo_engine::process::disable_transparent_huge_pages().expect("huge pages off");
+    let num_shards = std::env::var("INPROC_SHARDS").map_or(1, |v| {
+        v.parse()
+            .expect("INPROC_SHARDS: a power of two, at most the engine's SHARDS_MAX")
+    });
     EngineConfig {
-        num_shards: 1,
+        num_shards,
         node_epoch: 1,
         movements_window: 100,
         in_flight_max: 10_000,

@@ -110,11 +110,7 @@ impl Ledger {
     /// durable. A repeated ID with the same content returns the original outcome (`replayed`);
     /// with other content, `IdConflict` and nothing changes.
     pub async fn transfer(&self, cmd: Transfer) -> Result<Posted, LedgerError> {
-        if let Some(posted) = self.inner.try_transfer_in_shard(&cmd).await {
-            return posted;
-        }
-        let node = self.inner.clone();
-        detached(async move { node.transfer(cmd).await }, Err).await
+        self.inner.transfer(cmd).await
     }
 
     /// Runs many transfers concurrently; one result per transfer, in order. With `atomic`,

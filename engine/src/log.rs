@@ -106,13 +106,18 @@ impl BatchSignal {
         self.notify.notify_waiters();
     }
 
-    async fn wait(&self) -> Result<(), LedgerError> {
+    /// Someone needs this batch durable: the writer must not linger on it.
+    fn demand(&self) {
         if self.state.load(Ordering::Acquire) == PENDING
             && !self.demanded.swap(true, Ordering::AcqRel)
         {
-            // First waiter: tell the writer (harmless if the batch is already being written).
+            // First demand: tell the writer (harmless if the batch is already being written).
             self.wake_writer.notify_one();
         }
+    }
+
+    async fn wait(&self) -> Result<(), LedgerError> {
+        self.demand();
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -138,6 +143,12 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Asks for the event's batch to be written without the linger, for someone who will not
+    /// wait on the ticket but needs the record durable soon (a phase that crosses shards next).
+    pub(crate) fn demand(&self) {
+        self.signal.demand();
+    }
+
     /// Returns once the event is durable.
     pub(crate) async fn durable(&self) -> Result<Lsn, LedgerError> {
         self.signal.wait().await.map(|()| self.lsn)
@@ -370,7 +381,6 @@ impl ShardLog {
                 }
             }
             linger_until_opt = None;
-            filled_while_writing = false;
             if !self.linger.is_zero() {
                 tokio::time::sleep(self.linger).await;
             }

@@ -302,6 +302,9 @@ pub(crate) struct Settlement {
     pub(crate) movement_opt: Option<(Arc<MovementCell>, Outcome)>,
     /// The write's in-flight permit.
     pub(crate) in_flight_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What the record lets go on: a cross-shard transfer's next phase, sent once the record
+    /// before it is durable (`Node::deliver`).
+    pub(crate) then_opt: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Who settles a movement once its turn ran.
@@ -318,7 +321,11 @@ impl Settlement {
         let Settlement {
             movement_opt,
             in_flight_opt,
+            then_opt,
         } = self;
+        if let Some(then) = then_opt {
+            then();
+        }
         match movement_opt {
             Some((cell, Ok(balance_after_opt))) => {
                 cell.finish(MovementStatus::Committed, None, balance_after_opt)

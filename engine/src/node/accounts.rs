@@ -67,6 +67,7 @@ impl Node {
                         Settlement {
                             movement_opt: None,
                             in_flight_opt: permit_opt.take(),
+                            then_opt: None,
                         },
                     );
                     ticket.durable().await?;
@@ -202,6 +203,7 @@ impl Node {
             Settlement {
                 movement_opt: Some((cell.clone(), outcome)),
                 in_flight_opt: permit_opt.take(),
+                then_opt: None,
             },
         );
         Ok(true)

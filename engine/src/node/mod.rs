@@ -6,8 +6,8 @@
 //! message to an account. The rest is split along its seams:
 //! - `idempotency`: claiming a movement's ID, replays and conflicts;
 //! - `accounts`: opening accounts, external entries;
-//! - `transfers`: a single transfer (one turn within a shard; the step machine of
-//!   [`crate::transfer`] across shards);
+//! - `transfers`: a single transfer (one turn within a shard; across shards, a message that
+//!   the shards' log writers carry on from phase to phase, stepped by [`crate::transfer`]);
 //! - `batches`: independent batches (rounds of the step machine) and atomic batches;
 //! - `reads`: reads on durable state;
 //! - `maintenance`: readiness, metrics, snapshots, checksums, shutdown.

@@ -1,7 +1,9 @@
 //! A single transfer: validated, claimed, then run. Within one shard it is one turn of the
 //! shard and one event ([`crate::transfer::decide_in_shard`]), settled by the shard's log
-//! writer; across shards the coordinator drives the step machine of [`crate::transfer`],
-//! each phase durable before the next one crosses.
+//! writer. Across shards it is a message from shard to shard ([`PhaseMsg`]) that the step
+//! machine of [`crate::transfer`] moves on: each phase runs as a turn of its account's shard,
+//! and the next one is sent by the shard's log writer once that turn's record is durable
+//! (before it crosses to another shard), or at once (when it does not cross).
 
 use super::{accounts::check_description, *};
 
@@ -24,14 +26,17 @@ impl Node {
         check_description(&t.description_opt)
     }
 
-    pub(crate) async fn transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
+    /// Runs a single transfer: within one shard, one turn ([`Node::try_transfer_in_shard`]);
+    /// across shards, its hold runs here and the shards carry it on ([`Node::deliver`]). Either
+    /// way the caller only waits for the movement's outcome: a caller that hangs up strands
+    /// nothing, and the transfer needs no task of its own.
+    pub(crate) async fn transfer(self: &Arc<Self>, t: Transfer) -> Result<Posted, LedgerError> {
+        if let Some(posted) = self.try_transfer_in_shard(&t).await {
+            return posted;
+        }
         self.check_open()?;
         Self::validate_transfer(&t)?;
-        let _permit = self.in_flight_permit()?;
-        self.run_transfer(t).await
-    }
-
-    pub(super) async fn run_transfer(&self, t: Transfer) -> Result<Posted, LedgerError> {
+        let permit = self.in_flight_permit()?;
         let cell = match self
             .claim(&t.transfer_id, &MovementBody::Transfer(t.clone()))
             .await
@@ -39,43 +44,26 @@ impl Node {
             Ok(cell) => cell,
             Err(outcome) => return outcome,
         };
-        match self.drive_transfer(&t, &cell).await {
-            Ok(status) => {
-                self.finish_cell(&cell, status);
-                Self::posted(&cell)
+        let id = t.transfer_id.clone();
+        let step = match self.check_credit_account(&t) {
+            Ok(()) => Deliver::Phase(Phase::Hold),
+            Err(reason) => Deliver::Refuse(reason),
+        };
+        let msg = PhaseMsg {
+            t: Arc::new(t),
+            step,
+            cell: cell.clone(),
+            permit_opt: Some(permit),
+            first_record: true,
+        };
+        if let Err(e) = self.deliver(msg) {
+            // Nothing was recorded: the stream failed. The ID is free for a retry.
+            if cell.unrecorded() {
+                self.movements.abandon(&id, &cell);
             }
-            Err(e) => {
-                // Nothing was recorded for this ID (the stream failed or was full before the
-                // first record): free the ID for a retry. Once a record exists (a durable hold,
-                // say) the ID stays pending: a retry must not place a second hold; recovery
-                // settles it at the next start.
-                if cell.unrecorded() {
-                    self.movements.abandon(&t.transfer_id, &cell);
-                }
-                Err(e)
-            }
+            return Err(e);
         }
-    }
-
-    /// Runs a transfer after its claim; returns the final status (Ok: committed). The credit
-    /// account is checked first (a refusal is recorded on the debit account's shard); a
-    /// transfer within one shard is one turn, one across shards runs the phases of
-    /// [`transfer::Phase`] from the hold.
-    pub(super) async fn drive_transfer(
-        &self,
-        t: &Transfer,
-        cell: &Arc<MovementCell>,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        if let Err(reason) = self.check_credit_account(t) {
-            return self.refuse_before_hold(t, reason, cell).await;
-        }
-        let debit_shard = self.shard_index(&t.debit_account_id);
-        if debit_shard == self.shard_index(&t.credit_account_id) {
-            return self
-                .transfer_in_shard(&self.shards[debit_shard], t, cell)
-                .await;
-        }
-        self.run_phases(t, Phase::Hold, Some(cell)).await
+        self.settled(&cell).await
     }
 
     /// [`transfer::check_credit_account`] against the credit account as this node holds it.
@@ -148,28 +136,6 @@ impl Node {
                 }
             }
         }
-    }
-
-    /// A transfer whose accounts share a shard: hold, credit and commit (or release) in one
-    /// turn of the shard, appended to one group commit, answered once the last is durable
-    /// (within one shard the stream's order makes each earlier phase durable with it).
-    pub(super) async fn transfer_in_shard(
-        &self,
-        shard: &ShardCore,
-        t: &Transfer,
-        cell: &Arc<MovementCell>,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        let (status, ticket) = loop {
-            let room = shard.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.transfer_turn(shard, t, cell, Settle::ByCaller)? {
-                InShard::Done(status, ticket) => break (status, ticket),
-                InShard::Full => room.await,
-            }
-        };
-        ticket.durable().await?;
-        Ok(status)
     }
 
     /// A transfer whose accounts share a shard: claimed, then run in one turn of the shard
@@ -296,9 +262,171 @@ impl Node {
                 Settlement {
                     movement_opt: Some((cell.clone(), status.clone().map(|()| None))),
                     in_flight_opt: permit_opt.take(),
+                    then_opt: None,
                 },
             );
         }
         Ok(InShard::Done(status, ticket))
+    }
+}
+
+/// What a cross-shard transfer's message asks of a shard.
+pub(super) enum Deliver {
+    /// Run this phase on its account.
+    Phase(Phase),
+    /// Record the transfer's refusal on its debit account's shard (decided before the hold:
+    /// the credit account is missing or in another currency, or the debit account is missing).
+    Refuse(Rejection),
+}
+
+/// A cross-shard transfer on its way between shards: the message, and everything the
+/// transfer carries with it until it settles (its movement cell and in-flight permit).
+pub(super) struct PhaseMsg {
+    t: Arc<Transfer>,
+    step: Deliver,
+    cell: Arc<MovementCell>,
+    permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Nothing recorded yet: the next record is the movement's first (its time and position).
+    first_record: bool,
+}
+
+impl Node {
+    /// Delivers a cross-shard transfer's message: runs its turn on the account's shard (under
+    /// the shard's host lock, as every turn), then hands what follows to that shard: the next
+    /// phase goes on at once when it stays on the shard or nothing was recorded, and is sent
+    /// by the shard's log writer once the record is durable when it crosses; the end settles
+    /// the movement once durable. Never awaits: it runs in the caller's task for the first
+    /// phase and in the log writers' tasks after that. A turn that finds the group commit full
+    /// waits for room on a task of its own (backpressure, the rare case).
+    ///
+    /// `Err` only when the stream failed (nothing more can be recorded in this process; the
+    /// movement's waiters learn it from `StreamHealth`).
+    pub(super) fn deliver(self: &Arc<Self>, mut msg: PhaseMsg) -> Result<(), LedgerError> {
+        loop {
+            let (shard, turn) = match &msg.step {
+                Deliver::Refuse(reason) => {
+                    let shard = self.shard(&msg.t.debit_account_id);
+                    let event = Event::TransferRejected {
+                        transfer: (*msg.t).clone(),
+                        reason: reason.clone(),
+                        at: self.config.clock.now(),
+                    };
+                    let appended = {
+                        let _host = shard.slots.lock();
+                        shard.log.try_append(&event)?
+                    };
+                    let TryAppend::Appended(ticket) = appended else {
+                        self.deliver_when_room(shard.clone(), msg);
+                        return Ok(());
+                    };
+                    (shard, (Err(reason.clone()), Some((ticket, event.at()))))
+                }
+                Deliver::Phase(phase) => {
+                    let account = phase.account(&msg.t);
+                    let shard = self.shard(account);
+                    let turn = {
+                        let mut slots = shard.slots.lock();
+                        match slots.get_mut(account) {
+                            None => Err(LedgerError::Rejected(Rejection::AccountNotFound)),
+                            Some(slot) => {
+                                let at = slot.turn_time(self.config.clock.now());
+                                let cmd = phase.command(&msg.t, None);
+                                slot.exec(&shard.log, shard.movements_window, &cmd, at)
+                                    .map(|turn| (turn, at))
+                            }
+                        }
+                    };
+                    let done = match turn {
+                        Ok((Turn::Done { result, ticket_opt }, at)) => {
+                            (result.map(|_| ()), ticket_opt.map(|t| (t, at)))
+                        }
+                        Ok((Turn::Full, _)) => {
+                            self.deliver_when_room(shard.clone(), msg);
+                            return Ok(());
+                        }
+                        // A hold on an account that does not exist: refused, and recorded as such.
+                        Err(LedgerError::Rejected(Rejection::AccountNotFound))
+                            if *phase == Phase::Hold =>
+                        {
+                            msg.step = Deliver::Refuse(Rejection::AccountNotFound);
+                            continue;
+                        }
+                        // Accounts are never closed: any other phase on a missing account is
+                        // refused like any refusal (the machine decides what follows).
+                        Err(LedgerError::Rejected(reason)) => (Err(reason), None),
+                        Err(e) => return Err(e),
+                    };
+                    (shard, done)
+                }
+            };
+            let (outcome, recorded_opt) = turn;
+            if let Some((ticket, at)) = &recorded_opt {
+                if std::mem::take(&mut msg.first_record) {
+                    msg.cell.recorded_at(*at, shard.id as usize, ticket.lsn);
+                }
+            }
+            let step = match &msg.step {
+                Deliver::Phase(phase) => phase.step(
+                    &msg.t,
+                    outcome,
+                    recorded_opt.is_some(),
+                    self.config.num_shards,
+                ),
+                Deliver::Refuse(_) => Step::Done(outcome),
+            };
+            let ticket_opt = recorded_opt.map(|(ticket, _)| ticket);
+            let settlement = match step {
+                Step::Send(next) => {
+                    msg.step = Deliver::Phase(next);
+                    continue;
+                }
+                Step::SendOnceDurable(next) => {
+                    msg.step = Deliver::Phase(next);
+                    let node = self.clone();
+                    Settlement {
+                        movement_opt: None,
+                        in_flight_opt: None,
+                        then_opt: Some(Box::new(move || {
+                            // On a failed stream nothing settles: StreamHealth answers.
+                            let _ = node.deliver(msg);
+                        })),
+                    }
+                }
+                Step::Done(status) => Settlement {
+                    movement_opt: Some((msg.cell, status.map(|()| None))),
+                    in_flight_opt: msg.permit_opt,
+                    then_opt: None,
+                },
+            };
+            match ticket_opt {
+                Some(ticket) => {
+                    // Someone needs this record soon (the next phase, or the caller): no linger.
+                    ticket.demand();
+                    shard.log.settle_at(ticket.lsn, settlement);
+                }
+                // Nothing recorded: every earlier record was durable before this phase ran
+                // (the machine waits before each crossing).
+                None => settlement.settle(),
+            }
+            return Ok(());
+        }
+    }
+
+    /// Delivers `msg` again once `shard`'s group commit has room, from a task of its own.
+    fn deliver_when_room(self: &Arc<Self>, shard: Arc<ShardCore>, msg: PhaseMsg) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let room = shard.log.room();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if shard.log.room_for(1) {
+                    break;
+                }
+                room.await;
+            }
+            // On a failed stream nothing settles: StreamHealth answers the waiters.
+            let _ = node.deliver(msg);
+        });
     }
 }
