@@ -1126,6 +1126,62 @@ async fn a_failed_stream_answers_every_waiter_and_asks_for_a_restart_once_writab
     }
 }
 
+/// Once a shard's stream failed, the node takes no new write on any shard until its restart,
+/// and a write it refused did nothing. Here the debit account's shard is healthy and the
+/// credit account's shard failed: a transfer accepted there would place its hold, answer 503
+/// when the credit could not be recorded, and still take effect at the restart (recovery
+/// finishes the hold), while its client took the 503 after readiness went off as "refused".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stream_failure_a_write_is_refused_and_does_nothing() {
+    let bound = Duration::from_secs(10);
+    let (wal, snaps) = (MemoryWal::new(), MemorySnapshotStore::new());
+    let stream = GatedWal::new(wal.clone());
+    let failing = stream.failing.clone();
+    let l = Ledger::open(config(4), Arc::new(stream), Arc::new(snaps.clone()))
+        .await
+        .unwrap();
+    let (a, b, _) = names(&l);
+    for x in [&a, &b] {
+        open_account(&l, x, 0).await;
+    }
+    credit(&l, "fund-a", &a, 1_000).await.unwrap();
+    // Only b's shard has a record to write while the stream fails: only it fails.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let entry = tokio::time::timeout(bound, credit(&l, "on-b", &b, 5))
+        .await
+        .expect("an entry on a failed stream is answered");
+    assert!(is_unavailable(&entry), "{entry:?}");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(l.failed_shards().len(), 1, "{:?}", l.failed_shards());
+    let late = tokio::time::timeout(bound, l.transfer(transfer("late", &a, &b, 100)))
+        .await
+        .expect("a write after the failure is answered");
+    assert!(is_unavailable(&late), "{late:?}");
+    let late_entry = tokio::time::timeout(bound, credit(&l, "late-e", &a, 1))
+        .await
+        .expect("answered");
+    assert!(is_unavailable(&late_entry), "{late_entry:?}");
+    tokio::time::timeout(bound, l.restart_required())
+        .await
+        .expect("the node asks for a restart once the stream takes writes");
+    l.shutdown().await;
+
+    let l = open(&wal, &snaps, config(4)).await;
+    assert_eq!(
+        (balance(&l, &a).await, balance(&l, &b).await),
+        (1_000, 0),
+        "a refused write took effect at the restart"
+    );
+    for x in [&a, &b] {
+        assert_eq!(l.account(&id(x)).await.unwrap().held_minor, 0, "{x}");
+    }
+    assert!(
+        l.movement(&mid("late")).await.is_err(),
+        "the refused transfer is unknown"
+    );
+    l.shutdown().await;
+}
+
 /// Defect 6: a transfer whose records are not durable is not shown as pending, and an
 /// opening that is not durable is not the ground of `account_exists`: a crash could undo
 /// both. The answers wait (within a bound) or say 503, never what memory alone holds.

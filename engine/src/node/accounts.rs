@@ -30,7 +30,7 @@ impl Node {
         &self,
         cmd: OpenAccount,
     ) -> Result<(AccountView, bool), LedgerError> {
-        self.check_open()?;
+        self.check_writable()?;
         if cmd.overdraft_limit_minor < 0 {
             return Err(Rejection::InvalidAmount.into());
         }
@@ -117,7 +117,7 @@ impl Node {
     /// the record is durable: the caller only waits on the movement's cell, so a caller that
     /// hangs up strands nothing, and the entry needs no task of its own.
     pub(crate) async fn post_entry(&self, e: &Entry) -> Result<Posted, LedgerError> {
-        self.check_open()?;
+        self.check_writable()?;
         if e.amount_minor <= 0 {
             return Err(Rejection::InvalidAmount.into());
         }

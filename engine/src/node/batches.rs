@@ -12,7 +12,7 @@ impl Node {
         cmds: Vec<Transfer>,
         atomic: bool,
     ) -> Vec<Result<Posted, LedgerError>> {
-        if let Err(e) = self.check_open() {
+        if let Err(e) = self.check_writable() {
             return cmds.iter().map(|_| Err(e.clone())).collect();
         }
         if atomic {

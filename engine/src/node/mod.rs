@@ -385,6 +385,23 @@ impl Node {
         Ok(())
     }
 
+    /// [`Node::check_open`] for a write, which a failed stream also refuses: once a shard's
+    /// stream failed the node takes no new write on any shard until its restart (fail-stop,
+    /// see `StreamHealth`). A write refused here did nothing. Without this, a transfer whose
+    /// hold went to a healthy shard and whose credit then found its shard failed would be
+    /// answered 503 at once and yet take effect at the restart, when recovery finishes its
+    /// hold; clients that read a 503 after readiness went off as "refused" would count it
+    /// wrong.
+    fn check_writable(&self) -> Result<(), LedgerError> {
+        self.check_open()?;
+        if self.health.any_failed.is_cancelled() {
+            return Err(LedgerError::Unavailable {
+                reason: "write-ahead stream failed",
+            });
+        }
+        Ok(())
+    }
+
     /// Delivers a message to an account and returns its reply: the account's turn runs here,
     /// under its shard's host lock (see `host`). A command that finds the shard's group commit
     /// full waits for room and is delivered again; commands of an `ExecMany` already run stay

@@ -34,7 +34,7 @@ impl Node {
         if let Some(posted) = self.try_transfer_in_shard(&t).await {
             return posted;
         }
-        self.check_open()?;
+        self.check_writable()?;
         Self::validate_transfer(&t)?;
         let permit = self.in_flight_permit()?;
         let cell = match self
@@ -152,7 +152,7 @@ impl Node {
         if index != self.shard_index(&t.credit_account_id) {
             return None;
         }
-        if let Err(e) = self.check_open() {
+        if let Err(e) = self.check_writable() {
             return Some(Err(e));
         }
         if let Err(r) = Self::validate_transfer(t) {
