@@ -121,6 +121,26 @@ impl Event {
             | Event::TransferPosted { at, .. } => *at,
         }
     }
+
+    /// Returns the movement whose fate this event decides: the first record of a transfer
+    /// (its hold, its one-event posting within a shard, or its refusal) or of an entry. A
+    /// movement is decided by one such event at most (I3); the phases after a hold, and a
+    /// batch's decision, decide nothing new.
+    pub fn decided_id(&self) -> Option<&crate::types::MovementId> {
+        match self {
+            Event::HoldPlaced { transfer, .. }
+            | Event::TransferPosted { transfer, .. }
+            | Event::TransferRejected { transfer, .. } => Some(&transfer.transfer_id),
+            Event::EntryApplied { entry, .. } | Event::EntryRejected { entry, .. } => {
+                Some(&entry.entry_id)
+            }
+            Event::AccountOpened { .. }
+            | Event::CreditApplied { .. }
+            | Event::HoldCommitted { .. }
+            | Event::HoldReleased { .. }
+            | Event::BatchCommitted { .. } => None,
+        }
+    }
 }
 
 /// Appends the framed encoding of `event` to `buf` and returns the bytes added.

@@ -744,15 +744,7 @@ impl Sim {
                 let (rec, len) = record::decode(&sh.disk[offset..]).expect("whole records");
                 offset += len;
                 for ev in event::decode_all(&rec.payload).expect("events decode") {
-                    let id = match &ev {
-                        Event::HoldPlaced { transfer, .. }
-                        | Event::TransferPosted { transfer, .. }
-                        | Event::TransferRejected { transfer, .. } => &transfer.transfer_id,
-                        Event::EntryApplied { entry, .. } | Event::EntryRejected { entry, .. } => {
-                            &entry.entry_id
-                        }
-                        _ => continue,
-                    };
+                    let Some(id) = ev.decided_id() else { continue };
                     if let Some(first) = decided.insert(id.clone(), s as u32) {
                         panic!("I3: {id} decided twice (shards {first} and {s})");
                     }
