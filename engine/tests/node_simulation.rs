@@ -5,7 +5,7 @@
 //!
 //! Each life of the node runs on a current-thread runtime with paused time, so one seed is one
 //! schedule. A step starts a client request (a transfer, an entry, a retry of an earlier ID
-//! with the same or another body), completes one pending append (the record becomes durable),
+//! with the same or another body), completes one pending append (the record becomes durable) or fails it,
 //! or a batch (independent or atomic), lets time pass, or crashes the node: the runtime is dropped with everything in flight, and
 //! only the records the simulation completed survive. The next life opens the node on them.
 //! After every opening (recovery done, nothing in flight) the rules of the money are checked
@@ -14,7 +14,8 @@
 //! - I2: every answered outcome is there, unchanged;
 //! - I3: on the durable streams, every ID is decided by one record at most, and a retry gets
 //!   the original outcome or a conflict;
-//! - I4: no balance below its allowance.
+//! - I4: no balance below its allowance;
+//! - a write refused by a node whose stream failed did nothing.
 //!
 //! `engine/tests/simulation.rs` explores the protocol's pure parts over more schedules (torn
 //! records, lost tails per shard); this one runs the node's own code.
@@ -54,7 +55,8 @@ struct SimWal {
 struct Pending {
     shard: u32,
     record: EncodedRecord,
-    done: tokio::sync::oneshot::Sender<()>,
+    /// `Ok`: durable; `Err`: the append failed (nothing written).
+    done: tokio::sync::oneshot::Sender<Result<(), ()>>,
 }
 
 impl SimWal {
@@ -65,8 +67,9 @@ impl SimWal {
         }
     }
 
-    /// Makes one pending append durable (the `pick`-th modulo their number); false when none.
-    async fn complete(&self, pick: usize) -> bool {
+    /// Makes one pending append durable (the `pick`-th modulo their number), or fails it
+    /// (`fail`: nothing is written); false when none is pending.
+    async fn complete(&self, pick: usize, fail: bool) -> bool {
         let next_opt = {
             let mut pending = self.pending.lock().unwrap();
             (!pending.is_empty()).then(|| {
@@ -77,8 +80,12 @@ impl SimWal {
         let Some(p) = next_opt else {
             return false;
         };
+        if fail {
+            let _ = p.done.send(Err(()));
+            return true;
+        }
         self.durable.append(p.shard, p.record).await.unwrap();
-        let _ = p.done.send(());
+        let _ = p.done.send(Ok(()));
         true
     }
 }
@@ -92,11 +99,14 @@ impl Wal for SimWal {
             record,
             done,
         });
-        if completed.await.is_err() {
+        match completed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(())) => Err(WalError::Unavailable(Box::new(std::io::Error::other(
+                "simulated write failure",
+            )))),
             // The simulation crashed the node: this append never completes.
-            std::future::pending::<()>().await;
+            Err(_) => std::future::pending().await,
         }
-        Ok(())
     }
     async fn tail(&self, shard: u32) -> Result<Option<Tail>, WalError> {
         self.durable.tail(shard).await
@@ -156,17 +166,29 @@ struct Model {
     sent: Vec<MovementBody>,
     /// Every entry ID sent (its outcome is read back for conservation).
     entries: Vec<MovementId>,
+    /// IDs refused by a node whose stream had failed (fail-stop): they must not take effect.
+    refused: Vec<MovementId>,
     next_id: u64,
 }
 
-type Answers = Arc<Mutex<Vec<(MovementBody, Result<Posted, LedgerError>)>>>;
+/// Each answer, with whether its request had a new ID and was sent to a node whose stream
+/// had failed.
+type Answers = Arc<Mutex<Vec<(MovementBody, Result<Posted, LedgerError>, bool)>>>;
 
 impl Model {
     /// Takes in the answers clients got since the last call, checking each retry against
     /// the outcome answered before.
     fn take_answers(&mut self, answers: &Answers, seed: u64) {
-        for (body, answer) in answers.lock().unwrap().drain(..) {
+        for (body, answer, after_failure) in answers.lock().unwrap().drain(..) {
             let id = id_of(&body).clone();
+            if after_failure {
+                assert!(
+                    matches!(answer, Err(LedgerError::Unavailable { .. })),
+                    "seed {seed}: {id} sent after a stream failure got {answer:?}"
+                );
+                self.refused.push(id);
+                continue;
+            }
             let outcome = match &answer {
                 Ok(posted) => Some(posted.movement.status == MovementStatus::Committed),
                 // (Against an answered body, or one still pending.)
@@ -199,8 +221,9 @@ impl Model {
         }
     }
 
-    /// A new request, or a retry of an earlier one (the same body, or another under its ID).
-    fn request(&mut self, rng: &mut SmallRng) -> MovementBody {
+    /// A new request, or a retry of an earlier one (the same body, or another under its ID);
+    /// true for a new one.
+    fn request(&mut self, rng: &mut SmallRng) -> (MovementBody, bool) {
         if !self.sent.is_empty() && rng.gen_bool(0.2) {
             let mut body = self.sent[rng.gen_range(0..self.sent.len())].clone();
             if rng.gen_bool(0.3) {
@@ -209,7 +232,7 @@ impl Model {
                     MovementBody::Entry(e) => e.amount_minor += 1,
                 }
             }
-            return body;
+            return (body, false);
         }
         self.next_id += 1;
         let n = self.next_id;
@@ -245,7 +268,7 @@ impl Model {
             })
         };
         self.sent.push(body.clone());
-        body
+        (body, true)
     }
 }
 
@@ -257,21 +280,23 @@ async fn settled<F: std::future::Future>(wal: &SimWal, fut: F) -> F::Output {
             biased;
             out = &mut fut => return out,
             () = tokio::time::sleep(Duration::from_micros(100)) => {
-                while wal.complete(0).await {}
+                while wal.complete(0, false).await {}
             }
         }
     }
 }
 
-/// Sends a request from a client task of its own; its answer goes to `answers`.
-fn send(ledger: &Ledger, body: MovementBody, answers: &Answers) {
+/// Sends a request from a client task of its own; its answer goes to `answers`. `fresh`: its
+/// ID was never sent before.
+fn send(ledger: &Ledger, (body, fresh): (MovementBody, bool), answers: &Answers) {
     let (ledger, answers) = (ledger.clone(), answers.clone());
+    let after_failure = fresh && !ledger.failed_shards().is_empty();
     tokio::spawn(async move {
         let answer = match &body {
             MovementBody::Transfer(t) => ledger.transfer(t.clone()).await,
             MovementBody::Entry(e) => ledger.post_entry(e.clone()).await,
         };
-        answers.lock().unwrap().push((body, answer));
+        answers.lock().unwrap().push((body, answer, after_failure));
     });
 }
 
@@ -293,13 +318,21 @@ fn send_batch(ledger: &Ledger, transfers: Vec<Transfer>, atomic: bool, answers: 
         }
         let mut answers = answers.lock().unwrap();
         for (t, r) in transfers.into_iter().zip(results) {
-            answers.push((MovementBody::Transfer(t), r));
+            answers.push((MovementBody::Transfer(t), r, false));
         }
     });
 }
 
 /// Checks the rules of the money on a node just opened (recovery done, nothing in flight).
-async fn check_rules(ledger: &Ledger, wal: &SimWal, model: &Model, seed: u64) {
+async fn check_rules(ledger: &Ledger, wal: &SimWal, model: &mut Model, seed: u64) {
+    // What a failed node refused did nothing (a retry runs it anew in a later life).
+    for id in std::mem::take(&mut model.refused) {
+        let found = settled(wal, ledger.movement(&id)).await;
+        assert!(
+            matches!(found, Err(LedgerError::Rejected(_))),
+            "seed {seed}: {id}, refused after a stream failure, took effect: {found:?}"
+        );
+    }
     // I2: every answered outcome is there, unchanged.
     for (id, (body, committed)) in &model.answered {
         let view = settled(wal, ledger.movement(id))
@@ -399,7 +432,7 @@ fn run_seed(seed: u64, steps: usize) {
                     settled(&wal, ledger.post_entry(funding)).await.unwrap();
                 }
             }
-            check_rules(&ledger, &wal, &model, seed).await;
+            check_rules(&ledger, &wal, &mut model, seed).await;
             if last {
                 return;
             }
@@ -412,7 +445,7 @@ fn run_seed(seed: u64, steps: usize) {
                         // (An ID twice in one batch is a malformed batch: not sent here.)
                         let mut transfers: Vec<Transfer> = Vec::new();
                         for _ in 0..rng.gen_range(2..6) {
-                            if let MovementBody::Transfer(t) = model.request(&mut rng) {
+                            if let (MovementBody::Transfer(t), _) = model.request(&mut rng) {
                                 if transfers.iter().all(|u| u.transfer_id != t.transfer_id) {
                                     transfers.push(t);
                                 }
@@ -421,7 +454,7 @@ fn run_seed(seed: u64, steps: usize) {
                         send_batch(&ledger, transfers, rng.gen_bool(0.5), &answers);
                     }
                     35..=74 => {
-                        wal.complete(rng.gen()).await;
+                        wal.complete(rng.gen(), rng.gen_range(0..100) < 2).await;
                     }
                     75..=96 => {
                         tokio::time::sleep(Duration::from_micros(rng.gen_range(1..3_000))).await
@@ -433,7 +466,9 @@ fn run_seed(seed: u64, steps: usize) {
                     tokio::task::yield_now().await;
                 }
                 model.take_answers(&answers, seed);
-                if step >= steps || rng.gen_range(0..100) < 3 {
+                // A failed stream: the node waits for its restart (fail-stop).
+                let failed = !ledger.failed_shards().is_empty();
+                if step >= steps || rng.gen_range(0..100) < if failed { 30 } else { 3 } {
                     break;
                 }
             }
