@@ -8,8 +8,9 @@
 //! appenders wait: backpressure instead of unbounded memory.
 //!
 //! The writer writes a batch as soon as someone waits for it (the first `durable()` on one of
-//! its tickets tells it), when it is full, or when its events collected while the previous
-//! batch was written (they have waited one append already); any other batch lingers up to
+//! its tickets tells it), when it is full, or when it collected [`WAL_AMORTIZED_EVENTS`] while
+//! the previous batch was written (they have waited one append already); any other batch
+//! lingers up to
 //! [`WAL_UNDEMANDED_FLUSH_US`]. So events appended microseconds apart with only the last one
 //! awaited (the accounts of a batch's phase, say) share one record and one fsync instead of
 //! paying one each in a row, and under load the writer never lingers.
@@ -29,8 +30,8 @@ use tokio::sync::Notify;
 use crate::{
     event::{self, Event},
     limits::{
-        STREAM_PROBE_INTERVAL_MS_MAX, STREAM_PROBE_INTERVAL_MS_MIN, WAL_BATCH_BYTES_MAX,
-        WAL_BATCH_EVENTS_MAX, WAL_UNDEMANDED_FLUSH_US,
+        STREAM_PROBE_INTERVAL_MS_MAX, STREAM_PROBE_INTERVAL_MS_MIN, WAL_AMORTIZED_EVENTS,
+        WAL_BATCH_BYTES_MAX, WAL_BATCH_EVENTS_MAX, WAL_UNDEMANDED_FLUSH_US,
     },
     movements::Settlement,
     stats::Histogram,
@@ -342,8 +343,9 @@ impl ShardLog {
     ) {
         // When the current batch's undemanded linger ends (set by its first look).
         let mut linger_until_opt: Option<tokio::time::Instant> = None;
-        // The filling batch collected events while the previous one was written: they have
-        // waited an append already, and the linger would only add to it.
+        // The filling batch collected enough events while the previous one was written to
+        // share an fsync well (WAL_AMORTIZED_EVENTS): they have waited an append already, and
+        // the linger would only add to it.
         let mut filled_while_writing = false;
         loop {
             let wake = self.wake_writer.notified();
@@ -415,7 +417,7 @@ impl ShardLog {
                     let settlements = {
                         let mut f = self.filling.lock();
                         f.writing_opt = None;
-                        filled_while_writing = f.num_events > 0;
+                        filled_while_writing = f.num_events >= WAL_AMORTIZED_EVENTS;
                         std::mem::take(&mut f.writing_settlements)
                     };
                     signal.complete(true);
