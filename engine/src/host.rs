@@ -2,11 +2,12 @@
 //!
 //! An account is an actor: it alone owns its state, handles one message at a time and is
 //! reached only through messages ([`AccountMsg`] in, [`AccountReply`] out). Its host is its
-//! shard ([`crate::node::ShardCore`]): the shard keeps every account's state in one map and runs
-//! an account's turn under the shard's host lock, on the task of whoever delivers the message
-//! (a dispatcher with a caller-runs policy, as Akka's calling-thread dispatcher and Orleans'
-//! silos run many actors on few threads). There is no tokio task, mailbox or wake-up per
-//! account, and nothing to activate or passivate: an idle account is its compact state.
+//! shard ([`crate::node::ShardCore`]): the shard keeps every account's state in one map, and
+//! the shard's kameo actor (`node::shard_actor`) runs the accounts' turns in its ticks, under
+//! the shard's host lock (as Orleans' silos and Akka's dispatchers run many actors on few
+//! threads; account openings and batches still run their turns on the caller's task, under
+//! the same lock). There is no tokio task, mailbox or wake-up per account, and nothing to
+//! activate or passivate: an idle account is its compact state.
 //!
 //! The host lock also guards the append side of the shard's group-commit log: every event of
 //! a shard is appended inside an account's turn (or a shard-level turn, see
@@ -31,8 +32,6 @@ use crate::{
 #[derive(Clone, Debug)]
 pub(crate) enum AccountMsg {
     Exec(AccountCommand),
-    /// Many commands in one turn (a batch's phase for this account), in order.
-    ExecMany(Vec<AccountCommand>),
     /// Reserve room for an atomic batch's credit (records nothing).
     ReserveIncoming(crate::types::Transfer),
     /// Give back a reservation whose batch aborted.
@@ -48,13 +47,6 @@ pub(crate) enum AccountReply {
         at: Timestamp,
         result: Result<Event, Rejection>,
         ticket_opt: Option<Ticket>,
-    },
-    /// Many commands ran, in order: each outcome, and whether it was recorded. The ticket of
-    /// the last record covers every earlier one (a shard's records become durable in order).
-    ExecutedMany {
-        at: Timestamp,
-        results: Vec<(Result<(), Rejection>, bool)>,
-        last_ticket_opt: Option<Ticket>,
     },
     /// A reservation's outcome, and the LSN of the latest event of the state it was checked on.
     Reserved(Result<(), Rejection>, Lsn),
@@ -138,7 +130,7 @@ impl Slot {
                 self.state.release_incoming(amount_minor);
                 AccountReply::Reserved(Ok(()), lsn)
             }
-            AccountMsg::Exec(_) | AccountMsg::ExecMany(_) => {
+            AccountMsg::Exec(_) => {
                 unreachable!("commands are delivered through exec")
             }
         }

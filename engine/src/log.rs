@@ -185,6 +185,9 @@ pub(crate) struct ShardLog {
     /// Wakes appenders waiting for room.
     room: Notify,
     linger: Duration,
+    /// Run after the settlements of a durable record: sends on, batched per destination, the
+    /// messages that the settlements queued (`Node::flush_outbox`).
+    after_settle: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     pub(crate) append_latency_us: Histogram,
     pub(crate) batch_events: Histogram,
 }
@@ -217,8 +220,23 @@ impl ShardLog {
             wake_writer,
             room: Notify::new(),
             linger,
+            after_settle: std::sync::OnceLock::new(),
             append_latency_us: Histogram::latency_us(),
             batch_events: Histogram::counts(),
+        }
+    }
+
+    /// Sets what runs after the settlements of each durable record (once, at start).
+    pub(crate) fn set_after_settle(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        assert!(
+            self.after_settle.set(hook).is_ok(),
+            "after_settle is set once"
+        );
+    }
+
+    fn run_after_settle(&self) {
+        if let Some(hook) = self.after_settle.get() {
+            hook();
         }
     }
 
@@ -296,6 +314,7 @@ impl ShardLog {
                 drop(f);
                 debug_assert!(self.durable_lsn() >= lsn);
                 settlement.settle();
+                self.run_after_settle();
             }
         }
     }
@@ -424,6 +443,7 @@ impl ShardLog {
                     for s in settlements {
                         s.settle();
                     }
+                    self.run_after_settle();
                 }
                 Err(e) => {
                     // After a failed append nothing later may be trusted: the shard stops

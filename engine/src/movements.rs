@@ -77,11 +77,6 @@ impl MovementCell {
         s.first_record_opt.get_or_insert((shard, lsn));
     }
 
-    /// Marks the movement as possibly recorded, keeping its creation time.
-    pub(crate) fn maybe_recorded(&self) {
-        self.state.lock().recorded = true;
-    }
-
     /// Returns whether the movement is pending with nothing recorded (its ID may be freed).
     pub fn unrecorded(&self) -> bool {
         let s = self.state.lock();
@@ -302,18 +297,10 @@ pub(crate) struct Settlement {
     pub(crate) movement_opt: Option<(Arc<MovementCell>, Outcome)>,
     /// The write's in-flight permit.
     pub(crate) in_flight_opt: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// What the record lets go on: a cross-shard transfer's next phase, sent once the record
-    /// before it is durable (`Node::deliver`).
+    /// What the record lets go on: a cross-shard transfer's next phase, queued in the shard's
+    /// outbox once the record before it is durable and sent on with the record's other
+    /// messages (`Node::run_phase`, `Node::flush_outbox`).
     pub(crate) then_opt: Option<Box<dyn FnOnce() + Send>>,
-}
-
-/// Who settles a movement once its turn ran.
-pub(crate) enum Settle<'a> {
-    /// The caller, which waits for the record and goes on (a phase of a longer movement).
-    ByCaller,
-    /// The shard's log writer, once the turn's record is durable; the write's in-flight
-    /// permit goes with the movement (taken out of the caller's hands when the turn is done).
-    ByShard(&'a mut Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
 impl Settlement {

@@ -439,6 +439,16 @@ pub enum MovementBody {
     Entry(Entry),
 }
 
+impl MovementBody {
+    /// The movement's ID.
+    pub fn id(&self) -> &MovementId {
+        match self {
+            MovementBody::Transfer(t) => &t.transfer_id,
+            MovementBody::Entry(e) => &e.entry_id,
+        }
+    }
+}
+
 /// What a reader sees of a transfer or entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovementView {

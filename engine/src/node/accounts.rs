@@ -1,6 +1,6 @@
 //! Writes on one account: opening it, and external entries (credits and debits).
 
-use super::*;
+use super::{shard_actor::Work, *};
 
 /// What `try_open` found or did.
 pub(super) enum OpenStep {
@@ -112,17 +112,18 @@ impl Node {
         }
     }
 
-    /// Posts an entry. Its turn (one event: `EntryApplied`, or `EntryRejected`, a missing
-    /// account included) hands the movement to its shard, whose log writer settles it once
-    /// the record is durable: the caller only waits on the movement's cell, so a caller that
-    /// hangs up strands nothing, and the entry needs no task of its own.
+    /// Posts an entry: queued at its account's shard ([`Work::Entry`]), whose actor runs its
+    /// turn (one event: `EntryApplied`, or `EntryRejected`, a missing account included) and
+    /// whose log writer settles it once the record is durable. The caller only waits on the
+    /// movement's cell: once queued the shard owns it, a caller that hangs up strands nothing,
+    /// and the entry needs no task of its own.
     pub(crate) async fn post_entry(&self, e: &Entry) -> Result<Posted, LedgerError> {
         self.check_writable()?;
         if e.amount_minor <= 0 {
             return Err(Rejection::InvalidAmount.into());
         }
         check_description(&e.description_opt)?;
-        let mut permit_opt = Some(self.in_flight_permit()?);
+        let permit = self.in_flight_permit()?;
         let cell = match self
             .claim(&e.entry_id, &MovementBody::Entry(e.clone()))
             .await
@@ -130,30 +131,23 @@ impl Node {
             Ok(cell) => cell,
             Err(outcome) => return outcome,
         };
-        // A caller that stops waiting for room frees the ID it claimed (nothing is recorded).
-        let unclaim = scopeguard::guard((), |()| {
-            if cell.unrecorded() {
-                self.movements.abandon(&e.entry_id, &cell);
-            }
-        });
-        let shard = self.shard(&e.account_id);
-        loop {
-            let room = shard.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if self.entry_turn(shard, e, &cell, &mut permit_opt)? {
-                break;
-            }
-            room.await;
+        let work = Work::Entry {
+            e: e.clone(),
+            cell: cell.clone(),
+            permit_opt: Some(permit),
+        };
+        if let Err(err) = self.enqueue(self.shard_index(&e.account_id), work) {
+            // Nothing ran: the node is stopping. The ID is free for a retry.
+            self.movements.abandon(&e.entry_id, &cell);
+            return Err(err);
         }
-        drop(unclaim);
         self.settled(&cell).await
     }
 
     /// The turn of an entry on its account's shard, settled by the shard's log writer once
     /// its record is durable (the write's in-flight permit goes with it); `false` (and nothing
     /// done) when the group commit has no room.
-    fn entry_turn(
+    pub(super) fn entry_turn(
         &self,
         shard: &ShardCore,
         e: &Entry,

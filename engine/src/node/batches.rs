@@ -1,10 +1,10 @@
-//! Batches of transfers. Independent ones run as rounds of the transfer step machine (one
-//! message per account per round, durability awaited once per shard per round); those within
-//! one shard are one turn each, many per host lock. An atomic batch places and makes durable
+//! Batches of transfers. Independent ones are split per shard into the shards' ticks, each
+//! transfer run as a single one would be (`Node::transfer_work`). An atomic batch places and
+//! makes durable
 //! every hold, reserves every credit's room, records its decision, and only then finishes
 //! each transfer with the step machine: all commit, or none does.
 
-use super::{transfers::InShard, *};
+use super::{shard_actor::Work, *};
 
 impl Node {
     pub(crate) async fn transfer_batch(
@@ -36,24 +36,6 @@ impl Node {
             })
     }
 
-    /// Sends one phase of a batch to every account it touches: one `ExecMany` per account with
-    /// that account's commands in batch order, at most [`BATCH_CONCURRENCY_MAX`] accounts at a
-    /// time. Returns, per account, the transfers' indices and the reply.
-    pub(super) async fn batch_phase(
-        &self,
-        groups: FastMap<AccountId, Vec<(usize, AccountCommand)>>,
-    ) -> Vec<(AccountId, Vec<usize>, Result<AccountReply, LedgerError>)> {
-        futures::stream::iter(groups)
-            .map(|(account, items)| async move {
-                let (idxs, cmds): (Vec<usize>, Vec<AccountCommand>) = items.into_iter().unzip();
-                let reply = self.ask(&account, AccountMsg::ExecMany(cmds)).await;
-                (account, idxs, reply)
-            })
-            .buffer_unordered(BATCH_CONCURRENCY_MAX)
-            .collect()
-            .await
-    }
-
     /// Waits until each shard's stream is durable up to the LSN noted for it (0: nothing).
     /// Returns the shards whose stream failed, with the error.
     pub(super) async fn wait_shards_durable(&self, lsns: &[Lsn]) -> Vec<(usize, LedgerError)> {
@@ -77,17 +59,16 @@ impl Node {
             .collect()
     }
 
-    /// A batch of independent transfers, run phase by phase for the whole batch: the same
-    /// protocol as [`Node::transfer`] (hold, credit, commit or release; nothing crosses a shard
-    /// on a record a crash could undo), but each phase sends one message per account carrying
-    /// all of that account's commands, and durability is awaited once per shard per phase
-    /// instead of once per transfer.
+    /// A batch of independent transfers: split per shard into the shards' ticks. Each
+    /// transfer is queued at its debit account's shard as a single transfer would be
+    /// ([`Node::transfer_work`]: one turn within a shard; across shards, its hold, which the
+    /// shard actors carry on), the whole share of a shard in one go. Each is settled by its
+    /// shard once its last record is durable; the batch answers once every one is.
     pub(super) async fn transfer_batch_independent(
         &self,
         cmds: Vec<Transfer>,
     ) -> Vec<Result<Posted, LedgerError>> {
         let n = cmds.len();
-        let num_shards = self.shards.len();
         let mut out: Vec<Option<Result<Posted, LedgerError>>> = (0..n).map(|_| None).collect();
         let permits = n.clamp(1, BATCH_CONCURRENCY_MAX.min(self.config.in_flight_max));
         let _permits = match self.batch_permits(permits).await {
@@ -96,253 +77,53 @@ impl Node {
         };
         // Claims. An ID seen before (also earlier in this batch) is answered at the end, once
         // this batch's own transfers are settled.
-        let mut cells: Vec<Option<Arc<MovementCell>>> = Vec::with_capacity(n);
+        let mut cells: Vec<(usize, usize, MovementId, Arc<MovementCell>)> = Vec::with_capacity(n);
         let mut replays = Vec::new();
-        for (i, t) in cmds.iter().enumerate() {
-            if let Err(r) = Self::validate_transfer(t) {
+        let mut works: Vec<Vec<Work>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for (i, t) in cmds.into_iter().enumerate() {
+            if let Err(r) = Self::validate_transfer(&t) {
                 out[i] = Some(Err(r.into()));
-                cells.push(None);
                 continue;
             }
-            match self.movements.claim(
-                &t.transfer_id,
-                &MovementBody::Transfer(t.clone()),
-                self.config.clock.now(),
-            ) {
-                Claim::New(cell) => cells.push(Some(cell)),
-                Claim::Existing(cell) => {
-                    replays.push((i, cell));
-                    cells.push(None);
+            let body = MovementBody::Transfer(t);
+            match self
+                .movements
+                .claim(body.id(), &body, self.config.clock.now())
+            {
+                Claim::New(cell) => {
+                    let MovementBody::Transfer(t) = body else {
+                        unreachable!("built above")
+                    };
+                    let home = self.shard_index(&t.debit_account_id);
+                    cells.push((i, home, t.transfer_id.clone(), cell.clone()));
+                    works[home].push(self.transfer_work(t, cell, None));
                 }
+                Claim::Existing(cell) => replays.push((i, cell, body)),
             }
         }
-        let mut status: Vec<Option<Result<Result<(), Rejection>, LedgerError>>> =
-            (0..n).map(|_| None).collect();
-        // The LSN each shard must reach before any answer (every transfer's last record is on
-        // its debit account's shard).
-        let mut final_lsn = vec![0; num_shards];
-        let cross = |t: &Transfer| {
-            self.shard_index(&t.debit_account_id) != self.shard_index(&t.credit_account_id)
-        };
-        // Transfers within one shard: one turn each (hold, credit, commit or release), as many
-        // per host lock as the group commit has room for.
-        let mut in_shard: Vec<Vec<usize>> = vec![Vec::new(); num_shards];
-        for (i, t) in cmds.iter().enumerate() {
-            if cells[i].is_some() && !cross(t) {
-                in_shard[self.shard_index(&t.debit_account_id)].push(i);
+        let mut stopped = vec![false; works.len()];
+        for (home, works) in works.into_iter().enumerate() {
+            if !works.is_empty() {
+                stopped[home] = self.enqueue_many(home, works).is_err();
             }
         }
-        for (index, idxs) in in_shard.into_iter().enumerate() {
-            let shard = &self.shards[index];
-            let mut next = 0;
-            while next < idxs.len() {
-                let room = shard.log.room();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                {
-                    let mut slots = shard.slots.lock();
-                    while next < idxs.len() {
-                        let i = idxs[next];
-                        let cell = cells[i].as_ref().expect("claimed above");
-                        match Self::transfer_turn_locked(
-                            &mut slots,
-                            shard,
-                            &cmds[i],
-                            cell,
-                            Settle::ByCaller,
-                            self.config.clock.now(),
-                        ) {
-                            Ok(InShard::Done(result, ticket)) => {
-                                final_lsn[index] = final_lsn[index].max(ticket.lsn);
-                                status[i] = Some(Ok(result));
-                            }
-                            Ok(InShard::Full) => break,
-                            Err(e) => {
-                                cell.maybe_recorded();
-                                status[i] = Some(Err(e));
-                            }
-                        }
-                        next += 1;
-                    }
-                }
-                if next < idxs.len() {
-                    room.await;
-                }
-            }
-        }
-        // Transfers across shards: the step machine of each, in rounds. A round sends every
-        // transfer's current phase, one message per account carrying that account's phases in
-        // batch order; before the next round, each shard whose record a next phase crosses on
-        // is made durable (once per shard per round, not once per transfer).
-        let mut phases: Vec<Option<Phase>> = (0..n).map(|_| None).collect();
-        for (i, t) in cmds.iter().enumerate() {
-            if cells[i].is_none() || status[i].is_some() {
-                continue;
-            }
-            match self.check_credit_account(t) {
-                Ok(()) => phases[i] = Some(Phase::Hold),
-                Err(reason) => {
-                    status[i] = Some(
-                        self.record_refusal(t, reason, cells[i].as_deref(), &mut final_lsn)
-                            .await,
-                    );
-                }
-            }
-        }
-        loop {
-            let mut groups: FastMap<AccountId, Vec<(usize, AccountCommand)>> = FastMap::new();
-            for (i, phase_opt) in phases.iter().enumerate() {
-                if let Some(phase) = phase_opt {
-                    let t = &cmds[i];
-                    groups
-                        .entry(phase.account(t).clone())
-                        .or_default()
-                        .push((i, phase.command(t, None)));
-                }
-            }
-            if groups.is_empty() {
-                break;
-            }
-            // The LSN each shard must reach before the next round (a phase crossing from it).
-            let mut crossing_lsn = vec![0; num_shards];
-            // Per transfer, the shard whose durability its next phase waits for.
-            let mut waits_on: Vec<Option<usize>> = (0..n).map(|_| None).collect();
-            for (account, idxs, reply) in self.batch_phase(groups).await {
-                let shard = self.shard_index(&account);
-                let (at, results, last_ticket_opt) = match reply {
-                    Ok(AccountReply::ExecutedMany {
-                        at,
-                        results,
-                        last_ticket_opt,
-                    }) => (at, results, last_ticket_opt),
-                    Ok(_) => unreachable!("ExecMany replies ExecutedMany"),
-                    // Accounts are never closed: a missing one refuses every phase sent to it.
-                    Err(LedgerError::Rejected(reason)) => (
-                        self.config.clock.now(),
-                        idxs.iter().map(|_| (Err(reason.clone()), false)).collect(),
-                        None,
-                    ),
-                    Err(e) => {
-                        for i in idxs {
-                            // Some of this account's phases may have been appended before the
-                            // failure: their IDs stay pending (see `MovementCell::unrecorded`).
-                            if let Some(cell) = &cells[i] {
-                                cell.maybe_recorded();
-                            }
-                            phases[i] = None;
-                            status[i] = Some(Err(e.clone()));
-                        }
-                        continue;
-                    }
-                };
-                // The last record of this account's message covers each of its phases.
-                let last_lsn = last_ticket_opt.as_ref().map_or(0, |t| t.lsn);
-                for (i, (result, recorded)) in idxs.into_iter().zip(results) {
-                    let t = &cmds[i];
-                    let phase = phases[i].take().expect("sent this round");
-                    if phase == Phase::Hold {
-                        if result == Err(Rejection::AccountNotFound) && !recorded {
-                            // A hold on an account that does not exist: recorded as refused.
-                            status[i] = Some(
-                                self.record_refusal(
-                                    t,
-                                    Rejection::AccountNotFound,
-                                    cells[i].as_deref(),
-                                    &mut final_lsn,
-                                )
-                                .await,
-                            );
-                            continue;
-                        }
-                        if recorded {
-                            if let Some(cell) = &cells[i] {
-                                cell.recorded_at(at, shard, last_lsn);
-                            }
-                        }
-                    }
-                    match phase.step(t, result, recorded, self.config.num_shards) {
-                        Step::Send(next) => phases[i] = Some(next),
-                        Step::SendOnceDurable(next) => {
-                            crossing_lsn[shard] = crossing_lsn[shard].max(last_lsn);
-                            waits_on[i] = Some(shard);
-                            phases[i] = Some(next);
-                        }
-                        Step::Done(result) => {
-                            if recorded {
-                                final_lsn[shard] = final_lsn[shard].max(last_lsn);
-                            }
-                            status[i] = Some(Ok(result));
-                        }
-                    }
-                }
-            }
-            let failed = self.wait_shards_durable(&crossing_lsn).await;
-            for (i, shard_opt) in waits_on.into_iter().enumerate() {
-                let Some(shard) = shard_opt else { continue };
-                if let Some((_, e)) = failed.iter().find(|(s, _)| *s == shard) {
-                    phases[i] = None;
-                    status[i] = Some(Err(e.clone()));
-                }
-            }
-        }
-        // Nothing is answered before its last record is durable.
-        let failed = self.wait_shards_durable(&final_lsn).await;
-        for (i, t) in cmds.iter().enumerate() {
-            let Some(cell) = &cells[i] else { continue };
-            let home = self.shard_index(&t.debit_account_id);
-            let outcome = match status[i].take() {
-                Some(Ok(result)) => match failed.iter().find(|(s, _)| *s == home) {
-                    Some((_, e)) => Err(e.clone()),
-                    None => Ok(result),
-                },
-                Some(Err(e)) => Err(e),
-                None => unreachable!("every claimed transfer of the batch reaches an outcome"),
-            };
-            out[i] = Some(match outcome {
-                Ok(result) => {
-                    self.finish_cell(cell, result);
-                    Self::posted(cell)
-                }
-                Err(e) => {
-                    if cell.unrecorded() {
-                        self.movements.abandon(&t.transfer_id, cell);
-                    }
-                    Err(e)
-                }
+        for (i, home, id, cell) in cells {
+            out[i] = Some(if stopped[home] {
+                // Nothing ran: the node is stopping. The ID is free for a retry.
+                self.movements.abandon(&id, &cell);
+                Err(LedgerError::Unavailable {
+                    reason: "shutting down",
+                })
+            } else {
+                self.settled(&cell).await
             });
         }
-        for (i, cell) in replays {
-            out[i] = Some(
-                self.replay(&cell, &MovementBody::Transfer(cmds[i].clone()))
-                    .await,
-            );
+        for (i, cell, body) in replays {
+            out[i] = Some(self.replay(&cell, &body).await);
         }
         out.into_iter()
             .map(|r| r.expect("every transfer of the batch is answered"))
             .collect()
-    }
-
-    /// Records a refusal decided before any account acted (a missing account, another
-    /// currency) on the transfer's home shard, noting the LSN to await before answering.
-    pub(super) async fn record_refusal(
-        &self,
-        t: &Transfer,
-        reason: Rejection,
-        cell_opt: Option<&MovementCell>,
-        final_lsn: &mut [Lsn],
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        let event = Event::TransferRejected {
-            transfer: t.clone(),
-            reason: reason.clone(),
-            at: self.config.clock.now(),
-        };
-        let shard = self.shard_index(&t.debit_account_id);
-        let ticket = self.shards[shard].append(&event).await?;
-        if let Some(cell) = cell_opt {
-            cell.recorded_at(event.at(), shard, ticket.lsn);
-        }
-        final_lsn[shard] = final_lsn[shard].max(ticket.lsn);
-        Ok(Err(reason))
     }
 
     /// An atomic batch: every transfer commits, or none does.

@@ -6,8 +6,11 @@
 //! message to an account. The rest is split along its seams:
 //! - `idempotency`: claiming a movement's ID, replays and conflicts;
 //! - `accounts`: opening accounts, external entries;
+//! - `shard_actor`: each shard's kameo actor, which runs the writes queued at the shard in
+//!   ticks and the messages of other shards;
 //! - `transfers`: a single transfer (one turn within a shard; across shards, a message that
-//!   the shards' log writers carry on from phase to phase, stepped by [`crate::transfer`]);
+//!   the shard actors carry on from phase to phase once each record is durable, stepped by
+//!   [`crate::transfer`]);
 //! - `batches`: independent batches (rounds of the step machine) and atomic batches;
 //! - `reads`: reads on durable state;
 //! - `maintenance`: readiness, metrics, snapshots, checksums, shutdown.
@@ -34,19 +37,18 @@ mod batches;
 mod idempotency;
 mod maintenance;
 mod reads;
+mod shard_actor;
 mod transfers;
 
 use std::{
     collections::HashSet,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
-use hashbrown::HashMap as FastMap;
 use parking_lot::Mutex;
 use saldo_persistence::{Lsn, SnapshotStore, Wal};
 use tokio::sync::Semaphore;
@@ -59,7 +61,7 @@ use crate::{
     ledger::{EngineConfig, Ledger, LedgerStats},
     limits::*,
     log::{ShardLog, StreamHealth, TryAppend},
-    movements::{Claim, MovementCell, MovementTable, Settle, Settlement},
+    movements::{Claim, MovementCell, MovementTable, Settlement},
     recovery::{restore_shard, RestoreTarget},
     shard::shard_of,
     transfer::{self, Phase, Step},
@@ -83,8 +85,16 @@ struct Hosted {
 /// One shard of a node.
 pub(crate) struct ShardCore {
     pub(crate) id: u32,
-    /// Accounts of the shard ([`AccountTable`]).
+    /// Accounts of the shard ([`AccountTable`]): the host lock.
     pub(crate) slots: Mutex<AccountTable>,
+    /// The shard's actor, which runs its queued writes and the messages of other shards
+    /// (`shard_actor`).
+    actor: OnceLock<kameo::actor::ActorRef<shard_actor::ShardActor>>,
+    /// Writes queued for the actor's next tick.
+    queue: Mutex<shard_actor::Queue>,
+    /// Messages to other shards whose record is durable, sent on by the log writer after its
+    /// settlements (`Node::flush_outbox`).
+    outbox: Mutex<Vec<transfers::PhaseMsg>>,
     pub(crate) log: Arc<ShardLog>,
     pub(crate) movements_window: usize,
     /// The newest snapshot (at start: the restored state), for the snapshot triggers.
@@ -252,6 +262,9 @@ impl Node {
             node.shards.push(Arc::new(ShardCore {
                 id: state.shard,
                 slots: Mutex::new(slots),
+                actor: OnceLock::new(),
+                queue: Mutex::default(),
+                outbox: Mutex::new(Vec::new()),
                 log,
                 movements_window: node.config.movements_window,
                 last_snapshot: Mutex::new(LastSnapshot {
@@ -262,6 +275,16 @@ impl Node {
             }));
         }
         let node = Arc::new(node);
+        for (index, shard) in node.shards.iter().enumerate() {
+            let actor = shard_actor::ShardActor::spawn(Arc::downgrade(&node), index);
+            assert!(shard.actor.set(actor).is_ok(), "one actor per shard");
+            let weak = Arc::downgrade(&node);
+            shard.log.set_after_settle(Box::new(move || {
+                if let Some(node) = weak.upgrade() {
+                    node.flush_outbox(index);
+                }
+            }));
+        }
         {
             let mut tasks = node.tasks.lock();
             for (log, prev_hash) in writers {
@@ -403,46 +426,18 @@ impl Node {
     }
 
     /// Delivers a message to an account and returns its reply: the account's turn runs here,
-    /// under its shard's host lock (see `host`). A command that finds the shard's group commit
-    /// full waits for room and is delivered again; commands of an `ExecMany` already run stay
-    /// run, and the rest follow in order.
+    /// under its shard's host lock (see `host`), on the caller's task (recovery and atomic
+    /// batches; the other writes queue at the shard's actor). A command that finds the shard's
+    /// group commit full waits for room and is delivered again.
     async fn ask(&self, id: &AccountId, msg: AccountMsg) -> Result<AccountReply, LedgerError> {
         let shard = self.shard(id);
         let window = shard.movements_window;
-        let cmds = match msg {
-            AccountMsg::Exec(cmd) => loop {
-                let room = shard.log.room();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                {
-                    let mut slots = shard.slots.lock();
-                    let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-                    let at = slot.turn_time(self.config.clock.now());
-                    if let Turn::Done { result, ticket_opt } =
-                        slot.exec(&shard.log, window, &cmd, at)?
-                    {
-                        return Ok(AccountReply::Executed {
-                            at,
-                            result,
-                            ticket_opt,
-                        });
-                    }
-                }
-                room.await;
-            },
-            AccountMsg::ExecMany(cmds) => cmds,
-            read => {
-                let mut slots = shard.slots.lock();
-                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-                return Ok(slot.read(read));
-            }
+        let AccountMsg::Exec(cmd) = msg else {
+            let mut slots = shard.slots.lock();
+            let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
+            return Ok(slot.read(msg));
         };
-        let mut results = Vec::with_capacity(cmds.len());
-        let mut last_ticket_opt = None;
-        let mut at_opt = None;
-        let mut next = cmds.iter();
-        let mut pending_opt = next.next();
-        while pending_opt.is_some() {
+        loop {
             let room = shard.log.room();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -452,30 +447,18 @@ impl Node {
                 // The turn's time is taken at each (re)delivery: while this message waited for
                 // room, other turns may have moved the account's clock on.
                 let at = slot.turn_time(self.config.clock.now());
-                at_opt.get_or_insert(at);
-                while let Some(cmd) = pending_opt {
-                    match slot.exec(&shard.log, window, cmd, at)? {
-                        Turn::Done { result, ticket_opt } => {
-                            let recorded = ticket_opt.is_some();
-                            if ticket_opt.is_some() {
-                                last_ticket_opt = ticket_opt;
-                            }
-                            results.push((result.map(|_| ()), recorded));
-                            pending_opt = next.next();
-                        }
-                        Turn::Full => break,
-                    }
+                if let Turn::Done { result, ticket_opt } =
+                    slot.exec(&shard.log, window, &cmd, at)?
+                {
+                    return Ok(AccountReply::Executed {
+                        at,
+                        result,
+                        ticket_opt,
+                    });
                 }
             }
-            if pending_opt.is_some() {
-                room.await;
-            }
+            room.await;
         }
-        Ok(AccountReply::ExecutedMany {
-            at: at_opt.unwrap_or_else(|| self.config.clock.now()),
-            results,
-            last_ticket_opt,
-        })
     }
 
     /// Runs one phase; when it records the movement's first event, sets the cell's creation

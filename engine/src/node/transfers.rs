@@ -5,15 +5,7 @@
 //! and the next one is sent by the shard's log writer once that turn's record is durable
 //! (before it crosses to another shard), or at once (when it does not cross).
 
-use super::{accounts::check_description, *};
-
-/// What the turn of a transfer within one shard did.
-pub(super) enum InShard {
-    /// Ran: the final status, and the ticket of the turn's last record.
-    Done(Result<(), Rejection>, crate::log::Ticket),
-    /// The group commit has no room for the turn's event: nothing happened.
-    Full,
-}
+use super::{accounts::check_description, shard_actor::Work, *};
 
 impl Node {
     pub(super) fn validate_transfer(t: &Transfer) -> Result<(), Rejection> {
@@ -26,16 +18,15 @@ impl Node {
         check_description(&t.description_opt)
     }
 
-    /// Runs a single transfer: within one shard, one turn ([`Node::try_transfer_in_shard`]);
-    /// across shards, its hold runs here and the shards carry it on ([`Node::deliver`]). Either
-    /// way the caller only waits for the movement's outcome: a caller that hangs up strands
-    /// nothing, and the transfer needs no task of its own.
+    /// Runs a single transfer: it is queued at its debit account's shard (within one shard, as
+    /// one turn, [`Work::Transfer`]; across shards, as its hold, which the shards carry on,
+    /// [`Node::run_phase`]). Either way the caller only waits for the movement's outcome: once
+    /// queued the shard owns it, a caller that hangs up strands nothing, and the transfer
+    /// needs no task of its own.
     pub(crate) async fn transfer(self: &Arc<Self>, t: Transfer) -> Result<Posted, LedgerError> {
-        if let Some(posted) = self.try_transfer_in_shard(&t).await {
-            return posted;
-        }
         self.check_writable()?;
         Self::validate_transfer(&t)?;
+        let index = self.shard_index(&t.debit_account_id);
         let permit = self.in_flight_permit()?;
         let cell = match self
             .claim(&t.transfer_id, &MovementBody::Transfer(t.clone()))
@@ -45,25 +36,42 @@ impl Node {
             Err(outcome) => return outcome,
         };
         let id = t.transfer_id.clone();
+        let work = self.transfer_work(t, cell.clone(), Some(permit));
+        if let Err(e) = self.enqueue(index, work) {
+            // Nothing ran: the node is stopping. The ID is free for a retry.
+            self.movements.abandon(&id, &cell);
+            return Err(e);
+        }
+        self.settled(&cell).await
+    }
+
+    /// What a claimed transfer queues at its debit account's shard: within one shard, its
+    /// turn; across shards, its hold (or its refusal, when the credit account is missing or
+    /// in another currency), which the shard actors carry on.
+    pub(super) fn transfer_work(
+        &self,
+        t: Transfer,
+        cell: Arc<MovementCell>,
+        permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Work {
+        if self.shard_index(&t.debit_account_id) == self.shard_index(&t.credit_account_id) {
+            return Work::Transfer {
+                t,
+                cell,
+                permit_opt,
+            };
+        }
         let step = match self.check_credit_account(&t) {
             Ok(()) => Deliver::Phase(Phase::Hold),
             Err(reason) => Deliver::Refuse(reason),
         };
-        let msg = PhaseMsg {
+        Work::Phase(PhaseMsg {
             t: Arc::new(t),
             step,
-            cell: cell.clone(),
-            permit_opt: Some(permit),
+            cell,
+            permit_opt,
             first_record: true,
-        };
-        if let Err(e) = self.deliver(msg) {
-            // Nothing was recorded: the stream failed. The ID is free for a retry.
-            if cell.unrecorded() {
-                self.movements.abandon(&id, &cell);
-            }
-            return Err(e);
-        }
-        self.settled(&cell).await
+        })
     }
 
     /// [`transfer::check_credit_account`] against the credit account as this node holds it.
@@ -138,99 +146,26 @@ impl Node {
         }
     }
 
-    /// A transfer whose accounts share a shard: claimed, then run in one turn of the shard
-    /// (under one host lock) that also hands the movement to the shard: its log writer settles
-    /// it once the turn's last record is durable. A refusal for a missing account or another
-    /// currency is recorded in that same turn. The caller only waits for the outcome: the
-    /// transfer needs no task of its own, and a caller that hangs up strands nothing. `None`
-    /// (nothing claimed) when the accounts are on two shards: the coordinator runs it.
-    pub(crate) async fn try_transfer_in_shard(
-        &self,
-        t: &Transfer,
-    ) -> Option<Result<Posted, LedgerError>> {
-        let index = self.shard_index(&t.debit_account_id);
-        if index != self.shard_index(&t.credit_account_id) {
-            return None;
-        }
-        if let Err(e) = self.check_writable() {
-            return Some(Err(e));
-        }
-        if let Err(r) = Self::validate_transfer(t) {
-            return Some(Err(r.into()));
-        }
-        let shard = &self.shards[index];
-        let mut permit_opt = match self.in_flight_permit() {
-            Ok(p) => Some(p),
-            Err(e) => return Some(Err(e)),
-        };
-        let cell = match self
-            .claim(&t.transfer_id, &MovementBody::Transfer(t.clone()))
-            .await
-        {
-            Ok(cell) => cell,
-            Err(outcome) => return Some(outcome),
-        };
-        // A caller that stops waiting for room frees the ID it claimed (nothing is recorded).
-        let unclaim = scopeguard::guard((), |()| {
-            if cell.unrecorded() {
-                self.movements.abandon(&t.transfer_id, &cell);
-            }
-        });
-        let turn = loop {
-            let room = shard.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.transfer_turn(shard, t, &cell, Settle::ByShard(&mut permit_opt)) {
-                Ok(InShard::Full) => room.await,
-                Ok(InShard::Done(..)) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        drop(unclaim);
-        if let Err(e) = turn {
-            return Some(Err(e));
-        }
-        Some(self.settled(&cell).await)
-    }
-
-    /// The turn of a transfer within one shard (one event, see
-    /// [`Node::transfer_turn_locked`]): its status and the ticket of its record. With
-    /// `settle`, the shard's log writer settles the movement once that record is durable.
+    /// The turn of a transfer within one shard, in the shard's actor: `false` (and nothing
+    /// done) when the group commit has no room. Both accounts are checked (the credit account
+    /// first: it must exist in the transfer's currency; then the debit account as a hold would
+    /// be, and the credit account as a credit would be) and the transfer is recorded as one
+    /// event: `TransferPosted`, or `TransferRejected` with the first refusal. Its time is now,
+    /// or the latest of both accounts' times if that is later. The shard's log writer settles
+    /// the movement once that record is durable (the write's in-flight permit goes with it).
     pub(super) fn transfer_turn(
         &self,
         shard: &ShardCore,
         t: &Transfer,
         cell: &Arc<MovementCell>,
-        settle: Settle<'_>,
-    ) -> Result<InShard, LedgerError> {
-        Self::transfer_turn_locked(
-            &mut shard.slots.lock(),
-            shard,
-            t,
-            cell,
-            settle,
-            self.config.clock.now(),
-        )
-    }
-
-    /// [`Node::transfer_turn`] under the host lock already taken (`slots`): `Full` when the
-    /// group commit has no room. Both accounts are checked (the credit account first: it must
-    /// exist in the transfer's currency; then the debit account as a hold would be, and the
-    /// credit account as a credit would be) and the transfer is recorded as one event:
-    /// `TransferPosted`, or `TransferRejected` with the first refusal. Its time is `now`, or
-    /// the latest of both accounts' times if that is later.
-    pub(super) fn transfer_turn_locked(
-        slots: &mut AccountTable,
-        shard: &ShardCore,
-        t: &Transfer,
-        cell: &Arc<MovementCell>,
-        settle: Settle<'_>,
-        now: Timestamp,
-    ) -> Result<InShard, LedgerError> {
+        permit_opt: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<bool, LedgerError> {
+        let slots = &mut *shard.slots.lock();
+        let now = self.config.clock.now();
         let (debit, credit) = (&t.debit_account_id, &t.credit_account_id);
         // Under the host lock, so that no other turn takes the room between.
         if !shard.log.room_for(1) {
-            return Ok(InShard::Full);
+            return Ok(false);
         }
         slots.unpack(debit);
         slots.unpack(credit);
@@ -256,17 +191,15 @@ impl Node {
                 slot.last_lsn = ticket.lsn;
             }
         }
-        if let Settle::ByShard(permit_opt) = settle {
-            shard.log.settle_at(
-                ticket.lsn,
-                Settlement {
-                    movement_opt: Some((cell.clone(), status.clone().map(|()| None))),
-                    in_flight_opt: permit_opt.take(),
-                    then_opt: None,
-                },
-            );
-        }
-        Ok(InShard::Done(status, ticket))
+        shard.log.settle_at(
+            ticket.lsn,
+            Settlement {
+                movement_opt: Some((cell.clone(), status.map(|()| None))),
+                in_flight_opt: permit_opt.take(),
+                then_opt: None,
+            },
+        );
+        Ok(true)
     }
 }
 
@@ -281,7 +214,7 @@ pub(super) enum Deliver {
 
 /// A cross-shard transfer on its way between shards: the message, and everything the
 /// transfer carries with it until it settles (its movement cell and in-flight permit).
-pub(super) struct PhaseMsg {
+pub(crate) struct PhaseMsg {
     t: Arc<Transfer>,
     step: Deliver,
     cell: Arc<MovementCell>,
@@ -290,22 +223,47 @@ pub(super) struct PhaseMsg {
     first_record: bool,
 }
 
+impl PhaseMsg {
+    /// The shard this message goes to: its phase's account's, or the debit account's for a
+    /// refusal.
+    pub(super) fn shard_index(&self, num_shards: u32) -> usize {
+        let account = match &self.step {
+            Deliver::Phase(phase) => phase.account(&self.t),
+            Deliver::Refuse(_) => &self.t.debit_account_id,
+        };
+        shard_of(account.as_str(), num_shards) as usize
+    }
+
+    /// The movement's ID and cell.
+    pub(super) fn movement(&self) -> (&MovementId, &Arc<MovementCell>) {
+        (&self.t.transfer_id, &self.cell)
+    }
+}
+
 impl Node {
-    /// Delivers a cross-shard transfer's message: runs its turn on the account's shard (under
-    /// the shard's host lock, as every turn), then hands what follows to that shard: the next
-    /// phase goes on at once when it stays on the shard or nothing was recorded, and is sent
-    /// by the shard's log writer once the record is durable when it crosses; the end settles
-    /// the movement once durable. Never awaits: it runs in the caller's task for the first
-    /// phase and in the log writers' tasks after that. A turn that finds the group commit full
-    /// waits for room on a task of its own (backpressure, the rare case).
+    /// Runs a cross-shard transfer's message on its shard, in that shard's actor: its turn
+    /// (under the host lock, as every turn), then what follows, as [`Phase::step`] says:
+    /// - a next phase on the same shard runs at once;
+    /// - a next phase on another shard is sent to that shard's actor: at once when nothing
+    ///   was recorded, else queued in this shard's outbox once the record is durable (the log
+    ///   writer's settlement) and sent with the record's other messages
+    ///   ([`Node::flush_outbox`]);
+    /// - the end settles the movement once its record is durable.
     ///
+    /// Never awaits. `Ok(Some(msg))` back when the group commit is full (nothing happened);
     /// `Err` only when the stream failed (nothing more can be recorded in this process; the
     /// movement's waiters learn it from `StreamHealth`).
-    pub(super) fn deliver(self: &Arc<Self>, mut msg: PhaseMsg) -> Result<(), LedgerError> {
+    #[allow(clippy::result_large_err)]
+    pub(super) fn run_phase(
+        self: &Arc<Self>,
+        mut msg: PhaseMsg,
+    ) -> Result<Option<PhaseMsg>, (PhaseMsg, LedgerError)> {
+        let n = self.config.num_shards;
         loop {
-            let (shard, turn) = match &msg.step {
+            let shard = &self.shards[msg.shard_index(n)];
+            let (outcome, recorded_opt) = match &msg.step {
                 Deliver::Refuse(reason) => {
-                    let shard = self.shard(&msg.t.debit_account_id);
+                    let reason = reason.clone();
                     let event = Event::TransferRejected {
                         transfer: (*msg.t).clone(),
                         reason: reason.clone(),
@@ -313,17 +271,19 @@ impl Node {
                     };
                     let appended = {
                         let _host = shard.slots.lock();
-                        shard.log.try_append(&event)?
+                        shard.log.try_append(&event)
                     };
-                    let TryAppend::Appended(ticket) = appended else {
-                        self.deliver_when_room(shard.clone(), msg);
-                        return Ok(());
-                    };
-                    (shard, (Err(reason.clone()), Some((ticket, event.at()))))
+                    match appended {
+                        Ok(TryAppend::Appended(ticket)) => {
+                            (Err(reason), Some((ticket, event.at())))
+                        }
+                        Ok(TryAppend::Full) => return Ok(Some(msg)),
+                        Err(e) => return Err((msg, e)),
+                    }
                 }
                 Deliver::Phase(phase) => {
+                    let phase = phase.clone();
                     let account = phase.account(&msg.t);
-                    let shard = self.shard(account);
                     let turn = {
                         let mut slots = shard.slots.lock();
                         match slots.get_mut(account) {
@@ -336,17 +296,14 @@ impl Node {
                             }
                         }
                     };
-                    let done = match turn {
+                    match turn {
                         Ok((Turn::Done { result, ticket_opt }, at)) => {
                             (result.map(|_| ()), ticket_opt.map(|t| (t, at)))
                         }
-                        Ok((Turn::Full, _)) => {
-                            self.deliver_when_room(shard.clone(), msg);
-                            return Ok(());
-                        }
+                        Ok((Turn::Full, _)) => return Ok(Some(msg)),
                         // A hold on an account that does not exist: refused, and recorded as such.
                         Err(LedgerError::Rejected(Rejection::AccountNotFound))
-                            if *phase == Phase::Hold =>
+                            if phase == Phase::Hold =>
                         {
                             msg.step = Deliver::Refuse(Rejection::AccountNotFound);
                             continue;
@@ -354,31 +311,31 @@ impl Node {
                         // Accounts are never closed: any other phase on a missing account is
                         // refused like any refusal (the machine decides what follows).
                         Err(LedgerError::Rejected(reason)) => (Err(reason), None),
-                        Err(e) => return Err(e),
-                    };
-                    (shard, done)
+                        Err(e) => return Err((msg, e)),
+                    }
                 }
             };
-            let (outcome, recorded_opt) = turn;
             if let Some((ticket, at)) = &recorded_opt {
                 if std::mem::take(&mut msg.first_record) {
                     msg.cell.recorded_at(*at, shard.id as usize, ticket.lsn);
                 }
             }
             let step = match &msg.step {
-                Deliver::Phase(phase) => phase.step(
-                    &msg.t,
-                    outcome,
-                    recorded_opt.is_some(),
-                    self.config.num_shards,
-                ),
+                Deliver::Phase(phase) => phase.step(&msg.t, outcome, recorded_opt.is_some(), n),
                 Deliver::Refuse(_) => Step::Done(outcome),
             };
             let ticket_opt = recorded_opt.map(|(ticket, _)| ticket);
+            let from = shard.id as usize;
             let settlement = match step {
                 Step::Send(next) => {
                     msg.step = Deliver::Phase(next);
-                    continue;
+                    let to = msg.shard_index(n);
+                    if to == from {
+                        continue;
+                    }
+                    // Nothing this phase recorded needs to be durable first.
+                    self.send_phases(to, vec![msg]);
+                    return Ok(None);
                 }
                 Step::SendOnceDurable(next) => {
                     msg.step = Deliver::Phase(next);
@@ -387,8 +344,7 @@ impl Node {
                         movement_opt: None,
                         in_flight_opt: None,
                         then_opt: Some(Box::new(move || {
-                            // On a failed stream nothing settles: StreamHealth answers.
-                            let _ = node.deliver(msg);
+                            node.shards[from].outbox.lock().push(msg);
                         })),
                     }
                 }
@@ -406,27 +362,12 @@ impl Node {
                 }
                 // Nothing recorded: every earlier record was durable before this phase ran
                 // (the machine waits before each crossing).
-                None => settlement.settle(),
-            }
-            return Ok(());
-        }
-    }
-
-    /// Delivers `msg` again once `shard`'s group commit has room, from a task of its own.
-    fn deliver_when_room(self: &Arc<Self>, shard: Arc<ShardCore>, msg: PhaseMsg) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let room = shard.log.room();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                if shard.log.room_for(1) {
-                    break;
+                None => {
+                    settlement.settle();
+                    self.flush_outbox(from);
                 }
-                room.await;
             }
-            // On a failed stream nothing settles: StreamHealth answers the waiters.
-            let _ = node.deliver(msg);
-        });
+            return Ok(None);
+        }
     }
 }

@@ -1,0 +1,317 @@
+//! A shard's actor: the kameo actor that hosts the shard's accounts and runs their turns.
+//!
+//! Writes reach a shard two ways, and both end in the actor's ticks:
+//! - **Callers' commands queue at their shard** ([`Work`], [`Node::enqueue`]): a single
+//!   transfer within the shard, an entry, a cross-shard transfer's first phase. A caller that
+//!   queues when no tick is coming sends the actor a [`Tick`]; a tick takes everything queued
+//!   and runs it in order, each command one turn of its accounts (decide, append to the shard's
+//!   filling group commit, apply). The shard's log writer answers each caller once the
+//!   command's record is durable (the movement's `Settlement`), so the next tick decides
+//!   while this one's record is written. Once a command is queued the shard owns it: a caller
+//!   that hangs up strands nothing, and no task is spawned per write.
+//! - **Messages from other shards** ([`Phases`]): a cross-shard transfer's next phase, sent by
+//!   the source shard's log writer once the record before it is durable, batched per shard
+//!   pair (one kameo message per destination per durable record of the source,
+//!   [`Node::flush_outbox`]).
+//!
+//! A turn that finds the group commit full waits, in the actor, for room (backpressure: the
+//! queue and the mailbox grow meanwhile, bounded by the node's `in_flight_max`).
+//!
+//! The host lock (`ShardCore::slots`) stays: readers look at durable state under it, and the
+//! batch paths and openings still run their turns on the caller's task under it
+//! (docs/engine.md, "Not there yet").
+//!
+//! A panic in a turn is a failed invariant: the process stops (a crash beats a wrong balance,
+//! and a dead shard would answer 503 forever).
+
+use std::sync::Weak;
+
+use kameo::{
+    actor::{Actor, ActorRef, Spawn, WeakActorRef},
+    error::{ActorStopReason, Infallible, PanicError},
+    mailbox,
+    message::{Context, Message},
+};
+
+use super::{transfers::PhaseMsg, *};
+
+/// A write queued at a shard: what the shard's next tick runs.
+pub(super) enum Work {
+    /// A transfer whose two accounts are on this shard (one turn, one event).
+    Transfer {
+        t: Transfer,
+        cell: Arc<MovementCell>,
+        permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    /// An entry on an account of this shard.
+    Entry {
+        e: Entry,
+        cell: Arc<MovementCell>,
+        permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    /// A cross-shard transfer's message to this shard.
+    Phase(PhaseMsg),
+}
+
+impl Work {
+    /// The movement's ID and cell.
+    fn movement(&self) -> (&MovementId, &Arc<MovementCell>) {
+        match self {
+            Work::Transfer { t, cell, .. } => (&t.transfer_id, cell),
+            Work::Entry { e, cell, .. } => (&e.entry_id, cell),
+            Work::Phase(msg) => msg.movement(),
+        }
+    }
+}
+
+/// The writes queued at a shard, and whether its actor has a tick coming that will take them.
+#[derive(Default)]
+pub(super) struct Queue {
+    works: Vec<Work>,
+    /// A tick is on its way and has not taken the queue yet: writes queued meanwhile go with
+    /// it. (A tick takes the queue once: the next one queues behind the messages of other
+    /// shards that came meanwhile, so neither starves the other.)
+    scheduled: bool,
+}
+
+/// The actor of one shard.
+pub(crate) struct ShardActor {
+    node: Weak<Node>,
+    index: usize,
+    /// The queue's previous buffer, emptied (no allocation per tick).
+    spare: Vec<Work>,
+}
+
+/// Runs what the shard's queue holds.
+pub(crate) struct Tick;
+
+/// Cross-shard transfers' messages to this shard, in the order the sender's records became
+/// durable.
+pub(crate) struct Phases(pub(super) Vec<PhaseMsg>);
+
+impl ShardActor {
+    /// Spawns the actor of shard `index` (unbounded mailbox: what bounds the work in flight is
+    /// the node's `in_flight_max`, taken before anything is queued).
+    pub(super) fn spawn(node: Weak<Node>, index: usize) -> ActorRef<ShardActor> {
+        <ShardActor as Spawn>::spawn_with_mailbox(
+            ShardActor {
+                node,
+                index,
+                spare: Vec::new(),
+            },
+            mailbox::unbounded(),
+        )
+    }
+}
+
+impl Actor for ShardActor {
+    type Args = Self;
+    type Error = Infallible;
+
+    async fn on_start(args: Self, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(args)
+    }
+
+    async fn on_panic(
+        &mut self,
+        _: WeakActorRef<Self>,
+        err: PanicError,
+    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
+        tracing::error!(shard = self.index, error = %err, "a shard's turn failed an invariant; the process stops");
+        std::process::abort();
+    }
+}
+
+impl Message<Tick> for ShardActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Tick, _: &mut Context<Self, ()>) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let shard = node.shards[self.index].clone();
+        {
+            let mut queue = shard.queue.lock();
+            std::mem::swap(&mut queue.works, &mut self.spare);
+            queue.scheduled = false;
+        }
+        let mut queued = std::mem::take(&mut self.spare);
+        node.run_works(&shard, queued.drain(..)).await;
+        self.spare = queued;
+    }
+}
+
+impl Message<Phases> for ShardActor {
+    type Reply = ();
+
+    async fn handle(&mut self, Phases(msgs): Phases, _: &mut Context<Self, ()>) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let shard = node.shards[self.index].clone();
+        node.run_works(&shard, msgs.into_iter().map(Work::Phase))
+            .await;
+    }
+}
+
+impl Node {
+    /// Queues a write at shard `index`; when no tick is coming, sends the one that will run
+    /// it. `Err` when the shard's actor is gone (the node is stopping): nothing ran.
+    pub(super) fn enqueue(&self, index: usize, work: Work) -> Result<(), LedgerError> {
+        self.enqueue_with(index, |works| works.push(work))
+    }
+
+    /// [`Node::enqueue`] for many writes, queued in order in one go (a batch's share of the
+    /// shard).
+    pub(super) fn enqueue_many(
+        &self,
+        index: usize,
+        mut more: Vec<Work>,
+    ) -> Result<(), LedgerError> {
+        self.enqueue_with(index, |works| works.append(&mut more))
+    }
+
+    fn enqueue_with(
+        &self,
+        index: usize,
+        push: impl FnOnce(&mut Vec<Work>),
+    ) -> Result<(), LedgerError> {
+        let shard = &self.shards[index];
+        let send_tick = {
+            let mut queue = shard.queue.lock();
+            push(&mut queue.works);
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if send_tick {
+            let actor = shard.actor.get().expect("the shard's actor runs");
+            if actor.tell(Tick).try_send().is_err() {
+                return Err(LedgerError::Unavailable {
+                    reason: "shutting down",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the messages that shard `index`'s settlements queued, one kameo message per
+    /// destination shard (in order per destination). Run by the shard's log writer after the
+    /// settlements of each durable record.
+    pub(super) fn flush_outbox(&self, index: usize) {
+        let mut msgs = std::mem::take(&mut *self.shards[index].outbox.lock());
+        if msgs.is_empty() {
+            return;
+        }
+        let n = self.config.num_shards;
+        // A stable sort: each destination gets its messages in the order they were queued.
+        msgs.sort_by_key(|m| m.shard_index(n));
+        let mut batch = Vec::new();
+        let mut to_opt = None;
+        for msg in msgs {
+            let to = msg.shard_index(n);
+            if to_opt.is_some_and(|t| t != to) {
+                self.send_phases(to_opt.unwrap_or_default(), std::mem::take(&mut batch));
+            }
+            to_opt = Some(to);
+            batch.push(msg);
+        }
+        if let Some(to) = to_opt {
+            self.send_phases(to, batch);
+        }
+    }
+
+    /// Sends phase messages to shard `to`'s actor. A stopped actor (the node is stopping)
+    /// drops them: nothing of theirs is recorded yet, and recovery finishes their holds.
+    pub(super) fn send_phases(&self, to: usize, msgs: Vec<PhaseMsg>) {
+        if let Some(actor) = self.shards[to].actor.get() {
+            let _ = actor.tell(Phases(msgs)).try_send();
+        }
+    }
+
+    /// Runs queued writes in order on `shard`. A write that finds the group commit full waits
+    /// here for room (the shard's ticks wait with it). A write the stream refuses (it failed)
+    /// did nothing: its ID is freed, and its caller learns of the failure from `StreamHealth`.
+    async fn run_works(self: &Arc<Self>, shard: &ShardCore, works: impl Iterator<Item = Work>) {
+        for mut work in works {
+            loop {
+                match self.run_work(shard, work) {
+                    Ok(None) => break,
+                    Ok(Some(full)) => {
+                        work = full;
+                        loop {
+                            let room = shard.log.room();
+                            tokio::pin!(room);
+                            room.as_mut().enable();
+                            if shard.log.room_for(1) {
+                                break;
+                            }
+                            room.await;
+                        }
+                    }
+                    Err((work, _stream_failed)) => {
+                        let (id, cell) = work.movement();
+                        if cell.unrecorded() {
+                            self.movements.abandon(id, cell);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One turn: `Ok(Some(work))` back when the group commit is full (nothing happened).
+    #[allow(clippy::result_large_err)]
+    fn run_work(
+        self: &Arc<Self>,
+        shard: &ShardCore,
+        work: Work,
+    ) -> Result<Option<Work>, (Work, LedgerError)> {
+        match work {
+            Work::Transfer {
+                t,
+                cell,
+                mut permit_opt,
+            } => match self.transfer_turn(shard, &t, &cell, &mut permit_opt) {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(Work::Transfer {
+                    t,
+                    cell,
+                    permit_opt,
+                })),
+                Err(e) => Err((
+                    Work::Transfer {
+                        t,
+                        cell,
+                        permit_opt,
+                    },
+                    e,
+                )),
+            },
+            Work::Entry {
+                e,
+                cell,
+                mut permit_opt,
+            } => match self.entry_turn(shard, &e, &cell, &mut permit_opt) {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(Work::Entry {
+                    e,
+                    cell,
+                    permit_opt,
+                })),
+                Err(err) => Err((
+                    Work::Entry {
+                        e,
+                        cell,
+                        permit_opt,
+                    },
+                    err,
+                )),
+            },
+            Work::Phase(msg) => match self.run_phase(msg) {
+                Ok(None) => Ok(None),
+                Ok(Some(full)) => Ok(Some(Work::Phase(full))),
+                Err((msg, e)) => Err((Work::Phase(msg), e)),
+            },
+        }
+    }
+}
