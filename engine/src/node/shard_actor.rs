@@ -266,52 +266,32 @@ impl Node {
         shard: &ShardCore,
         work: Work,
     ) -> Result<Option<Work>, (Work, LedgerError)> {
-        match work {
+        let mut work = match work {
+            Work::Phase(msg) => {
+                return match self.run_phase(msg) {
+                    Ok(full_opt) => Ok(full_opt.map(Work::Phase)),
+                    Err((msg, e)) => Err((Work::Phase(msg), e)),
+                };
+            }
+            work => work,
+        };
+        let ran = match &mut work {
             Work::Transfer {
                 t,
                 cell,
-                mut permit_opt,
-            } => match self.transfer_turn(shard, &t, &cell, &mut permit_opt) {
-                Ok(true) => Ok(None),
-                Ok(false) => Ok(Some(Work::Transfer {
-                    t,
-                    cell,
-                    permit_opt,
-                })),
-                Err(e) => Err((
-                    Work::Transfer {
-                        t,
-                        cell,
-                        permit_opt,
-                    },
-                    e,
-                )),
-            },
+                permit_opt,
+            } => self.transfer_turn(shard, t, cell, permit_opt),
             Work::Entry {
                 e,
                 cell,
-                mut permit_opt,
-            } => match self.entry_turn(shard, &e, &cell, &mut permit_opt) {
-                Ok(true) => Ok(None),
-                Ok(false) => Ok(Some(Work::Entry {
-                    e,
-                    cell,
-                    permit_opt,
-                })),
-                Err(err) => Err((
-                    Work::Entry {
-                        e,
-                        cell,
-                        permit_opt,
-                    },
-                    err,
-                )),
-            },
-            Work::Phase(msg) => match self.run_phase(msg) {
-                Ok(None) => Ok(None),
-                Ok(Some(full)) => Ok(Some(Work::Phase(full))),
-                Err((msg, e)) => Err((Work::Phase(msg), e)),
-            },
+                permit_opt,
+            } => self.entry_turn(shard, e, cell, permit_opt),
+            Work::Phase(_) => unreachable!("run above"),
+        };
+        match ran {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(work)),
+            Err(e) => Err((work, e)),
         }
     }
 }
