@@ -3,7 +3,7 @@
 use super::{shard_actor::Work, *};
 
 /// What `try_open` found or did.
-pub(super) enum OpenStep {
+pub(crate) enum OpenStep {
     /// The account exists with the same parameters.
     Exists,
     /// A passive account with this ID exists with other parameters; its latest event is `lsn`.
@@ -45,37 +45,62 @@ impl Node {
             }
             .into());
         }
-        let mut permit_opt = Some(self.in_flight_permit()?);
-        let shard = self.shard(&cmd.account_id);
-        loop {
-            let room = shard.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            // Decide under the lock, act (await) after it is released.
-            match self.try_open(shard, &cmd)? {
-                OpenStep::Exists => return Ok((self.account(&cmd.account_id).await?, false)),
-                OpenStep::Differs { lsn } => {
-                    // `account_exists` only once the opening it refers to is durable.
-                    self.wait_durable_bounded(shard, lsn).await?;
-                    return Err(Rejection::AccountExists.into());
-                }
-                OpenStep::Created(view, ticket) => {
-                    // The opening is recorded: the shard ends the write once it is durable,
-                    // whether or not this caller still waits.
-                    shard.log.settle_at(
-                        ticket.lsn,
-                        Settlement {
-                            movement_opt: None,
-                            in_flight_opt: permit_opt.take(),
-                            then_opt: None,
-                        },
-                    );
-                    ticket.durable().await?;
-                    return Ok((view, true));
-                }
-                OpenStep::Full => room.await,
+        let permit = self.in_flight_permit()?;
+        let (index, id) = (self.shard_index(&cmd.account_id), cmd.account_id.clone());
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let work = Work::Open {
+            cmd,
+            permit_opt: Some(permit),
+            reply_opt: Some(reply),
+        };
+        self.enqueue(index, work)?;
+        let stopping = LedgerError::Unavailable {
+            reason: "shutting down",
+        };
+        match replied.await.map_err(|_| stopping)?? {
+            OpenStep::Exists => Ok((self.account(&id).await?, false)),
+            OpenStep::Differs { lsn } => {
+                // `account_exists` only once the opening it refers to is durable.
+                self.wait_durable_bounded(&self.shards[index], lsn).await?;
+                Err(Rejection::AccountExists.into())
             }
+            OpenStep::Created(view, ticket) => {
+                ticket.durable().await?;
+                Ok((view, true))
+            }
+            OpenStep::Full => unreachable!("the shard runs an opening again once it has room"),
         }
+    }
+
+    /// The turn of an opening, in its shard's actor (see [`Node::try_open`]): `false` (and
+    /// nothing done) when the group commit has no room. A recorded opening is ended by the
+    /// shard once durable (its in-flight permit goes with it), whether or not its caller
+    /// still waits.
+    pub(super) fn open_turn(
+        &self,
+        shard: &ShardCore,
+        cmd: &OpenAccount,
+        permit_opt: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        reply_opt: &mut Option<super::shard_actor::OpenReply>,
+    ) -> Result<bool, LedgerError> {
+        let step = self.try_open(shard, cmd)?;
+        if let OpenStep::Full = step {
+            return Ok(false);
+        }
+        if let OpenStep::Created(_, ticket) = &step {
+            shard.log.settle_at(
+                ticket.lsn,
+                Settlement {
+                    movement_opt: None,
+                    in_flight_opt: permit_opt.take(),
+                    then_opt: None,
+                },
+            );
+        }
+        if let Some(reply) = reply_opt.take() {
+            let _ = reply.send(Ok(step));
+        }
+        Ok(true)
     }
 
     /// The synchronous part of opening an account: under the shard lock, either finds the

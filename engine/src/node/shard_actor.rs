@@ -2,7 +2,8 @@
 //!
 //! Writes reach a shard two ways, and both end in the actor's ticks:
 //! - **Callers' commands queue at their shard** ([`Work`], [`Node::enqueue`]): a single
-//!   transfer within the shard, an entry, a cross-shard transfer's first phase. A caller that
+//!   transfer within the shard, an entry, a cross-shard transfer's first phase, an account's
+//!   opening. A caller that
 //!   queues when no tick is coming sends the actor a [`Tick`]; a tick takes everything queued
 //!   and runs it in order, each command one turn of its accounts (decide, append to the shard's
 //!   filling group commit, apply). The shard's log writer answers each caller once the
@@ -17,8 +18,8 @@
 //! A turn that finds the group commit full waits, in the actor, for room (backpressure: the
 //! queue and the mailbox grow meanwhile, bounded by the node's `in_flight_max`).
 //!
-//! The host lock (`ShardCore::slots`) stays: readers look at durable state under it, and the
-//! batch paths and openings still run their turns on the caller's task under it
+//! The host lock (`ShardCore::slots`) stays: readers look at durable state under it, and
+//! atomic batches and recovery still run their turns on their own task under it
 //! (docs/engine.md, "Not there yet").
 //!
 //! A panic in a turn is a failed invariant: the process stops (a crash beats a wrong balance,
@@ -33,7 +34,7 @@ use kameo::{
     message::{Context, Message},
 };
 
-use super::{transfers::PhaseMsg, *};
+use super::{accounts::OpenStep, transfers::PhaseMsg, *};
 
 /// A write queued at a shard: what the shard's next tick runs.
 pub(super) enum Work {
@@ -51,15 +52,39 @@ pub(super) enum Work {
     },
     /// A cross-shard transfer's message to this shard.
     Phase(PhaseMsg),
+    /// The opening of an account of this shard; what the turn found or did goes back to the
+    /// caller.
+    Open {
+        cmd: OpenAccount,
+        permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+        reply_opt: Option<OpenReply>,
+    },
 }
 
+/// Where an opening's turn answers.
+pub(super) type OpenReply = tokio::sync::oneshot::Sender<Result<OpenStep, LedgerError>>;
+
 impl Work {
-    /// The movement's ID and cell.
-    fn movement(&self) -> (&MovementId, &Arc<MovementCell>) {
-        match self {
+    /// A write that the stream refused (it failed) did nothing: a movement's ID is freed (its
+    /// caller learns of the failure from `StreamHealth`), an opening's caller is told.
+    fn refused(self, node: &Node, e: LedgerError) {
+        let (id, cell) = match &self {
             Work::Transfer { t, cell, .. } => (&t.transfer_id, cell),
             Work::Entry { e, cell, .. } => (&e.entry_id, cell),
             Work::Phase(msg) => msg.movement(),
+            Work::Open { .. } => {
+                if let Work::Open {
+                    reply_opt: Some(reply),
+                    ..
+                } = self
+                {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+        };
+        if cell.unrecorded() {
+            node.movements.abandon(id, cell);
         }
     }
 }
@@ -247,11 +272,8 @@ impl Node {
                             room.await;
                         }
                     }
-                    Err((work, _stream_failed)) => {
-                        let (id, cell) = work.movement();
-                        if cell.unrecorded() {
-                            self.movements.abandon(id, cell);
-                        }
+                    Err((work, e)) => {
+                        work.refused(self, e);
                         break;
                     }
                 }
@@ -286,6 +308,11 @@ impl Node {
                 cell,
                 permit_opt,
             } => self.entry_turn(shard, e, cell, permit_opt),
+            Work::Open {
+                cmd,
+                permit_opt,
+                reply_opt,
+            } => self.open_turn(shard, cmd, permit_opt, reply_opt),
             Work::Phase(_) => unreachable!("run above"),
         };
         match ran {
