@@ -67,17 +67,13 @@ pub(super) type OpenReply = tokio::sync::oneshot::Sender<Result<OpenStep, Ledger
 impl Work {
     /// A write that the stream refused (it failed) did nothing: a movement's ID is freed (its
     /// caller learns of the failure from `StreamHealth`), an opening's caller is told.
-    fn refused(self, node: &Node, e: LedgerError) {
-        let (id, cell) = match &self {
-            Work::Transfer { t, cell, .. } => (&t.transfer_id, cell),
-            Work::Entry { e, cell, .. } => (&e.entry_id, cell),
+    fn refused(mut self, node: &Node, e: LedgerError) {
+        let (id, cell) = match &mut self {
+            Work::Transfer { t, cell, .. } => (&t.transfer_id, &*cell),
+            Work::Entry { e, cell, .. } => (&e.entry_id, &*cell),
             Work::Phase(msg) => msg.movement(),
-            Work::Open { .. } => {
-                if let Work::Open {
-                    reply_opt: Some(reply),
-                    ..
-                } = self
-                {
+            Work::Open { reply_opt, .. } => {
+                if let Some(reply) = reply_opt.take() {
                     let _ = reply.send(Err(e));
                 }
                 return;
@@ -155,12 +151,12 @@ impl Message<Tick> for ShardActor {
             return;
         };
         let shard = node.shards[self.index].clone();
+        let mut queued = std::mem::take(&mut self.spare);
         {
             let mut queue = shard.queue.lock();
-            std::mem::swap(&mut queue.works, &mut self.spare);
+            std::mem::swap(&mut queue.works, &mut queued);
             queue.scheduled = false;
         }
-        let mut queued = std::mem::take(&mut self.spare);
         node.run_works(&shard, queued.drain(..)).await;
         self.spare = queued;
     }
@@ -233,8 +229,8 @@ impl Node {
         let mut to_opt = None;
         for msg in msgs {
             let to = msg.shard_index(n);
-            if to_opt.is_some_and(|t| t != to) {
-                self.send_phases(to_opt.unwrap_or_default(), std::mem::take(&mut batch));
+            if let Some(before) = to_opt.filter(|&before| before != to) {
+                self.send_phases(before, std::mem::take(&mut batch));
             }
             to_opt = Some(to);
             batch.push(msg);
@@ -245,7 +241,8 @@ impl Node {
     }
 
     /// Sends phase messages to shard `to`'s actor. A stopped actor (the node is stopping)
-    /// drops them: nothing of theirs is recorded yet, and recovery finishes their holds.
+    /// drops them: the phases they carry are not recorded yet, and recovery at the next start
+    /// finishes or releases their holds.
     pub(super) fn send_phases(&self, to: usize, msgs: Vec<PhaseMsg>) {
         if let Some(actor) = self.shards[to].actor.get() {
             let _ = actor.tell(Phases(msgs)).try_send();
