@@ -50,7 +50,8 @@ const FUNDING_MINOR: i64 = 1_000_000_000_000;
 
 /// `saldo serve`'s engine settings (`EngineSettings::default()` in gateway/src/config.rs, one
 /// shard); benches depend on the engine only, so they are repeated here. `INPROC_SHARDS=N`
-/// runs them on N shards instead (most transfers then cross shards).
+/// runs them on N shards instead (most transfers then cross shards); `INPROC_SNAPSHOTS=off`
+/// turns the node's snapshots off (to see what they cost).
 fn serve_config() -> EngineConfig {
     // As `saldo serve` does at start (saldo_engine::process).
     saldo_engine::process::disable_transparent_huge_pages().expect("huge pages off");
@@ -58,14 +59,19 @@ fn serve_config() -> EngineConfig {
         v.parse()
             .expect("INPROC_SHARDS: a power of two, at most the engine's SHARDS_MAX")
     });
+    let snapshots = std::env::var("INPROC_SNAPSHOTS").map_or(true, |v| match v.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => panic!("INPROC_SNAPSHOTS: on or off"),
+    });
     EngineConfig {
         num_shards,
         node_epoch: 1,
         movements_window: 100,
         in_flight_max: 10_000,
         group_commit_linger_us: 0,
-        snapshot_every_events: 1_000_000,
-        snapshot_interval_ms: 60_000,
+        snapshot_every_events: if snapshots { 1_000_000 } else { 0 },
+        snapshot_interval_ms: if snapshots { 60_000 } else { 0 },
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
     }

@@ -727,12 +727,13 @@ impl AccountState {
         }
     }
 
-    /// Returns up to `limit` rows older than `cursor_opt` (exclusive), newest first.
-    pub fn movements(&self, limit: usize, cursor_opt: Option<u64>) -> MovementsPage {
+    /// Returns up to `limit` rows older than `cursor_opt` (exclusive), newest first, from the
+    /// newest `window` movements (the ledger's `movements_window`).
+    pub fn movements(&self, window: usize, limit: usize, cursor_opt: Option<u64>) -> MovementsPage {
         let below = cursor_opt.unwrap_or(u64::MAX);
         let rows: Vec<MovementRow> = self
             .history
-            .rows_newest_first()
+            .rows_newest_first(window)
             .filter(|r| r.seq < below)
             .take(limit)
             .map(|r| MovementRow {
@@ -749,7 +750,7 @@ impl AccountState {
             .collect();
         let oldest_in_memory = self
             .history
-            .oldest()
+            .oldest(window)
             .map_or(self.num_movements.saturating_add(1), |r| r.seq);
         let next_cursor_opt = match rows.last() {
             Some(last) if rows.len() == limit && last.seq > oldest_in_memory => Some(last.seq),
@@ -1002,7 +1003,7 @@ mod tests {
             )
             .unwrap();
         }
-        let page = a.movements(100, None);
+        let page = a.movements(8, 100, None);
         assert_eq!(page.rows.len(), 8, "the window is 8");
         assert_eq!(page.rows[0].balance_after_minor, 120);
         assert_eq!(page.rows[0].seq, 12);
@@ -1158,7 +1159,10 @@ mod tests {
         b.apply(&posted, 8);
         assert_eq!((a.balance_minor(), b.balance_minor()), (6, 4));
         assert_eq!(a.held_minor(), 0);
-        let (out, inn) = (&a.movements(8, None).rows[0], &b.movements(8, None).rows[0]);
+        let (out, inn) = (
+            &a.movements(8, 8, None).rows[0],
+            &b.movements(8, 8, None).rows[0],
+        );
         assert_eq!(
             (out.direction, inn.direction),
             (Direction::Out, Direction::In)

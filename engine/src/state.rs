@@ -1081,12 +1081,12 @@ mod tests {
                 .accounts
                 .state(&AccountId::new("a").unwrap())
                 .unwrap()
-                .movements(10, None),
+                .movements(100, 10, None),
             state
                 .accounts
                 .state(&AccountId::new("a").unwrap())
                 .unwrap()
-                .movements(10, None),
+                .movements(100, 10, None),
         );
         // Format 2, as the release before wrote it: a header, then the two maps whole.
         let (accounts, movements) = (

@@ -42,7 +42,9 @@ impl Node {
         cursor_opt: Option<u64>,
     ) -> Result<MovementsPage, LedgerError> {
         let limit = limit.clamp(1, MOVEMENTS_PAGE_MAX);
-        self.read(id, |s| s.movements(limit, cursor_opt)).await
+        let window = self.config.movements_window;
+        self.read(id, |s| s.movements(window, limit, cursor_opt))
+            .await
     }
 
     pub(crate) async fn daily(
