@@ -198,10 +198,11 @@ async fn fold_tail(
     // Each event of the tail adds at most one movement: room for all of them at once (up to
     // the presize bound), instead of rehashing a map of millions on the way (a decoded
     // snapshot has the room already, see `load_snapshot`). Each rehash faulted in a new
-    // table: a sixth of the CPU of a node under a batch load went there.
-    state
-        .movements
-        .reserve(tail_movements_max(tail_lsn, limit, state.lsn));
+    // table: a sixth of the CPU of a node under a batch load went there. The slots get
+    // the same room for the packed accounts the tail takes out (`AccountTable::reserve_slots`).
+    let tail_max = tail_movements_max(tail_lsn, limit, state.lsn);
+    state.movements.reserve(tail_max);
+    state.accounts.reserve_slots(tail_max);
     let mut at_junction = true;
     loop {
         let records = wal.read(shard, state.lsn, RESTORE_READ_RECORDS).await?;

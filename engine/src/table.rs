@@ -166,6 +166,18 @@ impl AccountTable {
         }
     }
 
+    /// Makes room in the slots for `events` more changes: each may take a packed account out
+    /// into a slot, so up to that many of them (at most every packed account) come. Growing
+    /// the slots instead rehashes them, and rehashing reads every boxed state for its ID: a
+    /// restore folding a million events read states it had just decoded a million times over.
+    pub fn reserve_slots(&mut self, events: usize) {
+        let more = events.min(self.packed.len());
+        let hasher = &self.hasher;
+        self.table.reserve(more, |s| {
+            std::hash::BuildHasher::hash_one(hasher, s.state.id())
+        });
+    }
+
     /// Returns the number of accounts.
     pub fn len(&self) -> usize {
         self.table.len() + self.packed.len()
