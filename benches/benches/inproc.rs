@@ -74,6 +74,7 @@ fn serve_config() -> EngineConfig {
         snapshot_interval_ms: if snapshots { 60_000 } else { 0 },
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
+        courier: saldo_engine::Courier::direct(),
     }
 }
 

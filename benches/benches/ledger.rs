@@ -167,6 +167,7 @@ fn config(in_flight_max: usize) -> EngineConfig {
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
+        courier: saldo_engine::Courier::direct(),
     }
 }
 

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub snapshots_keep: usize,
     /// Where the time stamped on events comes from ([`crate::Clock::system`] in production).
     pub clock: crate::Clock,
+    /// How phase messages travel between shards ([`crate::Courier::direct`] in production;
+    /// the node simulation reorders and loses them).
+    pub courier: crate::Courier,
 }
 
 /// A handle to the ledger of this node. Cloning is cheap.

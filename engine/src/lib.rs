@@ -38,6 +38,7 @@
 
 pub mod account;
 pub mod clock;
+mod courier;
 pub mod currency;
 pub mod event;
 pub mod format;
@@ -63,6 +64,7 @@ pub mod transfer;
 pub mod types;
 
 pub use clock::{Clock, ManualClock};
+pub use courier::{Courier, Parcel};
 pub use ledger::{EngineConfig, Ledger, LedgerStats};
 pub use types::*;
 

@@ -33,6 +33,7 @@ fn config() -> EngineConfig {
         snapshot_interval_ms: 300,
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
+        courier: saldo_engine::Courier::direct(),
     }
 }
 

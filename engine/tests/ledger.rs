@@ -17,6 +17,7 @@ fn config(num_shards: u32) -> EngineConfig {
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
+        courier: saldo_engine::Courier::direct(),
     }
 }
 
@@ -1592,6 +1593,7 @@ async fn events_take_the_injected_clocks_time_and_an_account_never_goes_back_in_
             &snaps,
             EngineConfig {
                 clock: clock.clone(),
+                courier: saldo_engine::Courier::direct(),
                 ..config(shards)
             },
         )

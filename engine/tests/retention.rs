@@ -26,6 +26,7 @@ fn config() -> EngineConfig {
         snapshot_interval_ms: 0,
         snapshots_keep: 2,
         clock: saldo_engine::Clock::system(),
+        courier: saldo_engine::Courier::direct(),
     }
 }
 

@@ -393,6 +393,7 @@ impl Config {
             snapshot_interval_ms: e.snapshot_interval_ms,
             snapshots_keep: e.snapshots_keep,
             clock: saldo_engine::Clock::system(),
+            courier: saldo_engine::Courier::direct(),
         }
     }
 

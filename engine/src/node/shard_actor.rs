@@ -245,7 +245,11 @@ impl Node {
     /// finishes or releases their holds.
     pub(super) fn send_phases(&self, to: usize, msgs: Vec<PhaseMsg>) {
         if let Some(actor) = self.shards[to].actor.get() {
-            let _ = actor.tell(Phases(msgs)).try_send();
+            let actor = actor.clone();
+            let to = u32::try_from(to).expect("a shard index fits in u32");
+            self.config.courier.send(to, move || {
+                let _ = actor.tell(Phases(msgs)).try_send();
+            });
         }
     }
 
