@@ -95,7 +95,7 @@ pub(super) fn classify_rest(bytes: &[u8], offset: usize, is_last: bool) -> Rest 
 fn valid_record_after(bytes: &[u8], from: usize) -> bool {
     let mut i = from;
     while i + MAGIC.len() <= bytes.len() {
-        if bytes[i..i + MAGIC.len()] == MAGIC && record::decode(&bytes[i..]).is_ok() {
+        if bytes[i..i + MAGIC.len()] == MAGIC && record::decode_checked(&bytes[i..]).is_ok() {
             return true;
         }
         i += 1;
@@ -157,7 +157,7 @@ impl ShardIndex {
         let mut records = Vec::new();
         let mut offset = 0usize;
         while offset < bytes.len() {
-            let (rec, len) = match record::decode(&bytes[offset..]) {
+            let (rec, len) = match record::decode_checked(&bytes[offset..]) {
                 Ok(decoded) => decoded,
                 Err(err) => match classify_rest(&bytes, offset, is_last) {
                     Rest::Unused => break,
