@@ -67,7 +67,7 @@ pub struct History {
 }
 
 /// How many rows past `window` an account keeps before the next push drops them all.
-pub fn slack(window: usize) -> usize {
+fn slack(window: usize) -> usize {
     window / 4
 }
 

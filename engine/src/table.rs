@@ -61,6 +61,12 @@ impl Slot {
     }
 }
 
+/// The hash of a slot's account ID, to move the slot when the table grows (it reads the
+/// boxed state).
+fn slot_hash(hasher: &hashbrown::DefaultHashBuilder, slot: &Slot) -> u64 {
+    std::hash::BuildHasher::hash_one(hasher, slot.state.id())
+}
+
 impl AccountTable {
     /// Returns an empty table with room for `capacity` accounts.
     pub fn with_capacity(capacity: usize) -> AccountTable {
@@ -93,9 +99,9 @@ impl AccountTable {
             let state = self.packed.take(id.as_str())?;
             assert!(state.id() == id, "a packed account under another's ID");
             let hasher = &self.hasher;
-            let entry = self.table.insert_unique(hash, Slot::new(state, 0), |s| {
-                std::hash::BuildHasher::hash_one(hasher, s.state.id())
-            });
+            let entry = self
+                .table
+                .insert_unique(hash, Slot::new(state, 0), |s| slot_hash(hasher, s));
             return Some(entry.into_mut());
         }
         self.table.find_mut(hash, |slot| slot.state.id() == id)
@@ -156,7 +162,7 @@ impl AccountTable {
         match self.table.entry(
             hash,
             |s| s.state.id() == slot.state.id(),
-            |s| std::hash::BuildHasher::hash_one(hasher, s.state.id()),
+            |s| slot_hash(hasher, s),
         ) {
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(slot);
@@ -173,9 +179,7 @@ impl AccountTable {
     pub fn reserve_slots(&mut self, events: usize) {
         let more = events.min(self.packed.len());
         let hasher = &self.hasher;
-        self.table.reserve(more, |s| {
-            std::hash::BuildHasher::hash_one(hasher, s.state.id())
-        });
+        self.table.reserve(more, |s| slot_hash(hasher, s));
     }
 
     /// Returns the number of accounts.
