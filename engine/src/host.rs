@@ -5,13 +5,12 @@
 //! shard ([`crate::node::ShardCore`]): the shard keeps every account's state in one map, and
 //! the shard's kameo actor (`node::shard_actor`) runs the accounts' turns in its ticks, under
 //! the shard's host lock (as Orleans' silos and Akka's dispatchers run many actors on few
-//! threads; account openings and batches still run their turns on the caller's task, under
-//! the same lock). There is no tokio task, mailbox or wake-up per account, and nothing to
+//! threads). There is no tokio task, mailbox or wake-up per account, and nothing to
 //! activate or passivate: an idle account is its compact state.
 //!
 //! The host lock also guards the append side of the shard's group-commit log: every event of
 //! a shard is appended inside an account's turn (or a shard-level turn, see
-//! `ShardCore::append`), so a turn that checked the log's room for `n` events appends them
+//! `node::shard_actor::Work::Record`), so a turn that checked the log's room for `n` events appends them
 //! all without waiting, and a transfer within one shard (hold, credit, commit) is one turn.
 //!
 //! A turn never awaits. A turn that finds the filling group commit full appends nothing and

@@ -284,16 +284,23 @@ impl Node {
             }
         }
         if failure_opt.is_some() || refused.iter().any(Option::is_some) {
+            let released = futures::future::join_all(
+                cmds.iter()
+                    .zip(cells)
+                    .zip(&placed)
+                    .filter(|(_, placed)| **placed)
+                    .map(|((t, cell), _)| {
+                        self.carry_on(t, Phase::Release(Rejection::BatchAborted), cell)
+                    }),
+            )
+            .await;
+            let mut released = released.into_iter();
             let mut out = Vec::new();
-            for (i, t) in cmds.iter().enumerate() {
-                if placed[i] {
-                    out.push(
-                        self.run_phases(t, Phase::Release(Rejection::BatchAborted), None)
-                            .await?,
-                    );
-                } else {
-                    out.push(Err(refused[i].clone().unwrap_or(Rejection::BatchAborted)));
-                }
+            for (placed, refused) in placed.into_iter().zip(refused) {
+                out.push(match placed {
+                    true => released.next().expect("one release per placed hold")?,
+                    false => Err(refused.unwrap_or(Rejection::BatchAborted)),
+                });
             }
             return match failure_opt {
                 Some(e) => Err(e),
@@ -302,7 +309,7 @@ impl Node {
         }
         // Room for every credit, reserved on the credit accounts before the commit point, so
         // that no credit can be refused after it (a partial atomic batch).
-        if let Some(out) = self.reserve_batch_credits(cmds).await? {
+        if let Some(out) = self.reserve_batch_credits(cmds, cells).await? {
             return Ok(out);
         }
         // The commit point.
@@ -324,7 +331,8 @@ impl Node {
         }
         let finished = futures::future::join_all(
             cmds.iter()
-                .map(|t| self.run_phases(t, Phase::CreditDecided { reserved: true }, None)),
+                .zip(cells)
+                .map(|(t, cell)| self.carry_on(t, Phase::CreditDecided { reserved: true }, cell)),
         )
         .await;
         finished.into_iter().collect()
@@ -339,6 +347,7 @@ impl Node {
     pub(super) async fn reserve_batch_credits(
         &self,
         cmds: &[Transfer],
+        cells: &[Arc<MovementCell>],
     ) -> Result<Option<Vec<Result<(), Rejection>>>, LedgerError> {
         let replies = futures::future::join_all(
             cmds.iter()
@@ -381,16 +390,17 @@ impl Node {
             return Err(e);
         }
         let (bad_opt, reason) = refusal_opt.expect("a refusal or a failure");
-        let mut out = Vec::with_capacity(cmds.len());
-        for (i, t) in cmds.iter().enumerate() {
-            let reason = if Some(i) == bad_opt {
-                reason.clone()
-            } else {
-                Rejection::BatchAborted
-            };
-            out.push(self.run_phases(t, Phase::Release(reason), None).await?);
-        }
-        Ok(Some(out))
+        let released =
+            futures::future::join_all(cmds.iter().zip(cells).enumerate().map(|(i, (t, cell))| {
+                let reason = if Some(i) == bad_opt {
+                    reason.clone()
+                } else {
+                    Rejection::BatchAborted
+                };
+                self.carry_on(t, Phase::Release(reason), cell)
+            }))
+            .await;
+        released.into_iter().collect::<Result<_, _>>().map(Some)
     }
 
     /// Gives back the room reserved for a batch's credit.

@@ -137,24 +137,6 @@ impl ShardCore {
     fn currency_of(&self, id: &AccountId) -> Option<Currency> {
         self.slots.lock().read(id, |state, _| state.currency())
     }
-
-    /// Appends an event decided by the node rather than by one account (a refusal before any
-    /// account acted, a batch decision): a turn of the shard itself, under the host lock like
-    /// every append, waiting for room when the group commit is full.
-    async fn append(&self, event: &Event) -> Result<crate::log::Ticket, LedgerError> {
-        loop {
-            let room = self.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let _host = self.slots.lock();
-                if let TryAppend::Appended(ticket) = self.log.try_append(event)? {
-                    return Ok(ticket);
-                }
-            }
-            room.await;
-        }
-    }
 }
 
 impl Node {
@@ -296,11 +278,15 @@ impl Node {
                 )));
             }
         }
+        // Every open hold at once: each is carried on by the shard actors.
         let num_open = open_holds.len();
-        for hold in open_holds {
-            node.resolve_open_hold(hold, &credited, &batches_committed)
-                .await?;
-        }
+        let resolved = futures::future::join_all(
+            open_holds
+                .into_iter()
+                .map(|hold| node.resolve_open_hold(hold, &credited, &batches_committed)),
+        )
+        .await;
+        resolved.into_iter().collect::<Result<(), _>>()?;
         tracing::info!(
             shards = node.config.num_shards,
             accounts = num_accounts,
@@ -373,12 +359,8 @@ impl Node {
             .as_ref()
             .is_some_and(|b| batches_committed.contains(b));
         let phase = transfer::resume(&hold, credited.contains(&t.transfer_id), batch_decided);
-        let outcome = self.run_phases(t, phase, None).await;
-        match outcome {
-            Ok(status) => {
-                self.finish_cell(&cell, status);
-                Ok(())
-            }
+        match self.carry_on(t, phase, &cell).await {
+            Ok(_) => Ok(()),
             Err(e) => Err(EngineError::Restore(format!(
                 "resolving the open hold of transfer {}: {e}",
                 t.transfer_id
@@ -425,40 +407,22 @@ impl Node {
         Ok(())
     }
 
-    /// Delivers a message to an account and returns its reply: the account's turn runs here,
-    /// under its shard's host lock (see `host`), on the caller's task (recovery and atomic
-    /// batches; the other writes queue at the shard's actor). A command that finds the shard's
-    /// group commit full waits for room and is delivered again.
+    /// Delivers a message to an account and returns its reply: the message queues at the
+    /// account's shard ([`shard_actor::Work::Ask`]) and its turn runs in the shard's actor,
+    /// which answers as soon as the turn ran (an atomic batch's coordinator waits for
+    /// durability itself). A command that finds the shard's group commit full waits there for
+    /// room.
     async fn ask(&self, id: &AccountId, msg: AccountMsg) -> Result<AccountReply, LedgerError> {
-        let shard = self.shard(id);
-        let window = shard.movements_window;
-        let AccountMsg::Exec(cmd) = msg else {
-            let mut slots = shard.slots.lock();
-            let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-            return Ok(slot.read(msg));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let work = shard_actor::Work::Ask {
+            account: id.clone(),
+            msg,
+            reply_opt: Some(reply),
         };
-        loop {
-            let room = shard.log.room();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let mut slots = shard.slots.lock();
-                let slot = slots.get_mut(id).ok_or(Rejection::AccountNotFound)?;
-                // The turn's time is taken at each (re)delivery: while this message waited for
-                // room, other turns may have moved the account's clock on.
-                let at = slot.turn_time(self.config.clock.now());
-                if let Turn::Done { result, ticket_opt } =
-                    slot.exec(&shard.log, window, &cmd, at)?
-                {
-                    return Ok(AccountReply::Executed {
-                        at,
-                        result,
-                        ticket_opt,
-                    });
-                }
-            }
-            room.await;
-        }
+        self.enqueue(self.shard_index(id), work)?;
+        answer.await.unwrap_or(Err(LedgerError::Unavailable {
+            reason: "shutting down",
+        }))
     }
 
     /// Runs one phase; when it records the movement's first event, sets the cell's creation
@@ -504,9 +468,18 @@ impl Node {
         event: Event,
         cell_opt: Option<&MovementCell>,
     ) -> Result<(), LedgerError> {
-        let ticket = self.shard(home).append(&event).await?;
+        let at = event.at();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let work = shard_actor::Work::Record {
+            event,
+            reply_opt: Some(reply),
+        };
+        self.enqueue(self.shard_index(home), work)?;
+        let ticket = answer.await.unwrap_or(Err(LedgerError::Unavailable {
+            reason: "shutting down",
+        }))?;
         if let Some(cell) = cell_opt {
-            cell.recorded_at(event.at(), self.shard_index(home), ticket.lsn);
+            cell.recorded_at(at, self.shard_index(home), ticket.lsn);
         }
         ticket.durable().await?;
         Ok(())

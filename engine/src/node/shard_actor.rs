@@ -18,8 +18,13 @@
 //! A turn that finds the group commit full waits, in the actor, for room (backpressure: the
 //! queue and the mailbox grow meanwhile, bounded by the node's `in_flight_max`).
 //!
-//! The host lock (`ShardCore::slots`) stays: readers look at durable state under it, and
-//! atomic batches and recovery still run their turns on their own task under it
+//! - **A coordinator's messages** ([`Work::Ask`], [`Work::Record`]): an atomic batch's holds,
+//!   credit reservations and shard-level records (its refusals and its commit point), each
+//!   answered as soon as its turn ran; the coordinator waits for durability itself. Recovery's
+//!   resumed holds and an atomic batch's later phases are cross-shard messages like any other
+//!   (`Node::carry_on`).
+//!
+//! The host lock (`ShardCore::slots`) stays: readers look at durable state under it
 //! (docs/engine.md, "Not there yet").
 //!
 //! A panic in a turn is a failed invariant: the process stops (a crash beats a wrong balance,
@@ -59,10 +64,29 @@ pub(super) enum Work {
         permit_opt: Option<tokio::sync::OwnedSemaphorePermit>,
         reply_opt: Option<OpenReply>,
     },
+    /// A message to one account of this shard from an atomic batch's coordinator (a hold, a
+    /// credit's reservation or its return): the account's reply goes back as soon as its turn
+    /// ran, with the record's ticket when it recorded one (the coordinator waits for
+    /// durability itself).
+    Ask {
+        account: AccountId,
+        msg: AccountMsg,
+        reply_opt: Option<AskReply>,
+    },
+    /// A record of the shard itself, not of one account's turn: an atomic batch's refusals
+    /// decided before any account acted, and its decision. Its ticket goes back once appended.
+    Record {
+        event: Event,
+        reply_opt: Option<RecordReply>,
+    },
 }
 
 /// Where an opening's turn answers.
 pub(super) type OpenReply = tokio::sync::oneshot::Sender<Result<OpenStep, LedgerError>>;
+/// Where an account's turn for a coordinator answers.
+pub(super) type AskReply = tokio::sync::oneshot::Sender<Result<AccountReply, LedgerError>>;
+/// Where a shard's own record answers.
+pub(super) type RecordReply = tokio::sync::oneshot::Sender<Result<crate::log::Ticket, LedgerError>>;
 
 impl Work {
     /// A write that the stream refused (it failed) did nothing: a movement's ID is freed (its
@@ -73,6 +97,18 @@ impl Work {
             Work::Entry { e, cell, .. } => (&e.entry_id, &*cell),
             Work::Phase(msg) => msg.movement(),
             Work::Open { reply_opt, .. } => {
+                if let Some(reply) = reply_opt.take() {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+            Work::Ask { reply_opt, .. } => {
+                if let Some(reply) = reply_opt.take() {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+            Work::Record { reply_opt, .. } => {
                 if let Some(reply) = reply_opt.take() {
                     let _ = reply.send(Err(e));
                 }
@@ -314,6 +350,12 @@ impl Node {
                 permit_opt,
                 reply_opt,
             } => self.open_turn(shard, cmd, permit_opt, reply_opt),
+            Work::Ask {
+                account,
+                msg,
+                reply_opt,
+            } => self.ask_turn(shard, account, msg, reply_opt),
+            Work::Record { event, reply_opt } => Self::record_turn(shard, event, reply_opt),
             Work::Phase(_) => unreachable!("run above"),
         };
         match ran {
@@ -321,5 +363,60 @@ impl Node {
             Ok(false) => Ok(Some(work)),
             Err(e) => Err((work, e)),
         }
+    }
+
+    /// An account's turn for a coordinator ([`Work::Ask`]): `false` (and nothing done) when
+    /// the group commit has no room for a command's record.
+    fn ask_turn(
+        &self,
+        shard: &ShardCore,
+        account: &AccountId,
+        msg: &AccountMsg,
+        reply_opt: &mut Option<AskReply>,
+    ) -> Result<bool, LedgerError> {
+        let reply = {
+            let mut slots = shard.slots.lock();
+            match (slots.get_mut(account), msg) {
+                (None, _) => Err(Rejection::AccountNotFound.into()),
+                (Some(slot), AccountMsg::Exec(cmd)) => {
+                    // The turn's time is taken at each (re)delivery: while this message waited
+                    // for room, other turns may have moved the account's clock on.
+                    let at = slot.turn_time(self.config.clock.now());
+                    match slot.exec(&shard.log, shard.movements_window, cmd, at)? {
+                        Turn::Full => return Ok(false),
+                        Turn::Done { result, ticket_opt } => Ok(AccountReply::Executed {
+                            at,
+                            result,
+                            ticket_opt,
+                        }),
+                    }
+                }
+                (Some(slot), msg) => Ok(slot.read(msg.clone())),
+            }
+        };
+        if let Some(reply_to) = reply_opt.take() {
+            let _ = reply_to.send(reply);
+        }
+        Ok(true)
+    }
+
+    /// A shard's own record ([`Work::Record`]): `false` (and nothing done) when the group
+    /// commit has no room for it.
+    fn record_turn(
+        shard: &ShardCore,
+        event: &Event,
+        reply_opt: &mut Option<RecordReply>,
+    ) -> Result<bool, LedgerError> {
+        let appended = {
+            let _host = shard.slots.lock();
+            shard.log.try_append(event)?
+        };
+        let TryAppend::Appended(ticket) = appended else {
+            return Ok(false);
+        };
+        if let Some(reply) = reply_opt.take() {
+            let _ = reply.send(Ok(ticket));
+        }
+        Ok(true)
     }
 }

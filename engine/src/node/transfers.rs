@@ -80,70 +80,34 @@ impl Node {
         transfer::check_credit_account(t, self.shard(credit).currency_of(credit))
     }
 
-    /// Records the refusal of a transfer decided before its hold, on its debit account's
-    /// shard, and waits until it is durable.
-    pub(super) async fn refuse_before_hold(
+    /// Carries a transfer on from `phase` to its end through the shard actors, as a
+    /// cross-shard transfer's messages are ([`Node::run_phase`]: each phase a turn of its
+    /// account's shard, durable before it crosses), and returns its final status once the
+    /// record that ends it is durable: the movement's `cell` is settled then. Recovery
+    /// resumes the holds it finds open with it, and an atomic batch finishes or releases its
+    /// holds with it (their first record, the hold, is behind them).
+    pub(super) async fn carry_on(
         &self,
         t: &Transfer,
-        reason: Rejection,
-        cell: &MovementCell,
+        phase: Phase,
+        cell: &Arc<MovementCell>,
     ) -> Result<Result<(), Rejection>, LedgerError> {
-        let event = Event::TransferRejected {
-            transfer: t.clone(),
-            reason: reason.clone(),
-            at: self.config.clock.now(),
+        let msg = PhaseMsg {
+            t: Arc::new(t.clone()),
+            step: Deliver::Phase(phase),
+            cell: cell.clone(),
+            permit_opt: None,
+            first_record: false,
         };
-        self.record_rejection(&t.debit_account_id, event, Some(cell))
-            .await?;
-        Ok(Err(reason))
-    }
-
-    /// Drives a transfer's step machine from `phase` to its end: each phase is a message to
-    /// its account, and its record is durable before the next phase crosses to another shard
-    /// and before the end is answered. With `cell_opt`, the first phase's record is the
-    /// movement's first (its creation time and position).
-    pub(super) async fn run_phases(
-        &self,
-        t: &Transfer,
-        mut phase: Phase,
-        mut cell_opt: Option<&Arc<MovementCell>>,
-    ) -> Result<Result<(), Rejection>, LedgerError> {
-        loop {
-            let account = phase.account(t);
-            let (result, ticket_opt) = match self
-                .exec_at(account, phase.command(t, None), cell_opt.map(|c| &**c))
-                .await
-            {
-                // A hold on an account that does not exist: refused, and recorded as such.
-                Err(LedgerError::Rejected(Rejection::AccountNotFound)) if phase == Phase::Hold => {
-                    let cell = cell_opt.expect("a hold starts with its claim");
-                    return self
-                        .refuse_before_hold(t, Rejection::AccountNotFound, cell)
-                        .await;
-                }
-                // Accounts are never closed: any other phase on a missing account is refused
-                // like any refusal (the machine decides what follows).
-                Err(LedgerError::Rejected(reason)) => (Err(reason), None),
-                other => other?,
-            };
-            cell_opt = None;
-            let recorded = ticket_opt.is_some();
-            match phase.step(t, result.map(|_| ()), recorded, self.config.num_shards) {
-                Step::Send(next) => phase = next,
-                Step::SendOnceDurable(next) => {
-                    if let Some(ticket) = ticket_opt {
-                        ticket.durable().await?;
-                    }
-                    phase = next;
-                }
-                Step::Done(status) => {
-                    if let Some(ticket) = ticket_opt {
-                        ticket.durable().await?;
-                    }
-                    return Ok(status);
-                }
+        self.enqueue(msg.shard_index(self.config.num_shards), Work::Phase(msg))?;
+        let view = cell.settled(&self.health.any_failed).await?;
+        Ok(match (view.status, view.rejection_opt) {
+            (MovementStatus::Rejected, Some(reason)) => Err(reason),
+            (MovementStatus::Committed, None) => Ok(()),
+            (status, reason_opt) => {
+                unreachable!("a settled transfer is {status:?} with rejection {reason_opt:?}")
             }
-        }
+        })
     }
 
     /// The turn of a transfer within one shard, in the shard's actor: `false` (and nothing
