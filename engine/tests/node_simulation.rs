@@ -1,7 +1,7 @@
 //! The node under simulation: the real `Ledger` (its shards and their turns, group commit, the
 //! coordinator that carries a transfer from shard to shard, the idempotency table, recovery)
-//! over a stream whose appends complete only when the simulation says so, and crashes at
-//! random steps.
+//! over the real file stream, whose appends complete only when the simulation says so, and
+//! crashes at random steps.
 //!
 //! Each life of the node runs on a current-thread runtime with paused time, so one seed is one
 //! schedule. A step starts a client request (a transfer, an entry, a retry of an earlier ID
@@ -9,7 +9,9 @@
 //! or a batch (independent or atomic), delivers one of the phase messages in flight between
 //! shards (any of them: out of order, also between one pair of shards), lets time pass, or
 //! crashes the node: the runtime is dropped with everything in flight (phase messages
-//! included), and only the records the simulation completed survive. The next life opens the node on them.
+//! included), and only the records the simulation completed survive; an append on its way may
+//! leave a torn record (a prefix of its bytes where it would have gone), which the next
+//! life's stream must find and drop on opening. The next life opens the node on them.
 //! After every opening (recovery done, nothing in flight) the rules of the money are checked
 //! against what clients were told:
 //! - I1: the balances add up to the committed entries, and no hold is left open;
@@ -19,8 +21,8 @@
 //! - I4: no balance below its allowance;
 //! - a write refused by a node whose stream failed did nothing.
 //!
-//! `engine/tests/simulation.rs` explores the protocol's pure parts over more schedules (torn
-//! records, lost tails per shard); this one runs the node's own code.
+//! `engine/tests/simulation.rs` explores the protocol's pure parts over more schedules (lost
+//! tails per shard); this one runs the node's own code.
 
 use std::{
     collections::HashMap,
@@ -36,7 +38,7 @@ use saldo_engine::*;
 use saldo_persistence::{
     record::EncodedRecord,
     snapshot::memory::MemorySnapshotStore,
-    wal::{memory::MemoryWal, Tail},
+    wal::{local_file::LocalFileWal, Tail},
     Lsn, Record, Wal, WalError,
 };
 
@@ -49,11 +51,24 @@ const SEEDS_FROM: u64 = 0x70de;
 const SEEDS: u64 = 300;
 const STEPS: usize = 600;
 
-/// A stream whose appends wait until the simulation completes them; completed records are
-/// the durable ones (`durable`), and everything else dies with a crash.
+/// Bytes of a segment of the simulated file stream: small, so that segments roll over.
+const SEGMENT_BYTES: u64 = 4 * 1024;
+
+/// What the completed records of each shard took, in order: first LSN and bytes.
+type Written = Arc<Mutex<HashMap<u32, Vec<(Lsn, u64)>>>>;
+
+/// A stream whose appends wait until the simulation completes them. Completed records are
+/// the durable ones: they are written to the real file stream (`LocalFileWal`, in a directory
+/// of the seed's, without fsync), and everything else dies with a crash. A crash may also
+/// tear an append that was on its way: a prefix of its bytes lands where it would have been
+/// written, and the next life's stream finds it on opening (its reader rule).
 #[derive(Clone)]
 struct SimWal {
-    durable: MemoryWal,
+    durable: Arc<Mutex<Option<Arc<LocalFileWal>>>>,
+    /// Where the stream lives, and what the completed records of each shard took (first LSN
+    /// and bytes, in order): where the next record of a shard would be written.
+    dir: Arc<std::path::Path>,
+    written: Written,
     pending: Arc<Mutex<Vec<Pending>>>,
 }
 
@@ -64,12 +79,30 @@ struct Pending {
     done: tokio::sync::oneshot::Sender<Result<(), ()>>,
 }
 
+/// Records torn by a crash, in all lives of all seeds (the summary shows that it happens).
+static TORN: AtomicU64 = AtomicU64::new(0);
+
 impl SimWal {
-    fn new(durable: MemoryWal) -> SimWal {
+    /// Opens the stream in `dir` for a new life of the node (`written`: what earlier lives
+    /// wrote there).
+    fn open(dir: &std::path::Path, written: &Written) -> SimWal {
         SimWal {
-            durable,
+            durable: Arc::new(Mutex::new(Some(Arc::new(
+                LocalFileWal::open_with_segment_bytes(dir, false, SEGMENT_BYTES).unwrap(),
+            )))),
+            dir: dir.into(),
+            written: written.clone(),
             pending: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The file stream of this life (until its crash).
+    fn file(&self) -> Arc<LocalFileWal> {
+        self.durable
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the stream is used before its crash")
     }
 
     /// Makes one pending append durable (the `pick`-th modulo their number), or fails it
@@ -89,9 +122,83 @@ impl SimWal {
             let _ = p.done.send(Err(()));
             return true;
         }
-        self.durable.append(p.shard, p.record).await.unwrap();
+        let (first_lsn, len) = (p.record.first_lsn, p.record.bytes.len() as u64);
+        // Written here, the runtime waiting: the schedule does not depend on the writer's
+        // thread.
+        futures::executor::block_on(self.file().append(p.shard, p.record)).unwrap();
+        let mut written = self.written.lock().unwrap();
+        written.entry(p.shard).or_default().push((first_lsn, len));
         let _ = p.done.send(Ok(()));
         true
+    }
+
+    /// The crash, once the node's runtime is gone: the stream is closed (its writers
+    /// stopped), and each append still on its way is lost whole or, half the time, torn: a
+    /// prefix of its bytes is written where the record would have gone. (One append at most
+    /// is on its way per shard: a shard writes one record at a time.)
+    fn crash(&self, rng: &mut SmallRng) {
+        let file = self
+            .durable
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one crash per life");
+        assert!(
+            Arc::into_inner(file).is_some(),
+            "nothing of the crashed node holds its stream"
+        );
+        for p in self.pending.lock().unwrap().drain(..) {
+            if rng.gen_bool(0.5) {
+                let torn = rng.gen_range(1..p.record.bytes.len());
+                if self.tear(p.shard, &p.record.bytes, torn) {
+                    TORN.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Writes the first `torn` bytes of `record` where shard `shard`'s writer would have
+    /// written it: after the last record of the newest segment. False (nothing written) when
+    /// the record would start a new segment.
+    fn tear(&self, shard: u32, record: &[u8], torn: usize) -> bool {
+        use std::os::unix::fs::FileExt;
+        let shard_dir = self.dir.join(format!("shard-{shard:05}"));
+        let newest_opt = std::fs::read_dir(&shard_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse::<Lsn>().ok()
+            })
+            .max();
+        let Some(segment_first_lsn) = newest_opt else {
+            return false;
+        };
+        let end: u64 = self.written.lock().unwrap()[&shard]
+            .iter()
+            .filter(|(first_lsn, _)| *first_lsn >= segment_first_lsn)
+            .map(|(_, len)| len)
+            .sum();
+        if end + record.len() as u64 > SEGMENT_BYTES {
+            return false;
+        }
+        let path = shard_dir.join(format!("{segment_first_lsn:020}.seg"));
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&record[..torn], end).unwrap();
+        true
+    }
+
+    /// Every durable record of a shard.
+    async fn read_all(&self, shard: u32) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |r| r.last_lsn);
+            let more = self.file().read(shard, after, usize::MAX).await.unwrap();
+            if more.is_empty() {
+                return out;
+            }
+            out.extend(more);
+        }
     }
 }
 
@@ -114,7 +221,7 @@ impl Wal for SimWal {
         }
     }
     async fn tail(&self, shard: u32) -> Result<Option<Tail>, WalError> {
-        self.durable.tail(shard).await
+        self.file().tail(shard).await
     }
     async fn read(
         &self,
@@ -122,10 +229,16 @@ impl Wal for SimWal {
         after_lsn: Lsn,
         max_records: usize,
     ) -> Result<Vec<Record>, WalError> {
-        self.durable.read(shard, after_lsn, max_records).await
+        self.file().read(shard, after_lsn, max_records).await
     }
     async fn prune(&self, shard: u32, lsn: Lsn) -> Result<(), WalError> {
-        self.durable.prune(shard, lsn).await
+        self.file().prune(shard, lsn).await
+    }
+    async fn claim_shard_count(&self, num_shards: u32) -> Result<(), WalError> {
+        self.file().claim_shard_count(num_shards).await
+    }
+    async fn recorded_shard_count(&self) -> Result<Option<u32>, WalError> {
+        self.file().recorded_shard_count().await
     }
     fn describe(&self) -> String {
         "simulated".into()
@@ -429,7 +542,7 @@ async fn check_rules(ledger: &Ledger, world: &World, model: &mut Model, seed: u6
     // I3 on the durable streams: one deciding record per ID at most.
     let mut decided: HashMap<MovementId, u32> = HashMap::new();
     for shard in 0..NUM_SHARDS {
-        for rec in world.wal.durable.read(shard, 0, usize::MAX).await.unwrap() {
+        for rec in world.wal.read_all(shard).await {
             for ev in event::decode_all(&rec.payload).unwrap() {
                 let Some(id) = ev.decided_id() else { continue };
                 if let Some(first) = decided.insert(id.clone(), shard) {
@@ -444,7 +557,10 @@ async fn check_rules(ledger: &Ledger, world: &World, model: &mut Model, seed: u6
 /// opening and its checks.
 fn run_seed(seed: u64, steps: usize) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let durable = MemoryWal::new();
+    // The file stream's reads run here, not on a blocking pool: one thread, one schedule.
+    saldo_persistence::blocking::do_blocking_work_here();
+    let dir = tempfile::tempdir().unwrap();
+    let written = Arc::default();
     let snapshots = MemorySnapshotStore::new();
     let mut model = Model::default();
     let mut step = 0;
@@ -456,7 +572,7 @@ fn run_seed(seed: u64, steps: usize) {
             .build()
             .unwrap();
         let world = World {
-            wal: SimWal::new(durable.clone()),
+            wal: SimWal::open(dir.path(), &written),
             net: SimNet::default(),
         };
         let last = step >= steps;
@@ -537,12 +653,21 @@ fn run_seed(seed: u64, steps: usize) {
                 }
             }
         });
-        // The crash: every task dies where it stands; only completed appends survive.
+        // The crash: every task dies where it stands; only completed appends survive, and an
+        // append on its way may leave a torn record.
         rt.shutdown_background();
+        world.wal.crash(&mut rng);
         if last {
             let committed = model.answered.values().filter(|(_, c)| *c).count();
+            let segments: usize = (0..NUM_SHARDS)
+                .map(|shard| {
+                    let shard_dir = dir.path().join(format!("shard-{shard:05}"));
+                    std::fs::read_dir(shard_dir).map_or(0, |d| d.count())
+                })
+                .sum();
             eprintln!(
-                "seed {seed}: {life} crashes, {} requests, {} answered ({committed} committed)",
+                "seed {seed}: {life} crashes, {} requests, {} answered ({committed} committed), \
+                 {segments} stream files",
                 model.sent.len(),
                 model.answered.len()
             );
@@ -573,9 +698,17 @@ fn the_node_keeps_the_rules_of_the_money_through_random_crashes() {
         DELIVERED.load(Ordering::Relaxed),
         OVERTOOK.load(Ordering::Relaxed),
     );
-    eprintln!("{delivered} phase messages delivered, {overtook} of them ahead of an older one");
+    let torn = TORN.load(Ordering::Relaxed);
+    eprintln!(
+        "{delivered} phase messages delivered, {overtook} of them ahead of an older one; \
+         {torn} records torn by a crash"
+    );
     assert!(
         overtook > SEEDS,
         "the schedules hardly reorder messages between shards: {overtook} of {delivered}"
+    );
+    assert!(
+        torn > SEEDS,
+        "the crashes hardly tear a record: {torn} over {SEEDS} seeds"
     );
 }
