@@ -77,6 +77,22 @@ impl Bufs {
     fn is_empty(&self) -> bool {
         self.frozen.is_empty() && self.open.is_empty()
     }
+
+    /// Appends the entry of an `encoded` value to the open buffer (adding its bytes to
+    /// `bytes`) and returns its location.
+    fn append(&mut self, encoded: &[u8], bytes: &mut usize) -> u64 {
+        // An entry never spans two buffers: its length prefix takes at most 10 bytes.
+        let need = encoded.len() + 10;
+        if self.open.len() + need > self.open.capacity() {
+            self.freeze();
+            self.open.reserve(OPEN_BUFFER_BYTES.max(need));
+        }
+        let number = u64::try_from(self.frozen.len()).expect("a handful of buffers");
+        let at = self.open.len();
+        put_encoded(&mut self.open, encoded);
+        *bytes += self.open.len() - at;
+        (number << OFFSET_BITS) | at as u64
+    }
 }
 
 impl<V> Default for Packed<V> {
@@ -230,25 +246,37 @@ impl<V: DeserializeOwned> Packed<V> {
     /// end of the open buffer.
     pub fn push<S: Serialize>(&mut self, value: &S) {
         encode(&mut self.scratch, value);
-        // An entry never spans two buffers: its length prefix takes at most 10 bytes.
-        let need = self.scratch.len() + 10;
-        if self.bufs.open.len() + need > self.bufs.open.capacity() {
-            self.bufs.freeze();
-            self.bufs.open.reserve(OPEN_BUFFER_BYTES.max(need));
-        }
-        let number = u64::try_from(self.bufs.frozen.len()).expect("a handful of buffers");
-        let at = self.bufs.open.len();
-        put_encoded(&mut self.bufs.open, &self.scratch);
-        self.bytes += self.bufs.open.len() - at;
+        let loc = self.bufs.append(&self.scratch, &mut self.bytes);
         let hash = hash_of(
             &self.hasher,
             key_of(&self.scratch).expect("a value starts with its key"),
         );
         let (bufs, hasher) = (&self.bufs, &self.hasher);
         self.index
-            .insert_unique(hash, (number << OFFSET_BITS) | at as u64, |&l| {
-                hash_of(hasher, key_at(bufs, l))
-            });
+            .insert_unique(hash, loc, |&l| hash_of(hasher, key_at(bufs, l)));
+    }
+
+    /// Adds `value`, whose key is `key`, unless a value here has that key: returns whether it
+    /// was added. One hash and one probe of the index for both the check and the insert.
+    pub fn push_new<S: Serialize>(&mut self, key: &str, value: &S) -> bool {
+        let hash = self.hash(key);
+        let (bufs, hasher) = (&self.bufs, &self.hasher);
+        let vacant = match self.index.entry(
+            hash,
+            |&loc| is_key_at(bufs, loc, key),
+            |&loc| hash_of(hasher, key_at(bufs, loc)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => return false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        encode(&mut self.scratch, value);
+        debug_assert_eq!(
+            key_of(&self.scratch),
+            Ok(key),
+            "a value starts with its key"
+        );
+        vacant.insert(self.bufs.append(&self.scratch, &mut self.bytes));
+        true
     }
 
     /// Makes room in the index for `more` values.

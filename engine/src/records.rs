@@ -10,7 +10,7 @@ use serde::{ser::SerializeMap, Serialize};
 
 use crate::{
     packed::Packed,
-    state::MovementRecord,
+    state::{CreatedRecord, MovementRecord},
     types::{MovementId, MovementStatus},
 };
 
@@ -73,6 +73,24 @@ impl MovementMap {
             self.packed.push(&(&id, &record));
         }
         true
+    }
+
+    /// [`MovementMap::insert_new`] for the record an event creates, borrowed from the event: a
+    /// settled one is encoded from it straight into the packed set (one probe of the index
+    /// for the check and the insert), a pending one is made an owned record.
+    pub(crate) fn insert_created(&mut self, id: &MovementId, record: CreatedRecord<'_>) -> bool {
+        if !self.map.is_empty() && self.map.contains_key(id) {
+            return false;
+        }
+        if record.status == MovementStatus::Pending {
+            if !self.packed.is_empty() && self.packed.contains(id.as_str()) {
+                return false;
+            }
+            self.map.insert(id.clone(), Box::new(record.to_owned()));
+            true
+        } else {
+            self.packed.push_new(id.as_str(), &(id, record))
+        }
     }
 
     /// Makes room for `more` movements (settled ones: they are packed as they come, see

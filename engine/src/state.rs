@@ -55,6 +55,32 @@ impl MovementRecord {
 
     /// Returns the home-shard record an event creates, if it creates one.
     pub fn created_by(event: &Event) -> Option<(MovementId, MovementRecord)> {
+        CreatedRecord::of(event).map(|(id, created)| (id.clone(), created.to_owned()))
+    }
+}
+
+/// The home-shard record an event creates ([`MovementRecord::created_by`]), borrowing the
+/// event: it encodes exactly as the [`MovementRecord`] it stands for, so a fold packs a settled
+/// movement without copying its request into an owned record first.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct CreatedRecord<'e> {
+    pub(crate) body: BodyRef<'e>,
+    pub(crate) status: MovementStatus,
+    pub(crate) rejection_opt: Option<&'e Rejection>,
+    pub(crate) created_at: Timestamp,
+    pub(crate) balance_after_minor_opt: Option<i64>,
+}
+
+/// A [`MovementBody`] borrowed (the same variants in the same order: the same encoding).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) enum BodyRef<'e> {
+    Transfer(&'e crate::types::Transfer),
+    Entry(&'e crate::types::Entry),
+}
+
+impl<'e> CreatedRecord<'e> {
+    /// The record an event creates and its movement's ID, if it creates one.
+    pub(crate) fn of(event: &'e Event) -> Option<(&'e MovementId, CreatedRecord<'e>)> {
         let (id, body, status, rejection_opt, balance_after_minor_opt, at) = match event {
             Event::EntryApplied {
                 entry,
@@ -62,7 +88,7 @@ impl MovementRecord {
                 at,
             } => (
                 &entry.entry_id,
-                MovementBody::Entry(entry.clone()),
+                BodyRef::Entry(entry),
                 MovementStatus::Committed,
                 None,
                 Some(*balance_after_minor),
@@ -70,15 +96,15 @@ impl MovementRecord {
             ),
             Event::EntryRejected { entry, reason, at } => (
                 &entry.entry_id,
-                MovementBody::Entry(entry.clone()),
+                BodyRef::Entry(entry),
                 MovementStatus::Rejected,
-                Some(reason.clone()),
+                Some(reason),
                 None,
                 at,
             ),
             Event::HoldPlaced { transfer, at, .. } => (
                 &transfer.transfer_id,
-                MovementBody::Transfer(transfer.clone()),
+                BodyRef::Transfer(transfer),
                 MovementStatus::Pending,
                 None,
                 None,
@@ -90,15 +116,15 @@ impl MovementRecord {
                 at,
             } => (
                 &transfer.transfer_id,
-                MovementBody::Transfer(transfer.clone()),
+                BodyRef::Transfer(transfer),
                 MovementStatus::Rejected,
-                Some(reason.clone()),
+                Some(reason),
                 None,
                 at,
             ),
             Event::TransferPosted { transfer, at } => (
                 &transfer.transfer_id,
-                MovementBody::Transfer(transfer.clone()),
+                BodyRef::Transfer(transfer),
                 MovementStatus::Committed,
                 None,
                 None,
@@ -107,8 +133,8 @@ impl MovementRecord {
             _ => return None,
         };
         Some((
-            id.clone(),
-            MovementRecord {
+            id,
+            CreatedRecord {
                 body,
                 status,
                 rejection_opt,
@@ -116,6 +142,20 @@ impl MovementRecord {
                 balance_after_minor_opt,
             },
         ))
+    }
+
+    /// The owned record.
+    pub(crate) fn to_owned(self) -> MovementRecord {
+        MovementRecord {
+            body: match self.body {
+                BodyRef::Transfer(t) => MovementBody::Transfer(t.clone()),
+                BodyRef::Entry(e) => MovementBody::Entry(e.clone()),
+            },
+            status: self.status,
+            rejection_opt: self.rejection_opt.cloned(),
+            created_at: self.created_at,
+            balance_after_minor_opt: self.balance_after_minor_opt,
+        }
     }
 }
 
@@ -692,8 +732,8 @@ fn apply_to_movements(movements: &mut MovementMap, event: &Event) -> Result<(), 
             m.status = MovementStatus::Committed;
         }
     }
-    if let Some((id, record)) = MovementRecord::created_by(event) {
-        if !movements.insert_new(id, record) {
+    if let Some((id, record)) = CreatedRecord::of(event) {
+        if !movements.insert_created(id, record) {
             return Err(Unappliable("a movement ID took effect twice"));
         }
     }
@@ -895,6 +935,100 @@ mod tests {
             batch_opt: None,
             at: Timestamp(3),
         }
+    }
+
+    #[test]
+    fn a_record_borrowed_from_its_event_encodes_as_the_owned_record() {
+        let transfer = |description_opt: Option<&str>| crate::types::Transfer {
+            transfer_id: MovementId::new("t-1").unwrap(),
+            debit_account_id: AccountId::new("a").unwrap(),
+            credit_account_id: AccountId::new("an-account-id-longer-than-inline").unwrap(),
+            amount_minor: i64::MAX,
+            currency: Currency::new("BRL").unwrap(),
+            description_opt: description_opt.map(Into::into),
+        };
+        let entry = |kind| crate::types::Entry {
+            entry_id: MovementId::new("e-1").unwrap(),
+            account_id: AccountId::new("a").unwrap(),
+            kind,
+            amount_minor: 1,
+            description_opt: Some("a description".into()),
+        };
+        let reason = Rejection::IdConflict {
+            fields: vec!["amount".into()],
+        };
+        let events = [
+            Event::TransferPosted {
+                transfer: transfer(None),
+                at: Timestamp(u64::MAX),
+            },
+            Event::TransferPosted {
+                transfer: transfer(Some("rent")),
+                at: Timestamp(1),
+            },
+            Event::TransferRejected {
+                transfer: transfer(None),
+                reason: reason.clone(),
+                at: Timestamp(2),
+            },
+            hold("t-2", "b", 5),
+            Event::EntryApplied {
+                entry: entry(crate::types::EntryKind::Credit),
+                balance_after_minor: i64::MIN,
+                at: Timestamp(3),
+            },
+            Event::EntryRejected {
+                entry: entry(crate::types::EntryKind::Debit),
+                reason: Rejection::InsufficientFunds,
+                at: Timestamp(4),
+            },
+        ];
+        for event in &events {
+            let (id, borrowed) = CreatedRecord::of(event).unwrap();
+            let owned = borrowed.to_owned();
+            assert_eq!(
+                postcard::to_allocvec(&(id, borrowed)).unwrap(),
+                postcard::to_allocvec(&(id, &owned)).unwrap(),
+                "{event:?}"
+            );
+            assert_eq!(owned.created_at, event.at());
+            assert_eq!(MovementRecord::created_by(event), Some((id.clone(), owned)));
+        }
+        assert!(CreatedRecord::of(&opening("a")).is_none());
+    }
+
+    #[test]
+    fn a_movement_is_added_once_whether_packed_or_decoded() {
+        let mut movements = MovementMap::default();
+        let posted = Event::TransferPosted {
+            transfer: crate::types::Transfer {
+                transfer_id: MovementId::new("t-9").unwrap(),
+                debit_account_id: AccountId::new("a").unwrap(),
+                credit_account_id: AccountId::new("b").unwrap(),
+                amount_minor: 1,
+                currency: Currency::new("BRL").unwrap(),
+                description_opt: None,
+            },
+            at: Timestamp(1),
+        };
+        let pending = hold("t-8", "b", 5);
+        for event in [&posted, &pending] {
+            let (id, record) = CreatedRecord::of(event).unwrap();
+            assert!(movements.insert_created(id, record));
+            // Again, as a settled record and as a pending one: known either way.
+            assert!(!movements.insert_created(id, record));
+            let other_status = CreatedRecord {
+                status: if record.status == MovementStatus::Pending {
+                    MovementStatus::Committed
+                } else {
+                    MovementStatus::Pending
+                },
+                ..record
+            };
+            assert!(!movements.insert_created(id, other_status));
+            assert_eq!(movements.get(id).unwrap().into_owned(), record.to_owned());
+        }
+        assert_eq!(movements.len(), 2);
     }
 
     #[test]
