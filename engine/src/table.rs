@@ -61,6 +61,26 @@ impl Slot {
     }
 }
 
+/// Asks the CPU to bring every cache line of `value` into its caches; a hint, which changes
+/// nothing a program can see.
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = (value as *const T).cast::<i8>();
+        for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: a prefetch reads nothing and cannot fault; SSE is part of x86_64. The
+            // address is within `value`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.add(offset),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// The hash of a slot's account ID, to move the slot when the table grows (it reads the
 /// boxed state).
 fn slot_hash(hasher: &hashbrown::DefaultHashBuilder, slot: &Slot) -> u64 {
@@ -105,6 +125,18 @@ impl AccountTable {
             return Some(entry.into_mut());
         }
         self.table.find_mut(hash, |slot| slot.state.id() == id)
+    }
+
+    /// Asks the CPU to fetch the state of an account in a slot ahead of its turn, for a caller
+    /// that knows which accounts come next (a fold, a tick): finding an account compares the
+    /// ID in its boxed state, a cache miss per account when states are many. Does nothing for
+    /// an account that is packed or absent.
+    pub(crate) fn prefetch(&self, id: &AccountId) {
+        // Every slot whose tag matches: the account's, and rarely another one.
+        let _ = self.table.find(self.hash(id), |slot| {
+            prefetch(&*slot.state);
+            false
+        });
     }
 
     /// Decodes a packed account into its slot, if it is packed: a turn that may change it

@@ -293,7 +293,12 @@ impl Node {
     /// here for room (the shard's ticks wait with it). A write the stream refuses (it failed)
     /// did nothing: its ID is freed, and its caller learns of the failure from `StreamHealth`.
     async fn run_works(self: &Arc<Self>, shard: &ShardCore, works: impl Iterator<Item = Work>) {
-        for mut work in works {
+        let mut works = works.peekable();
+        while let Some(mut work) = works.next() {
+            // The next write's accounts are fetched into the caches while this one runs.
+            if let Some(next) = works.peek() {
+                self.prefetch_accounts(shard, next);
+            }
             loop {
                 match self.run_work(shard, work) {
                     Ok(None) => break,
@@ -315,6 +320,22 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// Asks the CPU to fetch the states of the accounts a queued write changes first
+    /// (`AccountTable::prefetch`).
+    fn prefetch_accounts(&self, shard: &ShardCore, work: &Work) {
+        let slots = shard.slots.lock();
+        match work {
+            Work::Transfer { t, .. } => {
+                slots.prefetch(&t.debit_account_id);
+                slots.prefetch(&t.credit_account_id);
+            }
+            Work::Entry { e, .. } => slots.prefetch(&e.account_id),
+            Work::Phase(msg) => slots.prefetch(msg.account()),
+            Work::Ask { account, .. } => slots.prefetch(account),
+            Work::Open { .. } | Work::Record { .. } => {}
         }
     }
 

@@ -191,11 +191,15 @@ impl PhaseMsg {
     /// The shard this message goes to: its phase's account's, or the debit account's for a
     /// refusal.
     pub(super) fn shard_index(&self, num_shards: u32) -> usize {
-        let account = match &self.step {
+        shard_of(self.account().as_str(), num_shards) as usize
+    }
+
+    /// The account this message goes to: its phase's, or the debit account for a refusal.
+    pub(super) fn account(&self) -> &AccountId {
+        match &self.step {
             Deliver::Phase(phase) => phase.account(&self.t),
             Deliver::Refuse(_) => &self.t.debit_account_id,
-        };
-        shard_of(account.as_str(), num_shards) as usize
+        }
     }
 
     /// The movement's ID and cell.
