@@ -139,6 +139,12 @@ pub struct Hold {
 #[error("{0}")]
 pub struct Unappliable(pub &'static str);
 
+/// Bytes an encoded state takes besides its history, days, holds and metadata, and what one
+/// day and one hold add, at least ([`AccountState::encoded_bytes_hint`]).
+const ENCODED_FIXED_BYTES_HINT: usize = 96;
+const ENCODED_DAY_BYTES_HINT: usize = 24;
+const ENCODED_HOLD_BYTES_HINT: usize = 48;
+
 /// The state of one account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
@@ -279,6 +285,20 @@ impl AccountState {
     pub fn held_minor(&self) -> i64 {
         self.held_minor
     }
+    /// Returns about how many bytes the state takes encoded, at least: what a snapshot
+    /// reserves for it, so that its buffer does not grow by doubling (and copying) as it fills.
+    pub(crate) fn encoded_bytes_hint(&self) -> usize {
+        [
+            ENCODED_FIXED_BYTES_HINT,
+            self.history.encoded_bytes(),
+            self.days.closed.len().saturating_mul(ENCODED_DAY_BYTES_HINT),
+            self.holds.len().saturating_mul(ENCODED_HOLD_BYTES_HINT),
+            self.metadata_opt.as_ref().map_or(0, |m| m.len()),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
     /// Returns the open holds (transfers in flight from this account).
     pub fn holds(&self) -> &[Hold] {
         &self.holds

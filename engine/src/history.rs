@@ -82,6 +82,11 @@ impl History {
         self.len == 0
     }
 
+    /// Returns the bytes the rows take encoded (about what they add to a snapshot).
+    pub fn encoded_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Appends `row` as the newest. A history already at `window` rows and its [`slack`]
     /// first drops its oldest rows down to `window - 1`. `window` is at least 1.
     pub fn push(&mut self, row: &HistoryRow, window: usize) {

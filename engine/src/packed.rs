@@ -109,6 +109,14 @@ impl<V> Default for Packed<V> {
 }
 
 impl<V> Packed<V> {
+    /// Returns where every entry is, in the order of the buffers (so a copy reads them in
+    /// order).
+    pub fn locations(&self) -> Vec<u64> {
+        let mut locs: Vec<u64> = self.index.iter().copied().collect();
+        locs.sort_unstable();
+        locs
+    }
+
     /// Returns the set of entries written apart in `pieces`, for a set hashing with `hasher`.
     /// Their keys are unique: they come from one table, or from one set and the values taken
     /// out of it.
@@ -329,14 +337,6 @@ impl<V: DeserializeOwned> Packed<V> {
         }
     }
 
-    /// Returns where every entry is, in the order of the buffers (so a copy reads them in
-    /// order).
-    pub fn locations(&self) -> Vec<u64> {
-        let mut locs: Vec<u64> = self.index.iter().copied().collect();
-        locs.sort_unstable();
-        locs
-    }
-
     /// Adds the values of `other`. Panics on a key in both: each value has one home.
     pub fn merge(&mut self, mut other: Packed<V>, what: &str) {
         if self.bufs.is_empty() {
@@ -526,7 +526,8 @@ pub fn write_section<S: Serialize, V>(
     for value in values {
         put_entry(out, &mut scratch, &value);
     }
-    for &loc in carried.index.iter() {
+    // In the order of the buffers: the copy reads them from start to end.
+    for loc in carried.locations() {
         out.extend_from_slice(entry_at(&carried.bufs, loc));
     }
 }

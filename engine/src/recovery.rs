@@ -2,7 +2,7 @@
 //! pure apply. Used by a node at start, by the periodic snapshots, and by the `saldo shard`
 //! tooling.
 
-use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotMeta, SnapshotStore, Wal};
+use saldo_persistence::{snapshot::meta_for_parts, Lsn, SnapshotMeta, SnapshotStore, Wal};
 
 use crate::{
     limits::{RESTORE_READ_RECORDS, SNAPSHOT_MAP_PRESIZE_MAX},
@@ -288,16 +288,17 @@ pub async fn write_snapshot_with_progress(
     let state =
         restore_shard_with_progress(wal, snapshots, shard, movements_window, target, progress)
             .await?;
-    let data = state.encode();
+    let parts = state.encode_parts();
     let entries = state.accounts.len() + state.movements.len();
-    let meta = meta_for(
+    let meta = meta_for_parts(
         shard,
         state.lsn,
         state.record_hash,
         crate::types::Timestamp::now().0,
-        &data,
+        &parts,
     );
-    snapshots.put(meta.clone(), data).await?;
+    drop(state);
+    snapshots.put_parts(meta.clone(), parts).await?;
     snapshots.retain(shard, keep.max(1)).await?;
     if let Some(oldest) = snapshots.list(shard).await?.last() {
         wal.prune(shard, oldest.lsn).await?;

@@ -481,12 +481,23 @@ impl ShardState {
     /// Encodes the state as a snapshot blob (postcard, format 3, see docs/wal-format.md). The two
     /// sections are written on two threads, the entries still packed copied as they are.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_parts().concat()
+    }
+
+    /// [`ShardState::encode`] in three parts whose concatenation is the blob: the header and
+    /// the two sections, each written into a buffer of its own (a snapshot store writes them
+    /// one after the other, `SnapshotStore::put_parts`, without a copy into one more buffer of
+    /// the snapshot's size).
+    pub fn encode_parts(&self) -> Vec<Vec<u8>> {
         let (accounts, movements) = crate::threads::join(
             "snapshot-encode",
             || {
-                let mut out = Vec::with_capacity(
-                    self.accounts.packed_bytes() + self.accounts.slotted().len() * 160 + 10,
-                );
+                let slotted: usize = self
+                    .accounts
+                    .slotted()
+                    .map(AccountState::encoded_bytes_hint)
+                    .sum();
+                let mut out = Vec::with_capacity(self.accounts.packed_bytes() + slotted + 10);
                 self.accounts.write_section(&mut out);
                 out
             },
@@ -516,12 +527,8 @@ impl ShardState {
             accounts_bytes: accounts.len() as u64,
             movements_bytes: movements.len() as u64,
         };
-        let mut out = postcard::to_allocvec(&header).expect("header serializes");
-        out.reserve_exact(accounts.len() + movements.len());
-        out.extend_from_slice(&accounts);
-        drop(accounts);
-        out.extend_from_slice(&movements);
-        out
+        let header = postcard::to_allocvec(&header).expect("header serializes");
+        vec![header, accounts, movements]
     }
 
     /// Decodes a snapshot blob of any known format.

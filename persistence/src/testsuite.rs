@@ -4,7 +4,7 @@
 
 use crate::{
     record::{self, EncodedRecord, RecordHash},
-    snapshot::{meta_for, SnapshotStore},
+    snapshot::{meta_for, meta_for_parts, SnapshotStore},
     wal::{Wal, WalError},
 };
 
@@ -224,5 +224,22 @@ pub async fn snapshot_conformance(store: &dyn SnapshotStore) {
     assert!(
         store.list(4).await.expect("list").is_empty(),
         "shards are independent"
+    );
+    // A snapshot put in parts reads back as their concatenation.
+    let parts = vec![vec![1u8; 10], Vec::new(), vec![2u8; 3000], vec![3u8; 1]];
+    let meta = meta_for_parts(5, 40, [4; 32], 40_000, &parts);
+    assert_eq!(meta, meta_for(5, 40, [4; 32], 40_000, &parts.concat()));
+    store.put_parts(meta, parts.clone()).await.expect("put");
+    let metas = store.list(5).await.expect("list");
+    assert_eq!(
+        store.get(&metas[0]).await.expect("get"),
+        parts.concat(),
+        "parts are stored in order"
+    );
+    let mut lying = metas[0].clone();
+    lying.crc32c ^= 1;
+    assert!(
+        store.put_parts(lying, parts).await.is_err(),
+        "parts that do not match their manifest are refused"
     );
 }

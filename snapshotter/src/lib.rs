@@ -33,7 +33,7 @@ use saldo_engine::{
     state::ShardState,
     EngineError,
 };
-use saldo_persistence::{snapshot::meta_for, Lsn, SnapshotMeta, SnapshotStore, Wal};
+use saldo_persistence::{snapshot::meta_for_parts, Lsn, SnapshotMeta, SnapshotStore, Wal};
 use tokio_util::sync::CancellationToken;
 
 pub mod storage;
@@ -249,10 +249,10 @@ impl Snapshotter {
     /// Writes `state` (folded from the stream) as a snapshot, keeps the newest `keep` and
     /// prunes the stream below the oldest kept one.
     async fn snapshot_folded(&self, state: &ShardState) -> Result<SnapshotMeta, EngineError> {
-        let data = state.encode();
+        let parts = state.encode_parts();
         let now_us = saldo_engine::Timestamp::now().0;
-        let meta = meta_for(state.shard, state.lsn, state.record_hash, now_us, &data);
-        self.snapshots.put(meta.clone(), data).await?;
+        let meta = meta_for_parts(state.shard, state.lsn, state.record_hash, now_us, &parts);
+        self.snapshots.put_parts(meta.clone(), parts).await?;
         self.snapshots
             .retain(state.shard, self.config.keep.max(1))
             .await?;

@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{verify, SnapshotError, SnapshotMeta, SnapshotStore};
+use super::{verify, verify_parts, SnapshotError, SnapshotMeta, SnapshotStore};
 
 /// Snapshots as files under one directory.
 pub struct LocalDirSnapshotStore {
@@ -26,12 +26,17 @@ fn io_err(e: std::io::Error) -> SnapshotError {
     SnapshotError::Unavailable(Box::new(e))
 }
 
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn write_durably(dir: &Path, name: &str, parts: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp)?;
-    for chunk in bytes.chunks(crate::limits::SNAPSHOT_WRITE_CHUNK_BYTES) {
-        file.write_all(chunk)?;
-        file.sync_data()?;
+    for part in parts {
+        for chunk in part
+            .as_ref()
+            .chunks(crate::limits::SNAPSHOT_WRITE_CHUNK_BYTES)
+        {
+            file.write_all(chunk)?;
+            file.sync_data()?;
+        }
     }
     file.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
@@ -79,14 +84,27 @@ impl LocalDirSnapshotStore {
 #[async_trait]
 impl SnapshotStore for LocalDirSnapshotStore {
     async fn put(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), SnapshotError> {
-        verify(&meta, &data)?;
+        self.put_parts(meta, vec![data]).await
+    }
+
+    /// Writes the parts one after the other into the snapshot's file.
+    async fn put_parts(
+        &self,
+        meta: SnapshotMeta,
+        parts: Vec<Vec<u8>>,
+    ) -> Result<(), SnapshotError> {
+        verify_parts(&meta, &parts)?;
         let dir = self.shard_dir(meta.shard);
         crate::blocking::run(move || -> Result<(), SnapshotError> {
             fs::create_dir_all(&dir).map_err(io_err)?;
-            write_durably(&dir, &format!("{:020}.snap", meta.lsn), &data).map_err(io_err)?;
+            write_durably(&dir, &format!("{:020}.snap", meta.lsn), &parts).map_err(io_err)?;
             let manifest = serde_json::to_vec_pretty(&meta).expect("a manifest serializes");
-            write_durably(&dir, &format!("{:020}.manifest.json", meta.lsn), &manifest)
-                .map_err(io_err)
+            write_durably(
+                &dir,
+                &format!("{:020}.manifest.json", meta.lsn),
+                &[manifest],
+            )
+            .map_err(io_err)
         })
         .await
         .map_err(|e| SnapshotError::Unavailable(Box::new(e)))?

@@ -71,6 +71,18 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// `meta.crc32c` must describe `data`.
     async fn put(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), SnapshotError>;
 
+    /// [`SnapshotStore::put`] for data in parts, stored as their concatenation (`meta`
+    /// describes that: [`meta_for_parts`]): an encoder that wrote its sections into buffers of
+    /// their own hands them over without copying them into one more. By default they are
+    /// concatenated and put.
+    async fn put_parts(
+        &self,
+        meta: SnapshotMeta,
+        parts: Vec<Vec<u8>>,
+    ) -> Result<(), SnapshotError> {
+        self.put(meta, parts.concat()).await
+    }
+
     /// Returns the manifests of a shard's complete snapshots, newest (highest LSN) first.
     async fn list(&self, shard: u32) -> Result<Vec<SnapshotMeta>, SnapshotError>;
 
@@ -97,31 +109,56 @@ pub fn meta_for(
     taken_at_us: u64,
     data: &[u8],
 ) -> SnapshotMeta {
+    meta_for_parts(shard, lsn, record_hash, taken_at_us, &[data])
+}
+
+/// [`meta_for`] the concatenation of `parts`.
+pub fn meta_for_parts(
+    shard: u32,
+    lsn: Lsn,
+    record_hash: RecordHash,
+    taken_at_us: u64,
+    parts: &[impl AsRef<[u8]>],
+) -> SnapshotMeta {
+    let (size_bytes, crc32c) = size_and_crc(parts);
     SnapshotMeta {
         shard,
         lsn,
         record_hash,
         taken_at_us,
-        size_bytes: data.len() as u64,
-        crc32c: crc32c::crc32c(data),
+        size_bytes,
+        crc32c,
     }
+}
+
+/// The length and CRC32C of the concatenation of `parts`.
+fn size_and_crc(parts: &[impl AsRef<[u8]>]) -> (u64, u32) {
+    parts.iter().fold((0, 0), |(size, crc), part| {
+        let part = part.as_ref();
+        (size + part.len() as u64, crc32c::crc32c_append(crc, part))
+    })
 }
 
 /// Checks `data` against its manifest.
 pub fn verify(meta: &SnapshotMeta, data: &[u8]) -> Result<(), SnapshotError> {
+    verify_parts(meta, &[data])
+}
+
+/// [`verify`] the concatenation of `parts`.
+pub fn verify_parts(meta: &SnapshotMeta, parts: &[impl AsRef<[u8]>]) -> Result<(), SnapshotError> {
     let corrupted = |reason: String| SnapshotError::Corrupted {
         shard: meta.shard,
         lsn: meta.lsn,
         reason,
     };
-    if data.len() as u64 != meta.size_bytes {
+    let (size_bytes, crc32c) = size_and_crc(parts);
+    if size_bytes != meta.size_bytes {
         return Err(corrupted(format!(
-            "{} bytes, manifest says {}",
-            data.len(),
+            "{size_bytes} bytes, manifest says {}",
             meta.size_bytes
         )));
     }
-    if crc32c::crc32c(data) != meta.crc32c {
+    if crc32c != meta.crc32c {
         return Err(corrupted("checksum mismatch".into()));
     }
     Ok(())
