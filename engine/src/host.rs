@@ -10,8 +10,9 @@
 //!
 //! The host lock also guards the append side of the shard's group-commit log: every event of
 //! a shard is appended inside an account's turn (or a shard-level turn, see
-//! `node::shard_actor::Work::Record`), so a turn that checked the log's room for `n` events appends them
-//! all without waiting, and a transfer within one shard (hold, credit, commit) is one turn.
+//! `node::shard_actor::Work::Record`), so a turn that checked the log's room for `n` events
+//! appends them all without waiting, and a transfer within one shard (hold, credit, commit) is
+//! one turn.
 //!
 //! A turn never awaits. A turn that finds the filling group commit full appends nothing and
 //! answers [`Turn::Full`]: the deliverer waits for room and delivers again. Business
