@@ -291,7 +291,10 @@ impl AccountState {
         [
             ENCODED_FIXED_BYTES_HINT,
             self.history.encoded_bytes(),
-            self.days.closed.len().saturating_mul(ENCODED_DAY_BYTES_HINT),
+            self.days
+                .closed
+                .len()
+                .saturating_mul(ENCODED_DAY_BYTES_HINT),
             self.holds.len().saturating_mul(ENCODED_HOLD_BYTES_HINT),
             self.metadata_opt.as_ref().map_or(0, |m| m.len()),
         ]

@@ -34,16 +34,16 @@ pub struct Packed<V> {
     hasher: hashbrown::DefaultHashBuilder,
     /// Bytes the indexed entries take.
     bytes: usize,
-    /// Where [`Packed::push`] encodes a value before it appends it.
+    /// Where [`Packed::push_new`] encodes a value before it appends it.
     scratch: Vec<u8>,
     _values: PhantomData<fn() -> V>,
 }
 
-/// Bytes the open buffer of a set takes before [`Packed::push`] starts another.
+/// Bytes the open buffer of a set takes before [`Packed::push_new`] starts another.
 const OPEN_BUFFER_BYTES: usize = 1 << 20;
 
 /// The buffers of a set: shared ones, which never change, and the open one that
-/// [`Packed::push`] appends to. The open one is numbered `frozen.len()`; it is frozen (moved
+/// [`Packed::push_new`] appends to. The open one is numbered `frozen.len()`; it is frozen (moved
 /// behind a `Bytes`, keeping its number) before any other buffer joins the set.
 #[derive(Clone, Default)]
 struct Bufs {
@@ -248,20 +248,6 @@ impl<V: DeserializeOwned> Packed<V> {
         self.bufs.shared.push(self.bufs.frozen.len());
         self.bufs.frozen.push(section);
         Ok(())
-    }
-
-    /// Adds `value`, which no value here has the key of (the caller checked), encoded at the
-    /// end of the open buffer.
-    pub fn push<S: Serialize>(&mut self, value: &S) {
-        encode(&mut self.scratch, value);
-        let loc = self.bufs.append(&self.scratch, &mut self.bytes);
-        let hash = hash_of(
-            &self.hasher,
-            key_of(&self.scratch).expect("a value starts with its key"),
-        );
-        let (bufs, hasher) = (&self.bufs, &self.hasher);
-        self.index
-            .insert_unique(hash, loc, |&l| hash_of(hasher, key_at(bufs, l)));
     }
 
     /// Adds `value`, whose key is `key`, unless a value here has that key: returns whether it
@@ -705,7 +691,8 @@ mod tests {
         p.load(snapshot.clone(), 100..end).unwrap();
         let n = 3 * OPEN_BUFFER_BYTES / 8;
         for i in 0..n {
-            p.push(&(format!("p{i}"), i as u64));
+            let key = format!("p{i}");
+            p.push_new(&key, &(key.clone(), i as u64));
             if i == 0 {
                 // Read from the open buffer before it is frozen.
                 assert_eq!(p.get("p0"), Some(("p0".into(), 0)));

@@ -59,25 +59,12 @@ impl MovementMap {
         self.map.contains_key(id) || (!self.packed.is_empty() && self.packed.contains(id.as_str()))
     }
 
-    /// Adds a movement, or returns `false` (and changes nothing) if its ID is known already.
-    /// A settled movement (committed or rejected: nothing changes it any more) is packed at
-    /// once, so a fold never decodes, boxes and encodes it again; a pending one is decoded,
-    /// as its commit or release will change it.
-    pub fn insert_new(&mut self, id: MovementId, record: MovementRecord) -> bool {
-        if self.contains_key(&id) {
-            return false;
-        }
-        if record.status == MovementStatus::Pending {
-            self.map.insert(id, Box::new(record));
-        } else {
-            self.packed.push(&(&id, &record));
-        }
-        true
-    }
-
-    /// [`MovementMap::insert_new`] for the record an event creates, borrowed from the event: a
-    /// settled one is encoded from it straight into the packed set (one probe of the index
-    /// for the check and the insert), a pending one is made an owned record.
+    /// Adds the movement an event creates (its record borrowed from the event), or returns
+    /// `false` (and changes nothing) if its ID is known already. A settled movement
+    /// (committed or rejected: nothing changes it any more) is encoded straight into the
+    /// packed set, with one probe of the index for the check and the insert, so a fold never
+    /// decodes, boxes and encodes it again; a pending one is made an owned record, as its
+    /// commit or release will change it.
     pub(crate) fn insert_created(&mut self, id: &MovementId, record: CreatedRecord<'_>) -> bool {
         if !self.map.is_empty() && self.map.contains_key(id) {
             return false;
@@ -94,7 +81,7 @@ impl MovementMap {
     }
 
     /// Makes room for `more` movements (settled ones: they are packed as they come, see
-    /// [`MovementMap::insert_new`]).
+    /// `MovementMap::insert_created`).
     pub fn reserve(&mut self, more: usize) {
         self.packed.reserve(more);
     }
